@@ -1,0 +1,67 @@
+"""The command line: one module per subcommand, all over the same core as the UI.
+
+Each subcommand module has ``add_parser(subparsers)`` which registers itself and
+sets ``func`` to a callable taking the parsed arguments and returning an exit
+code. :func:`main` turns every :class:`~rescue.errors.RescueError` into its
+message and exit code: no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from rescue import __version__
+from rescue.cli import list as list_cmd
+from rescue.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, RescueError
+
+SUBCOMMANDS = (list_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rescue",
+        description="Capture, restore and browse disk images. "
+        "Without a command, starts the full-screen interface.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 refused or bad input, "
+        "3 finished with unreadable sectors, 130 cancelled.",
+    )
+    parser.add_argument("--version", action="version", version=f"rescue {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log every system call to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def _start_ui() -> int:
+    from rescue.tui.app import run_app  # noqa: PLC0415  (keep textual out of CLI start-up)
+
+    return run_app()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0) if exc.code in (0, None) else EXIT_REFUSED
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command is None:
+            return _start_ui()
+        result: int = args.func(args)
+    except RescueError as exc:
+        print(f"rescue: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rescue: cancelled.", file=sys.stderr)
+        return EXIT_CANCELLED
+    except BrokenPipeError:
+        return EXIT_FAILED
+    return result

@@ -1,0 +1,85 @@
+"""The one place that runs external programs.
+
+Every call to sfdisk, sgdisk, mkswap, mount, losetup, ... goes through
+:func:`run`, so there is one place to log them and to turn their failures into
+:class:`~rescue.errors.ExternalToolError` with the tool's own words.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from rescue.errors import ExternalToolError
+
+log = logging.getLogger(__name__)
+
+# Where system tools live on Debian; a sudo or systemd PATH may lack the sbin folders.
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def which(tool: str) -> str | None:
+    """Full path of ``tool``, also looking in the sbin folders."""
+    found = shutil.which(tool)
+    if found:
+        return found
+    path = os.pathsep.join(_SBIN)
+    return shutil.which(tool, path=path)
+
+
+def require(tool: str, package: str | None = None) -> str:
+    """Full path of ``tool`` or an error naming the Debian package to install."""
+    found = which(tool)
+    if found is None:
+        pkg = package or tool
+        raise ExternalToolError(
+            f"The program {tool!r} is not installed.",
+            hint=f"Install it with: apt-get install {pkg}",
+        )
+    return found
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` and return its result; raise ExternalToolError when it fails."""
+    tool = require(argv[0])
+    cmd = [tool, *argv[1:]]
+    log.debug("run: %s", " ".join(cmd))
+    full_env = None
+    if env is not None:
+        full_env = {**os.environ, **env}
+    try:
+        result = subprocess.run(
+            cmd,
+            input=input,
+            capture_output=True,
+            check=False,
+            timeout=timeout,
+            env=full_env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ExternalToolError(f"{argv[0]} did not finish within {timeout} s.") from exc
+    except OSError as exc:
+        raise ExternalToolError(f"Could not start {argv[0]}: {exc.strerror}.") from exc
+    if check and result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip() or result.stdout.decode(
+            errors="replace"
+        ).strip()
+        raise ExternalToolError(
+            f"{' '.join(argv)} failed (exit {result.returncode}): {err or 'no message'}"
+        )
+    return result
+
+
+def output(argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = None) -> str:
+    """Run ``argv`` and return its standard output as text."""
+    return run(argv, input=input, timeout=timeout).stdout.decode(errors="replace")
