@@ -71,9 +71,10 @@ def run(
     except OSError as exc:
         raise ExternalToolError(f"Could not start {argv[0]}: {exc.strerror}.") from exc
     if check and result.returncode != 0:
-        err = result.stderr.decode(errors="replace").strip() or result.stdout.decode(
-            errors="replace"
-        ).strip()
+        err = (
+            result.stderr.decode(errors="replace").strip()
+            or result.stdout.decode(errors="replace").strip()
+        )
         raise ExternalToolError(
             f"{' '.join(argv)} failed (exit {result.returncode}): {err or 'no message'}"
         )

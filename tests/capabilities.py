@@ -16,8 +16,7 @@ def capabilities() -> dict[str, bool]:
     return {
         "root": root,
         "loop": root and Path("/dev/loop-control").exists() and shutil.which("losetup") is not None,
-        "udev": Path("/run/udev/control").exists()
-        or Path("/lib/systemd/systemd-udevd").exists(),
+        "udev": Path("/run/udev/control").exists() or Path("/lib/systemd/systemd-udevd").exists(),
         "fuse": Path("/dev/fuse").exists() and shutil.which("fusermount3") is not None,
         "qemu": shutil.which("qemu-system-x86_64") is not None,
         "partclone": shutil.which("partclone.ext4") is not None
