@@ -19,7 +19,7 @@ class Allocation:
     """The used blocks of one filesystem, read from its own on-disk structures."""
 
     fstype: str
-    """Name in image file names and dev-fs.list: ext2, ext3, ext4, ntfs, vfat, exfat, xfs, btrfs, dd."""
+    """Name in image file names and dev-fs.list: ext4, ntfs, vfat, xfs, btrfs, dd, ..."""
     partclone_fs: str
     """Filesystem name in the partclone header (EXTFS, NTFS, FAT32, ...); "raw" for dd."""
     block_size: int
