@@ -1,0 +1,94 @@
+"""Reading and writing disks and disk files: sizes, windows, aligned I/O.
+
+A partition is read as a window of its disk (offset + size), so a block device
+and a regular file holding a raw disk are read the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+from rescue.errors import DeviceError, DeviceNotFoundError
+
+
+def device_size(path: str | Path) -> int:
+    """Size in bytes of a block device or regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise DeviceNotFoundError(f"{path} does not exist.") from exc
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if not stat.S_ISBLK(st.st_mode):
+        raise DeviceError(f"{path} is neither a disk, a partition nor a regular file.")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def is_block_device(path: str | Path) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+class Window(io.RawIOBase):
+    """A read-only file object over ``size`` bytes of ``fd`` starting at ``offset``.
+
+    Uses ``pread``, so several windows may share one descriptor. Reads past the
+    window's end return short, as at the end of a file.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._offset = offset
+        self._size = size
+        self._pos = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            new = pos
+        elif whence == io.SEEK_CUR:
+            new = self._pos + pos
+        elif whence == io.SEEK_END:
+            new = self._size + pos
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if new < 0:
+            raise ValueError("negative seek position")
+        self._pos = new
+        return new
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        want = min(len(buffer), max(0, self._size - self._pos))
+        if want == 0:
+            return 0
+        view = memoryview(buffer).cast("B")[:want]
+        got = os.preadv(self._fd, [view], self._offset + self._pos)
+        self._pos += got
+        return got
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Bytes at ``offset`` within the window (short only at its end)."""
+        length = min(length, max(0, self._size - offset))
+        return os.pread(self._fd, length, self._offset + offset) if length else b""
