@@ -1,16 +1,70 @@
-"""Shared test set-up: the capability header and the real-disk bench."""
+"""Shared test set-up: the capability header, udev, and the real-disk bench."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
+import pytest
 from capabilities import capabilities
+from diskbench import LoopDisk, PartSpec, make_disk
 
 # System tools live in sbin; make them visible however pytest was started.
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+
+UDEVD = Path("/lib/systemd/systemd-udevd")
 
 
 def pytest_report_header() -> str:
     caps = capabilities()
     have = " ".join(f"{k}={'yes' if v else 'no'}" for k, v in caps.items())
     return f"rescue test bench capabilities: {have}"
+
+
+@pytest.fixture(scope="session")
+def udev() -> Iterator[None]:
+    """A running systemd-udevd: the machine's own, or one started (and stopped) here."""
+    if Path("/run/udev/control").exists():
+        yield
+        return
+    if os.geteuid() != 0 or not UDEVD.exists():
+        pytest.skip("no udev daemon runs and this run cannot start one (needs root and udev)")
+    proc = subprocess.Popen([str(UDEVD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if Path("/run/udev/control").exists():
+                break
+            time.sleep(0.05)
+        subprocess.run(
+            ["udevadm", "trigger", "--action=add", "--subsystem-match=block"], check=False
+        )
+        subprocess.run(["udevadm", "settle", "--timeout=30"], check=False)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+DiskFactory = Callable[[int, str | None, Sequence[PartSpec]], LoopDisk]
+
+
+@pytest.fixture
+def loop_disk_factory(tmp_path: Path, udev: None) -> Iterator[DiskFactory]:
+    """make(size_mib, table, parts) -> LoopDisk; every disk is detached afterwards."""
+    made: list[LoopDisk] = []
+
+    def make(size_mib: int, table: str | None, parts: Sequence[PartSpec]) -> LoopDisk:
+        disk = make_disk(tmp_path / f"disk{len(made)}.img", size_mib, table, parts)
+        made.append(disk)
+        return disk
+
+    yield make
+    for disk in made:
+        disk.detach()

@@ -1,0 +1,50 @@
+"""The home screen lists real disks and quits on q."""
+
+from __future__ import annotations
+
+import asyncio
+
+from capabilities import need
+from conftest import DiskFactory
+from diskbench import PartSpec
+from textual.widgets import DataTable
+
+from rescue.devices.model import Disk
+from rescue.tui.app import RescueApp
+
+
+@need("root", "loop")
+def test_home_lists_a_loop_disk_and_quits(loop_disk_factory: DiskFactory) -> None:
+    disk = loop_disk_factory(64, "gpt", [PartSpec(None, "ext4")])
+
+    async def scenario() -> None:
+        app = RescueApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.query_one("#disks", DataTable)
+            paths = [table.get_row_at(i)[0] for i in range(table.row_count)]
+            assert disk.path in paths
+            row = table.get_row(disk.path)
+            assert "ext4" in row[5]
+            await pilot.press("q")
+        assert app.return_code == 0
+
+    asyncio.run(scenario())
+
+
+def test_refresh_shows_new_disks() -> None:
+    """The list is read again on r (a fake list: this test is about the key, not udev)."""
+    calls: list[int] = []
+
+    def fake() -> list[Disk]:
+        calls.append(1)
+        return []
+
+    async def scenario() -> None:
+        app = RescueApp(disks_source=fake)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("r")
+            await pilot.pause()
+            await pilot.press("q")
+
+    asyncio.run(scenario())
+    assert len(calls) == 2
