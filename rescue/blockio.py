@@ -10,6 +10,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from rescue.errors import DeviceError, DeviceNotFoundError
 
@@ -36,6 +37,11 @@ def is_block_device(path: str | Path) -> bool:
         return stat.S_ISBLK(os.stat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def binary(f: io.RawIOBase) -> BinaryIO:
+    """Our raw file objects where an API asks for ``BinaryIO`` (read/seek/tell are all it uses)."""
+    return cast(BinaryIO, f)
 
 
 class Window(io.RawIOBase):

@@ -1,0 +1,69 @@
+"""`rescue info IMAGE_DIR [--json]`: what an image holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rescue.operations.image_view import open_image
+from rescue.units import human_size
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("info", help="show what an image holds")
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="the manifest as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    image = open_image(args.image_dir)
+    if args.json:
+        if image.manifest is not None:
+            data: dict[str, Any] = json.loads(image.manifest.to_json())
+        else:
+            data = {
+                "format": "clonezilla",
+                "kind": image.kind,
+                "disk": image.disk_name,
+                "partitions": [
+                    {**asdict(p), "stream": p.stream.name if p.stream else None}
+                    for p in image.parts
+                ],
+            }
+        print(json.dumps(data, indent=2))
+        return 0
+    console = Console()
+    m = image.manifest
+    if m is not None:
+        src = m.source
+        ident = ", ".join(x for x in (src.model, src.serial) if x) or "no model/serial"
+        console.print(f"[bold]{args.image_dir}[/]: {src.kind} image of {src.path} ({ident}), "
+                      f"{human_size(src.size)}, table {src.partition_table or 'none'}")  # fmt: skip
+        console.print(f"made {m.created} by {m.tool}, format {m.format_version}")
+    else:
+        console.print(f"[bold]{args.image_dir}[/]: image written by Clonezilla "
+                      f"({image.kind} {image.disk_name or ''})")  # fmt: skip
+    table = Table("partition", "start", "size", "filesystem", "label", "stored as", "used")
+    for p in image.parts:
+        table.add_row(
+            p.name,
+            str(p.start),
+            human_size(p.size),
+            p.fstype or "-",
+            p.label or "",
+            p.stored_as,
+            human_size(p.used_bytes) if p.used_bytes else "-",
+        )
+    console.print(table)
+    if m is not None:
+        for r in m.partitions:
+            for w in r.warnings:
+                console.print(f"[yellow]note:[/] {r.name}: {w}")
+    return 0

@@ -1,0 +1,41 @@
+"""`rescue restore IMAGE_DIR TARGET [--yes]`: write an image back, after typed confirmation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rescue.cli.progress import reporter
+from rescue.operations.restore import RestorePlan, plan_restore, restore
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "restore", help="write an image onto a disk or partition (destroys what is there)"
+    )
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("target", help="disk (whole-disk image) or partition (partition image)")
+    p.add_argument("--yes", action="store_true",
+                   help="do not ask: for scripts that already chose the target")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    p.set_defaults(func=run)
+
+
+def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
+    """Ask the technician to type the target's name; ``--yes`` answers for scripts."""
+    from rescue.devices.safety import confirm  # noqa: PLC0415
+
+    print(plan.summary, file=sys.stderr)
+    confirm(plan.target.path, yes=yes)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_restore(args.image_dir, args.target)
+    confirm_on_terminal(plan, yes=args.yes)
+    with reporter(args.json) as progress:
+        restore(plan, confirmed=True, progress=progress)
+    if not args.json:
+        print(f"Restore complete: {args.image_dir} → {plan.target.path}.")
+    return 0

@@ -1,0 +1,335 @@
+"""ext2/3/4 used blocks, from the superblock, group descriptors and block bitmaps.
+
+The rules for groups whose bitmap was never initialised (BLOCK_UNINIT) and for
+where backup superblocks and descriptor blocks live (sparse_super, sparse_super2,
+meta_bg) follow the on-disk format as e2fsprogs defines it, so the map equals
+the one partclone.extfs builds through libext2fs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from rescue.errors import FilesystemError
+from rescue.filesystems.base import Allocation, count_bits, set_run
+from rescue.filesystems.probe import _ext_name
+
+EXT_MAGIC = 0xEF53
+
+# feature bits
+COMPAT_SPARSE_SUPER2 = 0x0200
+INCOMPAT_RECOVER = 0x0004
+INCOMPAT_META_BG = 0x0010
+INCOMPAT_64BIT = 0x0080
+INCOMPAT_KNOWN = (
+    0x0001  # compression (never used)
+    | 0x0002  # filetype
+    | INCOMPAT_RECOVER
+    | 0x0008  # journal_dev
+    | INCOMPAT_META_BG
+    | 0x0040  # extents
+    | INCOMPAT_64BIT
+    | 0x0100  # mmp
+    | 0x0200  # flex_bg
+    | 0x0400  # ea_inode
+    | 0x1000  # dirdata
+    | 0x2000  # csum_seed
+    | 0x4000  # largedir
+    | 0x8000  # inline_data
+    | 0x10000  # encrypt
+    | 0x20000  # casefold
+)
+RO_COMPAT_SPARSE_SUPER = 0x0001
+RO_COMPAT_BIGALLOC = 0x0200
+
+BG_BLOCK_UNINIT = 0x0002
+
+
+@dataclass(frozen=True)
+class _Super:
+    block_size: int
+    blocks_count: int
+    free_blocks: int
+    first_data_block: int
+    blocks_per_group: int
+    inodes_per_group: int
+    inode_size: int
+    compat: int
+    incompat: int
+    ro_compat: int
+    reserved_gdt: int
+    desc_size: int
+    first_meta_bg: int
+    backup_bgs: tuple[int, int]
+    uuid: str
+    label: str | None
+
+    @property
+    def groups(self) -> int:
+        return -(-(self.blocks_count - self.first_data_block) // self.blocks_per_group)
+
+    @property
+    def desc_per_block(self) -> int:
+        return self.block_size // self.desc_size
+
+    @property
+    def desc_blocks(self) -> int:
+        return -(-self.groups // self.desc_per_block)
+
+    @property
+    def inode_table_blocks(self) -> int:
+        return -(-(self.inodes_per_group * self.inode_size) // self.block_size)
+
+    def group_first_block(self, g: int) -> int:
+        return self.first_data_block + g * self.blocks_per_group
+
+    def group_blocks(self, g: int) -> int:
+        if g == self.groups - 1:
+            return self.blocks_count - self.group_first_block(g)
+        return self.blocks_per_group
+
+    def has_super(self, g: int) -> bool:
+        if g == 0:
+            return True
+        if self.compat & COMPAT_SPARSE_SUPER2:
+            return g in self.backup_bgs
+        if g <= 1 or not self.ro_compat & RO_COMPAT_SPARSE_SUPER:
+            return True
+        if not g & 1:
+            return False
+        return any(_is_power(g, base) for base in (3, 5, 7))
+
+    def old_desc_blocks(self) -> int:
+        if self.incompat & INCOMPAT_META_BG:
+            return self.first_meta_bg
+        return self.desc_blocks + self.reserved_gdt
+
+    def descriptor_block(self, i: int) -> int:
+        """Block holding descriptor block ``i`` (meta_bg places them per meta group)."""
+        if not self.incompat & INCOMPAT_META_BG or i < self.first_meta_bg:
+            return self.first_data_block + 1 + i
+        g = i * self.desc_per_block
+        return self.group_first_block(g) + (1 if self.has_super(g) else 0)
+
+    def super_and_desc_blocks(self, g: int) -> list[tuple[int, int]]:
+        """(first, count) runs of superblock backup and descriptor blocks in group ``g``."""
+        start = self.group_first_block(g)
+        if start == 0 and self.block_size == 1024:
+            start = 1
+        runs = []
+        has = self.has_super(g)
+        if has:
+            runs.append((start, 1))
+        dpb = self.desc_per_block
+        meta_bg = g // dpb
+        if not self.incompat & INCOMPAT_META_BG or meta_bg < self.first_meta_bg:
+            if has:
+                n = self.old_desc_blocks()
+                n = min(n, self.blocks_count - (start + 1))
+                if n > 0:
+                    runs.append((start + 1, n))
+        elif g % dpb in (0, 1, dpb - 1):
+            runs.append((start + (1 if has else 0), 1))
+        return runs
+
+
+def _is_power(n: int, base: int) -> bool:
+    while n > 1 and n % base == 0:
+        n //= base
+    return n == 1
+
+
+def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise FilesystemError(f"ext: cannot read {size} bytes at {offset} (the partition ends).")
+    return data
+
+
+def read_super(f: BinaryIO) -> _Super:
+    sb = _pread(f, 1024, 1024)
+    (magic,) = struct.unpack_from("<H", sb, 0x38)
+    if magic != EXT_MAGIC:
+        raise FilesystemError("No ext2/3/4 superblock (bad magic).")
+    log_bs, log_cs = struct.unpack_from("<II", sb, 0x18)
+    if log_bs > 6:
+        raise FilesystemError(f"ext superblock has an impossible block size (log {log_bs}).")
+    block_size = 1024 << log_bs
+    blocks_lo, _r, free_lo, _fi, first_data = struct.unpack_from("<IIIII", sb, 0x04)
+    bpg, _cpg, ipg = struct.unpack_from("<III", sb, 0x20)
+    compat, incompat, ro_compat = struct.unpack_from("<III", sb, 0x5C)
+    (inode_size,) = struct.unpack_from("<H", sb, 0x58)
+    (rev,) = struct.unpack_from("<I", sb, 0x4C)
+    if rev == 0:
+        inode_size = 128
+    (reserved_gdt,) = struct.unpack_from("<H", sb, 0xCE)
+    (desc_size,) = struct.unpack_from("<H", sb, 0xFE)
+    (first_meta_bg,) = struct.unpack_from("<I", sb, 0x104)
+    blocks_hi = free_hi = 0
+    if incompat & INCOMPAT_64BIT:
+        (blocks_hi,) = struct.unpack_from("<I", sb, 0x150)
+        (free_hi,) = struct.unpack_from("<I", sb, 0x158)
+    else:
+        desc_size = 32
+    if desc_size < 32 or desc_size & (desc_size - 1) or desc_size > block_size:
+        raise FilesystemError(f"ext superblock has an impossible descriptor size {desc_size}.")
+    backup = struct.unpack_from("<II", sb, 0x24C)
+    uuid_raw = sb[0x68:0x78]
+    h = uuid_raw.hex()
+    label = sb[0x78:0x88].split(b"\0", 1)[0].decode(errors="replace") or None
+    if ro_compat & RO_COMPAT_BIGALLOC or log_cs != log_bs:
+        raise FilesystemError("ext4 with bigalloc (clusters) is not supported block by block.")
+    if incompat & ~INCOMPAT_KNOWN:
+        raise FilesystemError(f"ext filesystem with unknown features ({incompat:#x}).")
+    if bpg != block_size * 8 or ipg == 0:
+        raise FilesystemError(f"ext superblock has an impossible group size ({bpg} blocks).")
+    if first_data != (1 if block_size == 1024 else 0):
+        raise FilesystemError(f"ext superblock has an impossible first data block {first_data}.")
+    return _Super(
+        block_size=block_size,
+        blocks_count=blocks_lo | blocks_hi << 32,
+        free_blocks=free_lo | free_hi << 32,
+        first_data_block=first_data,
+        blocks_per_group=bpg,
+        inodes_per_group=ipg,
+        inode_size=inode_size,
+        compat=compat,
+        incompat=incompat,
+        ro_compat=ro_compat,
+        reserved_gdt=reserved_gdt,
+        desc_size=desc_size,
+        first_meta_bg=first_meta_bg,
+        backup_bgs=(backup[0], backup[1]),
+        uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
+        label=label,
+    )
+
+
+def _descriptors(f: BinaryIO, s: _Super) -> list[tuple[int, int, int, int]]:
+    """(block bitmap, inode bitmap, inode table, flags) for every group."""
+    out: list[tuple[int, int, int, int]] = []
+    wide = s.desc_size >= 64
+    for i in range(s.desc_blocks):
+        blk = s.descriptor_block(i)
+        if blk >= s.blocks_count:
+            raise FilesystemError(f"ext descriptor block {blk} lies outside the filesystem.")
+        raw = _pread(f, blk * s.block_size, s.block_size)
+        for j in range(s.desc_per_block):
+            if len(out) == s.groups:
+                break
+            d = raw[j * s.desc_size : (j + 1) * s.desc_size]
+            bb, ib, it = struct.unpack_from("<III", d, 0)
+            (flags,) = struct.unpack_from("<H", d, 0x12)
+            if wide:
+                bbh, ibh, ith = struct.unpack_from("<III", d, 0x20)
+                bb |= bbh << 32
+                ib |= ibh << 32
+                it |= ith << 32
+            out.append((bb, ib, it, flags))
+    return out
+
+
+def read_allocation(f: BinaryIO, size: int) -> Allocation:
+    """The used blocks of the ext2/3/4 filesystem in ``f`` (``size`` bytes)."""
+    s = read_super(f)
+    fs_bytes = s.blocks_count * s.block_size
+    if fs_bytes > size:
+        raise FilesystemError(
+            f"The ext filesystem claims {fs_bytes} bytes but its partition has {size}: "
+            "the partition is truncated or the superblock is wrong."
+        )
+    if s.incompat & INCOMPAT_RECOVER:
+        raise FilesystemError(
+            "The ext filesystem's journal was not replayed (it was not cleanly unmounted): "
+            "its block bitmaps may be out of date."
+        )
+    descs = _descriptors(f, s)
+    bm = bytearray((s.blocks_count + 7) // 8)
+    # blocks before the first group (the 1 KiB boot block) are kept, as partclone keeps them
+    set_run(bm, 0, s.first_data_block)
+    bpg = s.blocks_per_group
+    group_bytes = bpg // 8
+    for g, (bb, ib, it, flags) in enumerate(descs):
+        for what, loc, n in (
+            ("block bitmap", bb, 1),
+            ("inode bitmap", ib, 1),
+            ("inode table", it, s.inode_table_blocks),
+        ):
+            if loc < s.first_data_block or loc + n > s.blocks_count:
+                raise FilesystemError(
+                    f"ext group {g}: its {what} at block {loc} lies outside the filesystem "
+                    "(damaged group descriptors)."
+                )
+        first = s.group_first_block(g)
+        nblocks = s.group_blocks(g)
+        if flags & BG_BLOCK_UNINIT:
+            for a, n in s.super_and_desc_blocks(g):
+                set_run(bm, a, n)
+            set_run(bm, it, s.inode_table_blocks)
+            set_run(bm, bb, 1)
+            set_run(bm, ib, 1)
+            continue
+        raw = _pread(f, bb * s.block_size, group_bytes)
+        _place(bm, raw, first, nblocks)
+    _check_metadata_marked(bm, s, descs)
+    used = count_bits(bytes(bm), s.blocks_count)
+    return Allocation(
+        fstype=_ext_name(_pread(f, 1024, 1024)) or "ext4",
+        partclone_fs="EXTFS",
+        block_size=s.block_size,
+        total_blocks=s.blocks_count,
+        device_size=fs_bytes,
+        bitmap=bytes(bm),
+        used_blocks=used,
+        fs_used_blocks=s.blocks_count - s.free_blocks,
+        label=s.label,
+        uuid=s.uuid,
+    )
+
+
+def _place(bm: bytearray, raw: bytes, first: int, nblocks: int) -> None:
+    """Copy a group's bitmap (``nblocks`` bits) into ``bm`` starting at block ``first``."""
+    if first % 8 == 0:
+        whole = nblocks // 8
+        lo = first // 8
+        bm[lo : lo + whole] = raw[:whole]
+        rest = nblocks % 8
+        if rest:
+            mask = (1 << rest) - 1
+            bm[lo + whole] |= raw[whole] & mask
+        return
+    # 1 KiB blocks: groups start at block 1 + k*8192, one bit off byte alignment
+    value = int.from_bytes(raw[: (nblocks + 7) // 8], "little") & ((1 << nblocks) - 1)
+    shift = first % 8
+    lo = first // 8
+    shifted = value << shift
+    nbytes = (nblocks + shift + 7) // 8
+    chunk = shifted.to_bytes(nbytes, "little")
+    for i, byte in enumerate(chunk):
+        bm[lo + i] |= byte
+
+
+def _check_metadata_marked(
+    bm: bytearray, s: _Super, descs: list[tuple[int, int, int, int]]
+) -> None:
+    """A bitmap that calls a group's own metadata free is damaged: refuse to trust it."""
+
+    def used(n: int) -> bool:
+        return bool(bm[n >> 3] >> (n & 7) & 1)
+
+    for g, (bb, ib, it, _flags) in enumerate(descs):
+        for what, loc in (("block bitmap", bb), ("inode bitmap", ib), ("inode table", it)):
+            if not used(loc):
+                raise FilesystemError(
+                    f"ext group {g}: the block bitmap marks the group's own {what} "
+                    f"(block {loc}) free: the bitmaps are damaged."
+                )
+        for a, _n in s.super_and_desc_blocks(g):
+            if not used(a):
+                raise FilesystemError(
+                    f"ext group {g}: the block bitmap marks the superblock/descriptors "
+                    f"(block {a}) free: the bitmaps are damaged."
+                )

@@ -1,0 +1,472 @@
+"""The Clonezilla image folder: partition tables, boot code and lists, saved and restored.
+
+What Clonezilla writes for a disk ``sda`` (docs/FORMAT.md, "The image folder"):
+``disk``, ``parts``, ``sda-pt.sf`` (sfdisk dump), ``sda-chs.sf``,
+``sda-pt.parted(.compact)``, ``sda-mbr``, for GPT ``sda-gpt-1st``/``-2nd``/
+``.gdisk``, for MBR ``sda-hidden-data-after-mbr``, ``dev-fs.list``,
+``blkdev.list``, ``blkid.list``, ``swappt-sdaN.info``, ``clonezilla-img``,
+``Info-img-id.txt``. Device names in the files are ``/dev/NAME`` as Clonezilla
+writes them, whatever the source was (a file holding a disk gets a made-up name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue import __version__, system
+from rescue.blockio import is_block_device
+from rescue.errors import ImageDamagedError, NotAnImageError, RefusedError
+from rescue.units import human_size
+
+HIDDEN_DATA_MAX = 1 << 20
+TABLE_COPY = 1 << 20
+"""The MBR gap saved (GRUB's core image lives there): up to the first partition, at most 1 MiB."""
+
+
+@dataclass(frozen=True)
+class PartitionEntry:
+    name: str
+    number: int
+    start: int
+    """Bytes."""
+    size: int
+    type: str
+    uuid: str | None = None
+    partlabel: str | None = None
+    fstype: str | None = None
+    fs_uuid: str | None = None
+    fs_label: str | None = None
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    name: str
+    size: int
+    sector_size: int
+    table: str | None
+    disk_guid: str | None
+    partitions: tuple[PartitionEntry, ...]
+
+
+@dataclass(frozen=True)
+class StreamRef:
+    part: str
+    fstype: str
+    kind: str
+    """"partclone" or "dd"."""
+    compression: str
+    """zst, gz, uncomp, ..."""
+    base: Path
+    """The stream's file name without a split suffix."""
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    folder: Path
+    disk: str | None
+    """None for a partition image (Clonezilla's "saveparts")."""
+    parts: tuple[str, ...]
+    table: DiskLayout | None
+    streams: dict[str, StreamRef]
+    swap: dict[str, dict[str, str]]
+    """Swap partitions: UUID and LABEL from swappt-*.info."""
+
+
+def part_name(disk: str, number: int) -> str:
+    """Linux's rule: sda → sda1, nvme0n1/loop0/mmcblk0 → p1."""
+    return f"{disk}p{number}" if disk[-1:].isdigit() else f"{disk}{number}"
+
+
+def _probe_fs(path: str, offset: int, size: int) -> dict[str, str]:
+    out = system.run(
+        ["blkid", "-p", "-o", "export", "-O", str(offset), "-S", str(size), path], check=False
+    )
+    info = {}
+    for line in out.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        info[key] = value
+    return info
+
+
+def read_source_layout(path: str, name: str) -> DiskLayout:
+    """The partition table of a disk or disk file, with each partition's filesystem."""
+    from rescue.blockio import device_size  # noqa: PLC0415
+
+    size = device_size(path)
+    res = system.run(["sfdisk", "-J", path], check=False)
+    if res.returncode != 0 or not res.stdout.strip():
+        return DiskLayout(name, size, 512, None, None, ())
+    pt = json.loads(res.stdout)["partitiontable"]
+    sector = int(pt.get("sectorsize", 512))
+    parts: list[PartitionEntry] = []
+    for p in pt.get("partitions", []):
+        m = re.search(r"(\d+)$", p["node"])
+        number = int(m.group(1)) if m else len(parts) + 1
+        start, psize = int(p["start"]) * sector, int(p["size"]) * sector
+        fs = _probe_fs(path, start, psize)
+        parts.append(
+            PartitionEntry(
+                name=part_name(name, number),
+                number=number,
+                start=start,
+                size=psize,
+                type=str(p.get("type", "")),
+                uuid=p.get("uuid"),
+                partlabel=p.get("name"),
+                fstype=fs.get("TYPE"),
+                fs_uuid=fs.get("UUID"),
+                fs_label=fs.get("LABEL"),
+            )
+        )
+    return DiskLayout(name, size, sector, pt["label"], pt.get("id"), tuple(parts))
+
+
+def _write(folder: Path, name: str, data: bytes | str) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_at(path: str, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def _sfdisk_dump(path: str, name: str) -> str:
+    """``sfdisk -d`` with the device names Clonezilla would write (/dev/sda, /dev/sda1)."""
+    text = system.output(["sfdisk", "-d", path])
+    lines = []
+    for line in text.splitlines():
+        m = re.match(r"^(\S+?)(\d+) : (.*)$", line)
+        if line.startswith("device:"):
+            lines.append(f"device: /dev/{name}")
+        elif m:
+            lines.append(f"/dev/{part_name(name, int(m.group(2)))} : {m.group(3)}")
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _common_files(
+    folder: Path, entries: list[tuple[str, str | None, int, dict[str, str | None]]], command: str
+) -> None:
+    """dev-fs.list, blkid.list, blkdev.list, clonezilla-img, Info-img-id.txt."""
+    devfs = ["# <Device name>   <File system>   <Size>"]
+    blkid = []
+    blkdev = ["KNAME NAME SIZE TYPE FSTYPE MOUNTPOINT MODEL"]
+    for part, fstype, size, ids in entries:
+        devfs.append(f"/dev/{part} {fstype or ''} {human_size(size).replace(' ', '')}")
+        attrs = " ".join(f'{k}="{v}"' for k, v in ids.items() if v)
+        blkid.append(f"/dev/{part}: {attrs}")
+        blkdev.append(f"{part} {part} {human_size(size).replace(' ', '')} part {fstype or ''}")
+    _write(folder, "dev-fs.list", "\n".join(devfs) + "\n")
+    _write(folder, "blkid.list", "\n".join(blkid) + "\n")
+    _write(folder, "blkdev.list", "\n".join(blkdev) + "\n")
+    log = (
+        f"Image saved by rescue {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+        f"{command}\n"
+    )
+    _write(folder, "clonezilla-img", log)
+    _write(folder, "Info-img-id.txt", f"IMG_ID={hashlib.sha512(log.encode()).hexdigest()}\n")
+    _write(folder, "Info-saved-by-cmd.txt", command + "\n")
+
+
+def _swap_info(folder: Path, part: str, uuid: str | None, label: str | None) -> None:
+    _write(folder, f"swappt-{part}.info", f'UUID="{uuid or ""}"\nLABEL="{label or ""}"\n')
+
+
+@contextlib.contextmanager
+def _table_copy(source_path: str, layout: DiskLayout) -> Iterator[str]:
+    """A sparse file of the source's size holding only its partition-table sectors.
+
+    Covers the first and last MiB (MBR, GPT and its backup) and the MiB before
+    each partition (where an extended partition's EBRs live).
+    """
+    regions = [(0, min(layout.size, TABLE_COPY)), (max(0, layout.size - TABLE_COPY), layout.size)]
+    for p in layout.partitions:
+        regions.append((max(0, p.start - TABLE_COPY), p.start))
+        regions.append((p.start, min(p.start + 512, layout.size)))
+    with tempfile.TemporaryDirectory(prefix="rescue-table-") as tmp:
+        copy = Path(tmp) / "disk"
+        src = os.open(source_path, os.O_RDONLY | os.O_CLOEXEC)
+        dst = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(dst, layout.size)
+            for lo, hi in regions:
+                if hi > lo:
+                    os.pwrite(dst, os.pread(src, hi - lo, lo), lo)
+        finally:
+            os.close(src)
+            os.close(dst)
+        yield str(copy)
+
+
+def save_layout(
+    folder: Path,
+    layout: DiskLayout,
+    source_path: str,
+    *,
+    parts: list[str],
+    fstypes: dict[str, str],
+) -> None:
+    """Write every layout file of a whole-disk image (streams are written by the copier)."""
+    name = layout.name
+    _write(folder, "disk", name + "\n")
+    _write(folder, "parts", " ".join(parts) + "\n")
+    _write(folder, f"{name}-pt.sf", _sfdisk_dump(source_path, name))
+    cyl = max(1, layout.size // (255 * 63 * 512))
+    _write(folder, f"{name}-chs.sf", f"cylinders={cyl}\nheads=255\nsectors=63\n")
+    sector = layout.sector_size
+    with _table_copy(source_path, layout) as copy:
+        # parted and sgdisk open their disk read-write: give them a copy, never the source
+        for suffix, unit in (("pt.parted", "s"), ("pt.parted.compact", "compact")):
+            res = system.run(["parted", "-s", copy, "unit", unit, "print"], check=False)
+            _write(
+                folder,
+                f"{name}-{suffix}",
+                res.stdout.replace(copy.encode(), b"/dev/" + name.encode()),
+            )
+        if layout.table == "gpt":
+            system.run(["sgdisk", "-b", str(folder / f"{name}-gpt.gdisk"), copy])
+    _write(folder, f"{name}-mbr", _read_at(source_path, 0, 512))
+    if layout.table == "gpt":
+        _write(folder, f"{name}-gpt-1st", _read_at(source_path, 0, 34 * sector))
+        _write(
+            folder, f"{name}-gpt-2nd", _read_at(source_path, layout.size - 33 * sector, 33 * sector)
+        )
+    else:
+        first = min((p.start for p in layout.partitions), default=512)
+        gap = min(max(first - 512, 0), HIDDEN_DATA_MAX)
+        _write(folder, f"{name}-hidden-data-after-mbr", _read_at(source_path, 512, gap))
+    entries: list[tuple[str, str | None, int, dict[str, str | None]]] = []
+    for p in layout.partitions:
+        if p.name not in parts:
+            continue
+        fstype = fstypes.get(p.name, p.fstype)
+        ids = {"LABEL": p.fs_label, "UUID": p.fs_uuid, "TYPE": p.fstype, "PARTUUID": p.uuid}
+        entries.append((p.name, fstype, p.size, ids))
+        if p.fstype == "swap":
+            _swap_info(folder, p.name, p.fs_uuid, p.fs_label)
+    _common_files(folder, entries, f"rescue capture {shlex.quote(source_path)}")
+
+
+def save_partition_only(
+    folder: Path,
+    part: str,
+    fstype: str,
+    source_path: str,
+    *,
+    size: int,
+    uuid: str | None = None,
+    label: str | None = None,
+) -> None:
+    """A single-partition image, as Clonezilla's "saveparts" writes it (no ``disk`` file)."""
+    _write(folder, "parts", part + "\n")
+    if fstype == "swap":
+        _swap_info(folder, part, uuid, label)
+    ids = {"LABEL": label, "UUID": uuid, "TYPE": fstype}
+    _common_files(folder, [(part, fstype, size, ids)], f"rescue capture {shlex.quote(source_path)}")
+
+
+# -- reading an image folder ---------------------------------------------------------
+
+_STREAM_RE = re.compile(
+    r"^(?P<part>.+?)\.(?P<fs>[A-Za-z0-9_+]+)-ptcl-img\.(?P<comp>[a-z0-9]+)(?P<split>\.[a-z]{2})?$"
+)
+_SF_PART_RE = re.compile(r"^/dev/(?P<name>\S+)\s*:\s*(?P<rest>.*)$")
+
+
+def _parse_sf(text: str, disk: str) -> DiskLayout:
+    header: dict[str, str] = {}
+    parts = []
+    for line in text.splitlines():
+        m = _SF_PART_RE.match(line)
+        if m:
+            fields = {}
+            for item in m.group("rest").split(","):
+                key, _, value = item.strip().partition("=")
+                fields[key.strip()] = value.strip().strip('"')
+            parts.append((m.group("name"), fields))
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            header[key.strip()] = value.strip()
+    sector = int(header.get("sector-size", "512"))
+    entries: list[PartitionEntry] = []
+    for name, fields in parts:
+        num = re.search(r"(\d+)$", name)
+        try:
+            start = int(fields["start"]) * sector
+            size = int(fields["size"]) * sector
+        except (KeyError, ValueError) as exc:
+            raise ImageDamagedError(f"{disk}-pt.sf has a malformed line for {name}.") from exc
+        entries.append(
+            PartitionEntry(
+                name=name.replace("/", "-"),
+                number=int(num.group(1)) if num else len(entries) + 1,
+                start=start,
+                size=size,
+                type=fields.get("type", fields.get("Id", "")),
+                uuid=fields.get("uuid"),
+                partlabel=fields.get("name"),
+            )
+        )
+    end = max((e.start + e.size for e in entries), default=0)
+    return DiskLayout(
+        disk, end, sector, header.get("label"), header.get("label-id"), tuple(entries)
+    )
+
+
+def _parse_info(path: Path) -> dict[str, str]:
+    info = {}
+    for line in path.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip():
+            info[key.strip()] = value.strip().strip('"')
+    return info
+
+
+def read_image_layout(folder: Path) -> ImageLayout:
+    """Parse an image folder written by rescue or by Clonezilla."""
+    parts_file = folder / "parts"
+    if not parts_file.exists():
+        raise NotAnImageError(
+            f"{folder} is not an image folder (it has no 'parts' file).",
+            hint="Choose the folder that holds the image's files (disk, parts, *-ptcl-img.*).",
+        )
+    parts = tuple(parts_file.read_text().split())
+    if not parts:
+        raise ImageDamagedError(f"{parts_file} lists no partitions.")
+    disk = None
+    table = None
+    disk_file = folder / "disk"
+    if disk_file.exists():
+        disks = disk_file.read_text().split()
+        if len(disks) != 1:
+            raise NotAnImageError(
+                f"{folder} holds {len(disks)} disks; rescue restores one at a time."
+            )
+        disk = disks[0]
+        sf = folder / f"{disk}-pt.sf"
+        if not sf.exists():
+            raise ImageDamagedError(f"{sf} is missing: the partition table cannot be restored.")
+        table = _parse_sf(sf.read_text(errors="replace"), disk)
+    streams: dict[str, StreamRef] = {}
+    for path in sorted(folder.iterdir()):
+        m = _STREAM_RE.match(path.name)
+        if not m or m.group("part") not in parts:
+            continue
+        split = m.group("split")
+        base = folder / (path.name[: m.start("split")] if split else path.name)
+        fs = m.group("fs")
+        streams.setdefault(
+            m.group("part"),
+            StreamRef(
+                part=m.group("part"),
+                fstype=fs,
+                kind="dd" if fs == "dd" else "partclone",
+                compression=m.group("comp"),
+                base=base,
+            ),
+        )
+    swap = {
+        p: _parse_info(folder / f"swappt-{p}.info")
+        for p in parts
+        if (folder / f"swappt-{p}.info").exists()
+    }
+    return ImageLayout(folder, disk, parts, table, streams, swap)
+
+
+# -- restoring the partition table ---------------------------------------------------
+
+
+def restore_partition_table(folder: Path, disk: str, target: str, target_size: int) -> None:
+    """Write the saved table, boot code and MBR gap to ``target`` (disk or disk file).
+
+    The kernel learns the new partitions through BLKPG; call
+    :func:`reread_partitions` once all writing is done.
+    """
+    sf_text = (folder / f"{disk}-pt.sf").read_text(errors="replace")
+    table = _parse_sf(sf_text, disk)
+    need = table.size + (33 * table.sector_size if table.table == "gpt" else 0)
+    if target_size < need:
+        raise RefusedError(
+            f"{target} has {target_size} bytes ({human_size(target_size)}); the partitions "
+            f"need {need} bytes ({human_size(need)})."
+        )
+    # let sfdisk place the GPT backup at the target's real end
+    lines = [ln for ln in sf_text.splitlines() if not ln.startswith(("last-lba:", "device:"))]
+    script = "\n".join(lines) + "\n"
+    system.run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", "-f", "--wipe", "always", target],
+        input=script.encode(),
+    )
+    mbr = (folder / f"{disk}-mbr").read_bytes()
+    fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, mbr[:446], 0)  # boot code only: the table is sfdisk's
+        hidden = folder / f"{disk}-hidden-data-after-mbr"
+        if table.table != "gpt" and hidden.exists():
+            gap = hidden.read_bytes()
+            first = min((p.start for p in table.partitions), default=512)
+            os.pwrite(fd, gap[: max(0, first - 512)], 512)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if is_block_device(target):
+        # BLKPG only: udev may be held off by the caller's lock, so no settle here
+        system.run(["partx", "-u", target], check=False)
+
+
+def reread_partitions(target: str) -> None:
+    """Make the kernel and udev see the table on ``target``.
+
+    The kernel's own re-read needs its partition parsers; ``partx -u`` (BLKPG)
+    then adds, resizes or removes whatever the kernel did not, so partitions are
+    right even on kernels built without MBR/GPT support.
+    """
+    if system.which("udevadm"):
+        system.run(["udevadm", "settle", "--timeout=30"], check=False)
+    system.run(["blockdev", "--rereadpt", target], check=False)
+    system.run(["partx", "-u", target], check=False)
+    if system.which("udevadm"):
+        system.run(["udevadm", "settle", "--timeout=30"], check=False)
+
+
+def partition_device(target: str, number: int, wait: float = 10.0) -> str | None:
+    """The node of partition ``number`` of the disk ``target``; None for a disk file."""
+    if not is_block_device(target):
+        return None
+    real = os.path.realpath(target)
+    name = Path(real).name
+    node = f"/dev/{part_name(name, number)}"
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if is_block_device(node):
+            return node
+        time.sleep(0.1)
+    sys_dev = Path(f"/sys/class/block/{part_name(name, number)}/dev")
+    if sys_dev.exists():
+        major, minor = (int(x) for x in sys_dev.read_text().split(":"))
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+        return node
+    raise ImageDamagedError(
+        f"Partition {number} of {target} did not appear after restoring the table."
+    )

@@ -1,0 +1,1 @@
+"""What the tool does, as plain functions both front ends call: capture, restore, verify, info."""

@@ -1,0 +1,281 @@
+"""Capture: image a disk, a partition or a raw disk file into a Clonezilla-style folder."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue import __version__, system
+from rescue.blockio import Window, binary
+from rescue.copier import CompressionOptions, Extent, write_stream
+from rescue.errors import BadInputError, DeviceError
+from rescue.filesystems.base import Allocation
+from rescue.filesystems.detect import allocation_for
+from rescue.filesystems.probe import probe_fstype
+from rescue.image import layout as layout_mod
+from rescue.image.hashing import sha256_file
+from rescue.image.manifest import (
+    Manifest,
+    PartitionRecord,
+    SourceIdentity,
+    StoredFile,
+    fsync_dir,
+    write_manifest,
+)
+from rescue.image.names import INCOMPLETE_MARKER, stream_name
+from rescue.operations.source import Source, refuse_if_on_device, resolve_source
+from rescue.progress import NullProgress, ProgressReporter, check_cancel
+
+FAT_SPLIT = 4 * 1024**3 - 1
+"""Largest file a FAT filesystem holds: the automatic split size on FAT destinations."""
+
+# MBR partition types that are containers, not data (the table restore recreates them)
+_EXTENDED_TYPES = {"5", "f", "85", "0x5", "0xf", "0x85"}
+
+
+@dataclass(frozen=True)
+class _Planned:
+    name: str
+    number: int | None
+    start: int
+    size: int
+    fstype: str | None
+    uuid: str | None
+    label: str | None
+    alloc: Allocation | None  # None: swap or nothing to store
+
+
+def _prepare_folder(image_dir: Path, src: Source) -> None:
+    if image_dir.exists():
+        if not image_dir.is_dir():
+            raise BadInputError(f"{image_dir} exists and is not a folder.")
+        if any(image_dir.iterdir()):
+            raise BadInputError(
+                f"{image_dir} is not empty.",
+                hint="Choose a new folder name; rescue never mixes two images in one folder.",
+            )
+    refuse_if_on_device(image_dir, src.path, "the disk being imaged")
+    image_dir.mkdir(parents=True, exist_ok=True)
+
+
+def destination_fstype(folder: Path) -> str | None:
+    """Filesystem type of the mount holding ``folder`` (findmnt), None when unknown."""
+    if system.which("findmnt") is None:
+        return None
+    out = system.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(folder)], check=False)
+    return out.stdout.decode().strip() or None
+
+
+def _split_size(
+    options: CompressionOptions, image_dir: Path, progress: ProgressReporter
+) -> int | None:
+    if options.split is not None:
+        return options.split
+    if destination_fstype(image_dir) in ("vfat", "msdos", "fat"):
+        progress.note("The destination is a FAT filesystem: splitting streams into 4 GiB volumes.")
+        return FAT_SPLIT
+    return None
+
+
+def capture(
+    source_path: str,
+    image_dir: Path,
+    *,
+    options: CompressionOptions | None = None,
+    progress: ProgressReporter | None = None,
+    cancel: threading.Event | None = None,
+) -> Manifest:
+    """Image ``source_path`` into the new folder ``image_dir``; returns the manifest written."""
+    options = options or CompressionOptions()
+    progress = progress or NullProgress()
+    src = resolve_source(source_path)
+    _prepare_folder(image_dir, src)
+    split = _split_size(options, image_dir, progress)
+    options = CompressionOptions(options.level, options.frame_size, options.threads, split)
+    marker = image_dir / INCOMPLETE_MARKER
+    marker.write_text(
+        f"rescue {__version__} is capturing {src.path} here; "
+        "without rescue.json this image is incomplete.\n"
+    )
+    fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        progress.phase("Reading the partition table and allocation maps", None)
+        table, plan = _plan(fd, src, image_dir)
+        for p in plan:
+            if p.alloc is not None:
+                for w in p.alloc.warnings:
+                    progress.note(f"{p.name}: {w}")
+        records = _store_all(fd, src, image_dir, plan, options, progress=progress, cancel=cancel)
+        layout_files = _layout_files(image_dir, records)
+        manifest = Manifest(
+            tool=f"rescue {__version__}",
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            source=SourceIdentity(
+                path=src.path,
+                name=src.name,
+                kind="partition" if table is None else "disk",
+                size=src.size,
+                model=src.model,
+                serial=src.serial,
+                logical_sector_size=src.logical_sector_size,
+                physical_sector_size=src.physical_sector_size,
+                partition_table=table,
+            ),
+            compression={
+                "algorithm": "zstd",
+                "level": options.level,
+                "frame_size": options.frame_size,
+                "seekable": True,
+                "split": options.split,
+            },
+            partitions=tuple(records),
+            files=layout_files,
+        )
+        check_cancel(cancel)
+        write_manifest(image_dir, manifest)
+        marker.unlink()
+        fsync_dir(image_dir)
+        return manifest
+    finally:
+        os.close(fd)
+
+
+def _plan(fd: int, src: Source, image_dir: Path) -> tuple[str | None, list[_Planned]]:
+    """Save the layout files and decide how each partition is stored."""
+    if not src.is_partition:
+        disk = layout_mod.read_source_layout(src.path, src.name)
+        if disk.table is not None:
+            plan = []
+            for part in disk.partitions:
+                if str(part.type).lower() in _EXTENDED_TYPES:
+                    continue
+                plan.append(_plan_one(fd, part, part.number))
+            layout_mod.save_layout(
+                image_dir,
+                disk,
+                src.path,
+                parts=[p.name for p in plan],
+                fstypes={p.name: _stored_fstype(p) for p in plan},
+            )
+            return disk.table, plan
+    # a partition, or a disk without a partition table: one filesystem
+    whole = layout_mod.PartitionEntry(name=src.name, number=0, start=0, size=src.size, type="")
+    planned = _plan_one(fd, whole, None)
+    layout_mod.save_partition_only(
+        image_dir,
+        src.name,
+        _stored_fstype(planned),
+        src.path,
+        size=src.size,
+        uuid=planned.uuid,
+        label=planned.label,
+    )
+    return None, [planned]
+
+
+def _stored_fstype(p: _Planned) -> str:
+    if p.alloc is None:
+        return p.fstype or "swap"
+    return p.alloc.fstype
+
+
+def _plan_one(fd: int, part: layout_mod.PartitionEntry, number: int | None) -> _Planned:
+    """Read the allocation map of one partition (swap: nothing to read)."""
+    window = binary(Window(fd, part.start, part.size))
+    fstype = part.fstype or probe_fstype(window)
+    uuid, label = part.fs_uuid, part.fs_label
+    if fstype == "swap":
+        return _Planned(part.name, number, part.start, part.size, fstype, uuid, label, None)
+    alloc = allocation_for(window, part.size, fstype)
+    return _Planned(
+        part.name,
+        number,
+        part.start,
+        part.size,
+        fstype,
+        uuid or alloc.uuid,
+        label or alloc.label,
+        alloc,
+    )
+
+
+def _store_all(
+    fd: int,
+    src: Source,
+    image_dir: Path,
+    plan: list[_Planned],
+    options: CompressionOptions,
+    *,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> list[PartitionRecord]:
+    total = sum(p.alloc.used_bytes for p in plan if p.alloc is not None)
+    progress.phase(f"Capturing {src.path}", total)
+    records = []
+    for p in plan:
+        check_cancel(cancel)
+        if p.alloc is None:
+            records.append(
+                PartitionRecord(
+                    name=p.name,
+                    number=p.number,
+                    start=p.start,
+                    size=p.size,
+                    fstype=p.fstype,
+                    uuid=p.uuid,
+                    label=p.label,
+                    stored_as="swap",
+                )
+            )
+            continue
+        alloc = p.alloc
+        raw = alloc.fstype == "dd"
+        name = stream_name(p.name, alloc.fstype)
+        result = write_stream(
+            Extent(fd, src.path, p.start, p.size),
+            alloc,
+            image_dir / name,
+            options,
+            progress=progress,
+            cancel=cancel,
+        )
+        records.append(
+            PartitionRecord(
+                name=p.name,
+                number=p.number,
+                start=p.start,
+                size=p.size,
+                fstype=p.fstype if raw else alloc.fstype,
+                uuid=p.uuid,
+                label=p.label,
+                stored_as="dd" if raw else "partclone",
+                stream=name,
+                block_size=alloc.block_size,
+                total_blocks=alloc.total_blocks,
+                used_blocks=alloc.used_blocks,
+                used_bytes=alloc.used_bytes,
+                stream_bytes=result.stream_bytes,
+                files=result.files,
+                warnings=alloc.warnings,
+            )
+        )
+    return records
+
+
+def _layout_files(image_dir: Path, records: list[PartitionRecord]) -> tuple[StoredFile, ...]:
+    """Hashes of every file in the folder that is not a data stream."""
+    stream_files = {f.name for r in records for f in r.files}
+    out = []
+    for path in sorted(image_dir.iterdir()):
+        if path.name in stream_files or path.name == INCOMPLETE_MARKER or not path.is_file():
+            continue
+        if path.name.startswith("."):
+            continue
+        size, digest = sha256_file(path)
+        out.append(StoredFile(path.name, size, digest))
+    if not out and not records:
+        raise DeviceError("Nothing was captured.")
+    return tuple(out)

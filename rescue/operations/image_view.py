@@ -1,0 +1,138 @@
+"""One view of an image folder, whether rescue or Clonezilla wrote it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue.errors import IncompleteImageError, NotAnImageError
+from rescue.image import layout as layout_mod
+from rescue.image.manifest import MANIFEST_NAME, Manifest, read_manifest
+from rescue.image.names import INCOMPLETE_MARKER
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    name: str
+    number: int | None
+    start: int
+    size: int
+    fstype: str | None
+    stored_as: str
+    """partclone, dd, swap or none."""
+    stream: Path | None
+    """Base path of the stream (split suffixes are found by the volume reader)."""
+    compression: str
+    uuid: str | None = None
+    label: str | None = None
+    used_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ImageView:
+    folder: Path
+    kind: str
+    """"disk" or "partition"."""
+    disk_name: str | None
+    parts: tuple[ImagePart, ...]
+    manifest: Manifest | None
+    """None for an image written by Clonezilla (no rescue.json)."""
+
+    @property
+    def required_size(self) -> int:
+        """Smallest target that holds every partition (and a GPT's backup at the end)."""
+        end = max((p.start + p.size for p in self.parts), default=0)
+        if self.kind == "disk":
+            end += 33 * 512
+        return end
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(p.used_bytes for p in self.parts)
+
+
+def open_image(folder: Path) -> ImageView:
+    """Read an image folder; refuses an incomplete rescue capture."""
+    if not folder.is_dir():
+        raise NotAnImageError(f"{folder} is not a folder.")
+    if (folder / MANIFEST_NAME).exists():
+        return _from_manifest(folder, read_manifest(folder))
+    if (folder / INCOMPLETE_MARKER).exists():
+        raise IncompleteImageError(
+            f"{folder} is an incomplete image: its capture did not finish.",
+            hint="Capture the disk again; an incomplete image must not be trusted.",
+        )
+    return _from_layout(folder)
+
+
+def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
+    parts = tuple(
+        ImagePart(
+            name=r.name,
+            number=r.number,
+            start=r.start,
+            size=r.size,
+            fstype=r.fstype,
+            stored_as=r.stored_as,
+            stream=folder / r.stream if r.stream else None,
+            compression="zst",
+            uuid=r.uuid,
+            label=r.label,
+            used_bytes=r.used_bytes,
+        )
+        for r in manifest.partitions
+    )
+    return ImageView(
+        folder=folder,
+        kind=manifest.source.kind,
+        disk_name=manifest.source.name if manifest.source.kind == "disk" else None,
+        parts=parts,
+        manifest=manifest,
+    )
+
+
+def _from_layout(folder: Path) -> ImageView:
+    """An image written by Clonezilla: its own files say what it holds."""
+    layout = layout_mod.read_image_layout(folder)
+    entries = {e.name: e for e in layout.table.partitions} if layout.table else {}
+    if layout.disk is None and len(layout.parts) != 1:
+        raise NotAnImageError(
+            f"{folder} holds {len(layout.parts)} separate partitions; "
+            "rescue restores a partition image with exactly one."
+        )
+    parts = []
+    for name in layout.parts:
+        entry = entries.get(name)
+        if layout.disk is not None and entry is None:
+            raise NotAnImageError(
+                f"{folder}: partition {name} is not in the saved partition table."
+            )
+        stream = layout.streams.get(name)
+        swap = layout.swap.get(name)
+        if stream is not None:
+            stored_as, fstype = stream.kind, stream.fstype
+        elif swap is not None:
+            stored_as, fstype = "swap", "swap"
+        else:
+            stored_as, fstype = "none", None
+        parts.append(
+            ImagePart(
+                name=name,
+                number=entry.number if entry else None,
+                start=entry.start if entry else 0,
+                size=entry.size if entry else 0,
+                fstype=fstype,
+                stored_as=stored_as,
+                stream=stream.base if stream else None,
+                compression=stream.compression if stream else "",
+                uuid=swap.get("UUID") if swap else None,
+                label=swap.get("LABEL") if swap else None,
+            )
+        )
+    return ImageView(
+        folder=folder,
+        kind="disk" if layout.disk else "partition",
+        disk_name=layout.disk,
+        parts=tuple(parts),
+        manifest=None,
+    )

@@ -1,0 +1,190 @@
+"""Restore: write an image back onto a disk or a partition, safely."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue import system
+from rescue.blockio import device_size, is_block_device
+from rescue.copier import Extent, open_stream_chunks, restore_partclone_stream, restore_raw_stream
+from rescue.errors import BadInputError, DeviceError, RefusedError
+from rescue.image import layout as layout_mod
+from rescue.operations.image_view import ImagePart, ImageView, open_image
+from rescue.operations.source import Source, refuse_if_on_device, resolve_source
+from rescue.progress import NullProgress, ProgressReporter, check_cancel
+from rescue.units import human_size
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    image: ImageView
+    target: Source
+    summary: str
+    """What will be overwritten, for the confirmation."""
+
+
+def describe_target(target: Source) -> str:
+    """Model, serial, size and path: what a confirmation must name."""
+    bits = [target.path]
+    if target.model:
+        bits.append(f"model {target.model}")
+    if target.serial:
+        bits.append(f"serial {target.serial}")
+    bits.append(f"{human_size(target.size)} ({target.size} bytes)")
+    return ", ".join(bits)
+
+
+def plan_restore(image_dir: Path, target_path: str) -> RestorePlan:
+    """Check everything that can be checked before writing; raise if the restore must not run."""
+    image = open_image(image_dir)
+    target = resolve_source(target_path)
+    if image.kind == "disk" and target.is_partition:
+        raise BadInputError(
+            f"{image_dir} holds a whole disk; {target.path} is a partition.",
+            hint="Restore a whole-disk image onto a disk.",
+        )
+    if not target.is_file:
+        _check_device_safety(target)
+    refuse_if_on_device(image_dir, target.path, "the image would overwrite itself")
+    need = image.required_size
+    if target.size < need:
+        raise RefusedError(
+            f"{target.path} is too small: it has {target.size} bytes ({human_size(target.size)}), "
+            f"the image needs {need} bytes ({human_size(need)})."
+        )
+    what = ", ".join(f"{p.name} ({p.fstype or 'raw'}, {human_size(p.size)})" for p in image.parts)
+    summary = (
+        f"Everything on {describe_target(target)} will be overwritten "
+        f"with the image {image_dir} ({what})."
+    )
+    return RestorePlan(image=image, target=target, summary=summary)
+
+
+def _check_device_safety(target: Source) -> None:
+    from rescue.devices import find_device  # noqa: PLC0415
+    from rescue.devices.safety import check_target  # noqa: PLC0415
+
+    check_target(find_device(target.path))
+
+
+def restore(
+    plan: RestorePlan,
+    *,
+    confirmed: bool,
+    progress: ProgressReporter | None = None,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Run a checked plan; the front end must have had the technician confirm it."""
+    progress = progress or NullProgress()
+    if not confirmed:
+        raise RefusedError(f"Not confirmed: nothing was written to {plan.target.path}.")
+    image, target = plan.image, plan.target
+    progress.phase(f"Restoring {image.folder} to {target.path}", image.used_bytes)
+    with disk_lock(target.path):
+        if image.kind == "disk":
+            assert image.disk_name is not None
+            layout_mod.restore_partition_table(
+                image.folder, image.disk_name, target.path, target.size
+            )
+            for part in image.parts:
+                check_cancel(cancel)
+                _restore_part(part, target, _part_node(target, part), progress, cancel)
+        else:
+            part = image.parts[0]
+            _restore_part(part, target, (target.path, 0), progress, cancel)
+    _settle(target, image.kind == "disk")
+
+
+def _part_node(target: Source, part: ImagePart) -> tuple[str, int]:
+    """Where to write a partition: its own node on a disk, its offset in a file."""
+    if target.is_file or part.number is None:
+        return target.path, part.start
+    node = layout_mod.partition_device(target.path, part.number)
+    if node is None:
+        return target.path, part.start
+    return node, 0
+
+
+def _restore_part(
+    part: ImagePart,
+    target: Source,
+    where: tuple[str, int],
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> None:
+    path, base = where
+    if part.stored_as == "swap":
+        _make_swap(part, path, base)
+        return
+    if part.stored_as not in ("partclone", "dd") or part.stream is None:
+        return
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    if is_block_device(path):
+        flags |= os.O_EXCL
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise DeviceError(f"Cannot open {path} for writing: {exc.strerror}.") from exc
+    try:
+        chunks = open_stream_chunks(part.stream, part.compression)
+        room = part.size if base else device_size(path)
+        dst = Extent(fd, path, base, room)
+        if part.stored_as == "partclone":
+            restore_partclone_stream(chunks, dst, progress=progress, cancel=cancel)
+        else:
+            written = restore_raw_stream(chunks, dst, progress=progress, cancel=cancel)
+            if written != part.size and part.used_bytes:
+                raise DeviceError(
+                    f"The raw stream of {part.name} holds {written} bytes, not {part.size}."
+                )
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_swap(part: ImagePart, path: str, base: int) -> None:
+    args = ["mkswap"]
+    if part.uuid:
+        args += ["-U", part.uuid]
+    if part.label:
+        args += ["-L", part.label]
+    if base:
+        # swap inside a disk file: place it at the partition and give its size (KiB)
+        system.run([*args, "-f", "--offset", str(base), path, str(part.size // 1024)])
+        return
+    system.run([*args, path])
+
+
+@contextlib.contextmanager
+def disk_lock(path: str) -> Iterator[None]:
+    """Hold udev off the disk while we write it (BSD lock on the whole disk, as udev honours).
+
+    Without it, udev re-reads the partition table whenever a partition we wrote
+    is closed, and probes half-written filesystems.
+    """
+    if not is_block_device(path):
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _settle(target: Source, new_table: bool) -> None:
+    """After the lock is gone: let the kernel and udev see the final table and filesystems."""
+    if target.is_file:
+        return
+    if new_table:
+        layout_mod.reread_partitions(target.path)
+    elif system.which("udevadm"):
+        system.run(["udevadm", "trigger", "--action=change", target.path], check=False)
+        system.run(["udevadm", "settle", "--timeout=30"], check=False)
