@@ -35,10 +35,10 @@ def _encode(alloc: Allocation, fs: bytes, chunk_blocks: int = 37) -> bytes:
     bs = alloc.block_size
     used = [n for first, count in alloc.runs() for n in range(first, first + count)]
     out = [prefix]
-    for i in range(0, len(used), chunk_blocks):
-        out.append(
-            enc.encode(b"".join(fs[n * bs : (n + 1) * bs] for n in used[i : i + chunk_blocks]))
-        )
+    out.extend(
+        enc.encode(b"".join(fs[n * bs : (n + 1) * bs] for n in used[i : i + chunk_blocks]))
+        for i in range(0, len(used), chunk_blocks)
+    )
     out.append(enc.finish())
     return b"".join(out)
 
