@@ -93,7 +93,13 @@ class LoopDisk:
         self._swaps.remove(self.parts[index])
 
     def rescan(self) -> None:
-        """Re-read the partition table after something rewrote it."""
+        """Re-read the partition table after something rewrote it.
+
+        udev re-reads a disk's table after any program closes the disk opened for
+        writing; a kernel without partition parsers then drops every partition,
+        so wait for udev first and let partx put them back.
+        """
+        settle()
         run("partx", "-u", self.path, check=False)
         settle()
         self.parts = _partition_nodes(self.path, self._made_nodes)

@@ -37,13 +37,15 @@ class ImageView:
     parts: tuple[ImagePart, ...]
     manifest: Manifest | None
     """None for an image written by Clonezilla (no rescue.json)."""
+    table: str | None = None
+    """gpt, dos or None (a partition image)."""
 
     @property
     def required_size(self) -> int:
         """Smallest target that holds every partition (and a GPT's backup at the end)."""
         end = max((p.start + p.size for p in self.parts), default=0)
-        if self.kind == "disk":
-            end += 33 * 512
+        if self.table == "gpt":
+            end += 33 * 512  # the backup GPT after the last partition
         return end
 
     @property
@@ -88,6 +90,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
         disk_name=manifest.source.name if manifest.source.kind == "disk" else None,
         parts=parts,
         manifest=manifest,
+        table=manifest.source.partition_table,
     )
 
 
@@ -135,4 +138,5 @@ def _from_layout(folder: Path) -> ImageView:
         disk_name=layout.disk,
         parts=tuple(parts),
         manifest=None,
+        table=layout.table.table if layout.table else None,
     )
