@@ -22,7 +22,7 @@ from rescue.errors import DeviceError, ImageDamagedError
 from rescue.filesystems.base import Allocation
 from rescue.image.manifest import StoredFile
 from rescue.image.partclone import BlockEncoder, PartcloneHeader, StreamReader, stream_prefix
-from rescue.image.seekable import SeekableZstdWriter, iter_decompressed
+from rescue.image.seekable import SeekableZstdWriter, iter_decompressed, iter_decompressed_gzip
 from rescue.image.volumes import VolumeReader, VolumeWriter, volume_paths
 from rescue.progress import ProgressReporter, check_cancel
 
@@ -207,7 +207,7 @@ def write_stream(
     )
 
 
-class _ChunkFile:
+class ChunkFile:
     """A minimal readable file over an iterator of byte chunks (for StreamReader)."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
@@ -249,16 +249,35 @@ class _ChunkFile:
 
 def open_stream_chunks(out_base: Path, compression: str, threads: int = 0) -> Iterator[bytes]:
     """Decompressed chunks of a stored stream (split or not, any supported compression)."""
-    from rescue.image.seekable import iter_decompressed_gzip  # noqa: PLC0415
-
     reader = VolumeReader(volume_paths(out_base))
+    chunks: Iterator[bytes]
     if compression == "zst":
-        return iter_decompressed(binary(reader), threads=threads)
-    if compression == "gz":
-        return iter_decompressed_gzip(binary(reader))
-    if compression == "uncomp":
-        return iter(lambda: reader.read(4 * MiB), b"")
-    raise ImageDamagedError(f"{out_base.name}: compression {compression!r} is not supported.")
+        chunks = iter_decompressed(binary(reader), threads=threads)
+    elif compression == "gz":
+        chunks = iter_decompressed_gzip(binary(reader))
+    elif compression == "uncomp":
+        chunks = iter(lambda: reader.read(4 * MiB), b"")
+    else:
+        raise ImageDamagedError(f"{out_base.name}: compression {compression!r} is not supported.")
+    return _named_errors(chunks, out_base.name, reader)
+
+
+def _named_errors(chunks: Iterator[bytes], name: str, reader: VolumeReader) -> Iterator[bytes]:
+    """Say which stream (and which split volume) a decoding error is in."""
+    try:
+        yield from chunks
+    except ImageDamagedError as exc:
+        raise stream_error(name, exc, reader.current_volume()) from exc
+    finally:
+        reader.close()
+
+
+def stream_error(name: str, exc: ImageDamagedError, volume: str | None = None) -> ImageDamagedError:
+    """``exc`` with the stream's file name in front, once."""
+    if name in exc.message:
+        return exc
+    where = f"{name} (volume {volume})" if volume and volume != name else name
+    return ImageDamagedError(f"{where}: {exc.message}", hint=exc.hint)
 
 
 def restore_partclone_stream(
@@ -269,7 +288,7 @@ def restore_partclone_stream(
     cancel: threading.Event | None,
 ) -> PartcloneHeader:
     """Write the used blocks of a partclone stream into ``dst``."""
-    reader = StreamReader(_ChunkFile(chunks))
+    reader = StreamReader(ChunkFile(chunks))
     header = reader.header
     fs_bytes = header.total_blocks * header.block_size
     if fs_bytes > dst.size:

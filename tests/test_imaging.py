@@ -211,6 +211,7 @@ def test_clonezilla_made_image_restores(
     for f in ours.iterdir():
         if "ptcl-img" not in f.name and f.name != "rescue.json":
             (cz / f.name).write_bytes(f.read_bytes())
+    (cz / "clonezilla-img").write_text("Starting /usr/sbin/ocs-sr at 2026-11-24\n")
     for i, fs in ((0, "ext4"), (1, "ext2"), (4, "ext4")):
         name = Path(gpt_source.parts[i]).name
         subprocess.run(

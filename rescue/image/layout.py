@@ -31,6 +31,8 @@ from rescue.units import human_size
 
 HIDDEN_DATA_MAX = 1 << 20
 TABLE_COPY = 1 << 20
+LOG_SIGNATURE = "Image saved by rescue"
+"""How ``clonezilla-img`` starts in our images (so a lost rescue.json is noticed)."""
 """The MBR gap saved (GRUB's core image lives there): up to the first partition, at most 1 MiB."""
 
 
@@ -180,10 +182,7 @@ def _common_files(
     _write(folder, "dev-fs.list", "\n".join(devfs) + "\n")
     _write(folder, "blkid.list", "\n".join(blkid) + "\n")
     _write(folder, "blkdev.list", "\n".join(blkdev) + "\n")
-    log = (
-        f"Image saved by rescue {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
-        f"{command}\n"
-    )
+    log = f"{LOG_SIGNATURE} {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n{command}\n"
     _write(folder, "clonezilla-img", log)
     _write(folder, "Info-img-id.txt", f"IMG_ID={hashlib.sha512(log.encode()).hexdigest()}\n")
     _write(folder, "Info-saved-by-cmd.txt", command + "\n")

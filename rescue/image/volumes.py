@@ -136,6 +136,13 @@ class VolumeReader(io.RawIOBase):
     def size(self) -> int:
         return self._starts[-1]
 
+    def current_volume(self) -> str | None:
+        """Name of the volume the last read ended in (for error messages)."""
+        for k in range(len(self._paths)):
+            if self._starts[k] <= max(0, self._pos - 1) < self._starts[k + 1]:
+                return self._paths[k].name
+        return self._paths[-1].name if self._paths else None
+
     def readable(self) -> bool:
         return True
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.errors import IncompleteImageError, NotAnImageError
+from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageError
 from rescue.image import layout as layout_mod
-from rescue.image.manifest import MANIFEST_NAME, Manifest, read_manifest
+from rescue.image.manifest import MANIFEST_NAME, Manifest, StoredFile, read_manifest
 from rescue.image.names import INCOMPLETE_MARKER
 
 
@@ -59,12 +59,44 @@ def open_image(folder: Path) -> ImageView:
         raise NotAnImageError(f"{folder} is not a folder.")
     if (folder / MANIFEST_NAME).exists():
         return _from_manifest(folder, read_manifest(folder))
-    if (folder / INCOMPLETE_MARKER).exists():
+    if (folder / INCOMPLETE_MARKER).exists() or _written_by_rescue(folder):
         raise IncompleteImageError(
             f"{folder} is an incomplete image: its capture did not finish.",
             hint="Capture the disk again; an incomplete image must not be trusted.",
         )
     return _from_layout(folder)
+
+
+def check_present(folder: Path, stored: StoredFile) -> None:
+    """The file exists with the size the manifest recorded (cheap; no hashing)."""
+    path = folder / stored.name
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise ImageDamagedError(f"{path.name} is missing from {folder}.") from exc
+    if size != stored.size:
+        raise ImageDamagedError(
+            f"{path.name} has {size} bytes; the manifest recorded {stored.size} "
+            "(truncated or overwritten)."
+        )
+
+
+def check_all_present(image: ImageView) -> None:
+    """Every file the manifest lists is there with its size: before anything is written."""
+    if image.manifest is None:
+        return
+    m = image.manifest
+    for stored in (*m.files, *(f for p in m.partitions for f in p.files)):
+        check_present(image.folder, stored)
+
+
+def _written_by_rescue(folder: Path) -> bool:
+    """Our captures sign Clonezilla's log; such a folder without rescue.json is unfinished."""
+    log = folder / "clonezilla-img"
+    try:
+        return log.read_text(errors="replace").startswith(layout_mod.LOG_SIGNATURE)
+    except OSError:
+        return False
 
 
 def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:

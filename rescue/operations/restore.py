@@ -12,10 +12,16 @@ from pathlib import Path
 
 from rescue import system
 from rescue.blockio import device_size, is_block_device
-from rescue.copier import Extent, open_stream_chunks, restore_partclone_stream, restore_raw_stream
-from rescue.errors import BadInputError, DeviceError, RefusedError
+from rescue.copier import (
+    Extent,
+    open_stream_chunks,
+    restore_partclone_stream,
+    restore_raw_stream,
+    stream_error,
+)
+from rescue.errors import BadInputError, DeviceError, ImageDamagedError, RefusedError
 from rescue.image import layout as layout_mod
-from rescue.operations.image_view import ImagePart, ImageView, open_image
+from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 from rescue.units import human_size
@@ -43,6 +49,7 @@ def describe_target(target: Source) -> str:
 def plan_restore(image_dir: Path, target_path: str) -> RestorePlan:
     """Check everything that can be checked before writing; raise if the restore must not run."""
     image = open_image(image_dir)
+    check_all_present(image)
     target = resolve_source(target_path)
     if image.kind == "disk" and target.is_partition:
         raise BadInputError(
@@ -136,7 +143,10 @@ def _restore_part(
         room = part.size if base else device_size(path)
         dst = Extent(fd, path, base, room)
         if part.stored_as == "partclone":
-            restore_partclone_stream(chunks, dst, progress=progress, cancel=cancel)
+            try:
+                restore_partclone_stream(chunks, dst, progress=progress, cancel=cancel)
+            except ImageDamagedError as exc:
+                raise stream_error(part.stream.name, exc) from exc
         else:
             written = restore_raw_stream(chunks, dst, progress=progress, cancel=cancel)
             if written != part.size and part.used_bytes:

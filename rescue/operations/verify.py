@@ -6,12 +6,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rescue.copier import _ChunkFile, open_stream_chunks
+from rescue.copier import ChunkFile, open_stream_chunks, stream_error
 from rescue.errors import ImageDamagedError
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import StoredFile
 from rescue.image.partclone import StreamReader
-from rescue.operations.image_view import ImagePart, open_image
+from rescue.operations.image_view import ImagePart, check_present, open_image
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 
 
@@ -26,14 +26,8 @@ class VerifyReport:
 
 def _check_file(folder: Path, stored: StoredFile) -> None:
     path = folder / stored.name
-    if not path.exists():
-        raise ImageDamagedError(f"{path} is missing.")
-    size, digest = sha256_file(path)
-    if size != stored.size:
-        raise ImageDamagedError(
-            f"{path} has {size} bytes; the manifest recorded {stored.size} "
-            "(truncated or overwritten)."
-        )
+    check_present(folder, stored)
+    _size, digest = sha256_file(path)
     if digest != stored.sha256:
         raise ImageDamagedError(f"{path} does not match its SHA-256 in the manifest.")
 
@@ -65,7 +59,10 @@ def verify(
     for part in image.parts:
         if part.stream is None or part.stored_as not in ("partclone", "dd"):
             continue
-        report.stream_bytes += _check_stream(part, progress, cancel)
+        try:
+            report.stream_bytes += _check_stream(part, progress, cancel)
+        except ImageDamagedError as exc:
+            raise stream_error(part.stream.name, exc) from exc
         report.streams_checked += 1
     return report
 
@@ -85,7 +82,7 @@ def _check_stream(
         if total != part.size:
             raise ImageDamagedError(f"{name} holds {total} bytes; the partition has {part.size}.")
         return total
-    reader = StreamReader(_ChunkFile(chunks))
+    reader = StreamReader(ChunkFile(chunks))
     blocks = 0
     bs = reader.header.block_size
     for _first, data in reader.iter_runs():
