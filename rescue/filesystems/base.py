@@ -118,6 +118,20 @@ def set_run(bm: bytearray, first: int, count: int) -> None:
             bm[n >> 3] |= 1 << (n & 7)
 
 
+def clear_run(bm: bytearray, first: int, count: int) -> None:
+    """Clear bits ``first .. first+count-1`` of ``bm``."""
+    last = first + count
+    lo_byte = (first + 7) >> 3
+    hi_byte = last >> 3
+    if lo_byte <= hi_byte:
+        bm[lo_byte:hi_byte] = bytes(hi_byte - lo_byte)
+        edges = [*range(first, min(last, lo_byte * 8)), *range(max(first, hi_byte * 8), last)]
+    else:
+        edges = list(range(first, last))
+    for n in edges:
+        bm[n >> 3] &= ~(1 << (n & 7)) & 0xFF
+
+
 def count_bits(bitmap: bytes, total_blocks: int) -> int:
     """Set bits among the first ``total_blocks`` bits."""
     n = int.from_bytes(bitmap, "little").bit_count()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import Allocation, count_bits, set_run
+from rescue.filesystems.base import Allocation, clear_run, count_bits, set_run
 from rescue.filesystems.probe import _ext_name
 
 EXT_MAGIC = 0xEF53
@@ -44,6 +44,10 @@ INCOMPAT_KNOWN = (
 RO_COMPAT_SPARSE_SUPER = 0x0001
 RO_COMPAT_BIGALLOC = 0x0200
 
+RO_COMPAT_GDT_CSUM = 0x0010
+RO_COMPAT_METADATA_CSUM = 0x0400
+
+BG_INODE_UNINIT = 0x0001
 BG_BLOCK_UNINIT = 0x0002
 
 
@@ -208,9 +212,18 @@ def read_super(f: BinaryIO) -> _Super:
     )
 
 
-def _descriptors(f: BinaryIO, s: _Super) -> list[tuple[int, int, int, int]]:
-    """(block bitmap, inode bitmap, inode table, flags) for every group."""
-    out: list[tuple[int, int, int, int]] = []
+@dataclass(frozen=True)
+class _Group:
+    block_bitmap: int
+    inode_bitmap: int
+    inode_table: int
+    flags: int
+    itable_unused: int
+
+
+def _descriptors(f: BinaryIO, s: _Super) -> list[_Group]:
+    """The group descriptors, in group order."""
+    out: list[_Group] = []
     wide = s.desc_size >= 64
     for i in range(s.desc_blocks):
         blk = s.descriptor_block(i)
@@ -223,12 +236,15 @@ def _descriptors(f: BinaryIO, s: _Super) -> list[tuple[int, int, int, int]]:
             d = raw[j * s.desc_size : (j + 1) * s.desc_size]
             bb, ib, it = struct.unpack_from("<III", d, 0)
             (flags,) = struct.unpack_from("<H", d, 0x12)
+            (unused,) = struct.unpack_from("<H", d, 0x1C)
             if wide:
                 bbh, ibh, ith = struct.unpack_from("<III", d, 0x20)
                 bb |= bbh << 32
                 ib |= ibh << 32
                 it |= ith << 32
-            out.append((bb, ib, it, flags))
+                (unused_hi,) = struct.unpack_from("<H", d, 0x32)
+                unused |= unused_hi << 16
+            out.append(_Group(bb, ib, it, flags, unused))
     return out
 
 
@@ -252,7 +268,8 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
     set_run(bm, 0, s.first_data_block)
     bpg = s.blocks_per_group
     group_bytes = bpg // 8
-    for g, (bb, ib, it, flags) in enumerate(descs):
+    for g, grp in enumerate(descs):
+        bb, ib, it, flags = grp.block_bitmap, grp.inode_bitmap, grp.inode_table, grp.flags
         for what, loc, n in (
             ("block bitmap", bb, 1),
             ("inode bitmap", ib, 1),
@@ -275,6 +292,8 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
         raw = _pread(f, bb * s.block_size, group_bytes)
         _place(bm, raw, first, nblocks)
     _check_metadata_marked(bm, s, descs)
+    for first, count in unused_inode_table_runs(f, s, descs):
+        clear_run(bm, first, count)
     used = count_bits(bytes(bm), s.blocks_count)
     return Allocation(
         fstype=_ext_name(_pread(f, 1024, 1024)) or "ext4",
@@ -312,16 +331,50 @@ def _place(bm: bytearray, raw: bytes, first: int, nblocks: int) -> None:
         bm[lo + i] |= byte
 
 
-def _check_metadata_marked(
-    bm: bytearray, s: _Super, descs: list[tuple[int, int, int, int]]
-) -> None:
+def unused_inode_table_runs(f: BinaryIO, s: _Super, descs: list[_Group]) -> list[tuple[int, int]]:
+    """Inode-table blocks that hold only inodes never in use: not worth copying.
+
+    This is where our map deliberately differs from partclone's. With checksummed
+    group descriptors (uninit_bg / metadata_csum), ext4 keeps, per group, the
+    count of inodes at the end of the table that were never used
+    (``bg_itable_unused``); the kernel never reads them as inodes (a new inode is
+    built in memory) and e2fsck skips them. mke2fs allocates full inode tables,
+    so an empty 1 TiB filesystem "uses" 16 GiB for them: copying only the part
+    that ever held inodes makes imaging time follow the data. To be safe against
+    a wrong counter we keep every block up to the highest inode the inode bitmap
+    marks used, whichever is further.
+    """
+    if not s.ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM):
+        return []
+    runs = []
+    per_block = s.block_size // s.inode_size
+    ipg = s.inodes_per_group
+    for grp in descs:
+        used = ipg - min(grp.itable_unused, ipg)
+        if grp.flags & BG_INODE_UNINIT:
+            used = 0
+        else:
+            raw = _pread(f, grp.inode_bitmap * s.block_size, (ipg + 7) // 8)
+            highest = int.from_bytes(raw, "little").bit_length()
+            used = max(used, highest)
+        keep = -(-used // per_block)
+        if keep < s.inode_table_blocks:
+            runs.append((grp.inode_table + keep, s.inode_table_blocks - keep))
+    return runs
+
+
+def _check_metadata_marked(bm: bytearray, s: _Super, descs: list[_Group]) -> None:
     """A bitmap that calls a group's own metadata free is damaged: refuse to trust it."""
 
     def used(n: int) -> bool:
         return bool(bm[n >> 3] >> (n & 7) & 1)
 
-    for g, (bb, ib, it, _flags) in enumerate(descs):
-        for what, loc in (("block bitmap", bb), ("inode bitmap", ib), ("inode table", it)):
+    for g, grp in enumerate(descs):
+        for what, loc in (
+            ("block bitmap", grp.block_bitmap),
+            ("inode bitmap", grp.inode_bitmap),
+            ("inode table", grp.inode_table),
+        ):
             if not used(loc):
                 raise FilesystemError(
                     f"ext group {g}: the block bitmap marks the group's own {what} "
