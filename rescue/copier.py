@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,7 +70,9 @@ class _Reader(threading.Thread):
         self.base = base
         self.alloc = alloc
         self.cancel = cancel
-        self.out: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_DEPTH)
+        self.out: queue.Queue[bytes | bytearray | BaseException | None] = queue.Queue(QUEUE_DEPTH)
+        self.sparse = stat.S_ISREG(os.fstat(fd).st_mode)
+        """A regular file: its holes read as zeros without touching the disk."""
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -81,7 +84,7 @@ class _Reader(threading.Thread):
             except queue.Empty:
                 break
 
-    def _put(self, item: bytes | BaseException | None) -> None:
+    def _put(self, item: bytes | bytearray | BaseException | None) -> None:
         while not self._stop_event.is_set():
             try:
                 self.out.put(item, timeout=0.2)
@@ -99,7 +102,7 @@ class _Reader(threading.Thread):
         except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
             self._put(exc)
 
-    def _chunks(self) -> Iterator[bytes]:
+    def _chunks(self) -> Iterator[bytes | bytearray]:
         bs = self.alloc.block_size
         span_lo = span_hi = -1
         pieces: list[tuple[int, int]] = []  # (offset, length) inside the span
@@ -125,24 +128,45 @@ class _Reader(threading.Thread):
         if span_lo >= 0:
             yield self._read_span(span_lo, span_hi, pieces)
 
-    def _read_span(self, lo: int, hi: int, pieces: list[tuple[int, int]]) -> bytes:
-        buf = bytearray(hi - lo)
+    def _read_span(self, lo: int, hi: int, pieces: list[tuple[int, int]]) -> bytes | bytearray:
+        buf = bytearray(hi - lo)  # zero-filled: holes of a sparse disk file need no read
         view = memoryview(buf)
-        got = 0
-        while got < len(buf):
+        for a, b in self._data_ranges(self.base + lo, self.base + hi):
+            self._read_into(view[a - self.base - lo : b - self.base - lo], a)
+        if len(pieces) == 1 and pieces[0] == (0, len(buf)):
+            return buf
+        return b"".join(view[o : o + n] for o, n in pieces)
+
+    def _data_ranges(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """Parts of ``[lo, hi)`` that hold data: all of it on a disk, skipping a file's holes."""
+        if not self.sparse:
+            yield lo, hi
+            return
+        pos = lo
+        while pos < hi:
             try:
-                n = os.preadv(self.fd, [view[got:]], self.base + lo + got)
+                pos = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: nothing but a hole up to the end of the file
+                return
+            if pos >= hi:
+                return
+            end = min(os.lseek(self.fd, pos, os.SEEK_HOLE), hi)
+            yield pos, end
+            pos = end
+
+    def _read_into(self, view: memoryview, offset: int) -> None:
+        got = 0
+        while got < len(view):
+            try:
+                n = os.preadv(self.fd, [view[got:]], offset + got)
             except OSError as exc:
-                raise _read_error(self.path, self.base + lo + got, exc) from exc
+                raise _read_error(self.path, offset + got, exc) from exc
             if n == 0:
                 raise DeviceError(
-                    f"{self.path} ended at byte {self.base + lo + got}, inside the filesystem: "
+                    f"{self.path} ended at byte {offset + got}, inside the filesystem: "
                     "the disk is smaller than its partition table or filesystem says."
                 )
             got += n
-        if len(pieces) == 1 and pieces[0] == (0, len(buf)):
-            return bytes(buf)
-        return b"".join(view[o : o + n] for o, n in pieces)
 
 
 @dataclass(frozen=True)
@@ -183,7 +207,10 @@ def write_stream(
             if isinstance(item, BaseException):
                 raise item
             check_cancel(cancel)
-            zw.write(encoder.encode(item) if encoder else item)
+            if encoder:
+                zw.write_pieces(encoder.encode_pieces(item))
+            else:
+                zw.write(item)
             progress.advance(len(item))
         check_cancel(cancel)
         if encoder:

@@ -195,13 +195,17 @@ class BlockEncoder:
         self._filled = 0  # bytes of the current strip already passed through
         self._crc = 0xFFFFFFFF
 
-    def encode(self, data: bytes | memoryview) -> bytes:
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes:
         """The stream bytes for ``data`` (whole used blocks, in order)."""
+        return b"".join(self.encode_pieces(data))
+
+    def encode_pieces(self, data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
+        """Like :meth:`encode`, as pieces that share ``data``'s memory (no copy)."""
         if len(data) % self.block_size:
             raise ValueError("BlockEncoder takes whole blocks only")
+        view = memoryview(data).cast("B")
         if not self.checksums:
-            return bytes(data)
-        view = memoryview(data)
+            return [view]
         out: list[bytes | memoryview] = []
         pos = 0
         while pos < len(view):
@@ -215,7 +219,7 @@ class BlockEncoder:
                 out.append(struct.pack("<I", self._crc))
                 self._filled = 0
                 self._crc = 0xFFFFFFFF
-        return b"".join(out)
+        return out
 
     def finish(self) -> bytes:
         """The checksum of a final partial strip (nothing if the last strip was full)."""

@@ -83,7 +83,8 @@ class SeekableZstdWriter:
         self._workers = _threads(threads)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="rescue-zstd")
         self._pending: collections.deque[tuple[int, Future[bytes]]] = collections.deque()
-        self._buf = bytearray()
+        self._pieces: list[bytes | bytearray | memoryview] = []
+        self._held = 0  # bytes in _pieces
         self.entries: list[tuple[int, int, int]] = []
         """(compressed size, decompressed size, checksum) of every frame written."""
         self.bytes_in = 0
@@ -95,18 +96,30 @@ class SeekableZstdWriter:
         return len(self.entries)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Take ``data`` (kept by reference until its frame is cut: do not modify it)."""
         n = len(data)
         self.bytes_in += n
-        self._buf += data
+        view = memoryview(data).cast("B")
         fs = self._frame_size
-        if len(self._buf) >= fs:
-            whole = len(self._buf) - len(self._buf) % fs
-            view = memoryview(self._buf)
-            for pos in range(0, whole, fs):
-                self._submit(bytes(view[pos : pos + fs]))
-            view.release()
-            del self._buf[:whole]
+        while len(view):
+            take = min(len(view), fs - self._held)
+            self._pieces.append(view[:take])
+            self._held += take
+            view = view[take:]
+            if self._held == fs:
+                self._cut()
         return n
+
+    def write_pieces(self, pieces: list[bytes | memoryview]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def _cut(self) -> None:
+        """One copy per frame: join the pieces that make it."""
+        frame = b"".join(self._pieces)
+        self._pieces = []
+        self._held = 0
+        self._submit(frame)
 
     def _submit(self, frame: bytes) -> None:
         level = self._level
@@ -129,9 +142,8 @@ class SeekableZstdWriter:
         if self._closed:
             return
         try:
-            if self._buf:
-                self._submit(bytes(self._buf))
-                self._buf.clear()
+            if self._held:
+                self._cut()
             while self._pending:
                 self._drain_one()
             table = seek_table_bytes(self.entries)
