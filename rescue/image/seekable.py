@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import gzip
 import os
+import queue
 import struct
 import threading
 import zlib
@@ -58,6 +59,14 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cache[level]
 
 
+def _compress_frame(level: int, pieces: list[bytes | bytearray | memoryview], size: int) -> bytes:
+    """One zstd frame from ``pieces`` (content size and checksum included), without the GIL."""
+    cobj = _compressor(level).compressobj(size=size)
+    out = [cobj.compress(piece) for piece in pieces]
+    out.append(cobj.flush())
+    return b"".join(out)
+
+
 def _decompressor() -> zstandard.ZstdDecompressor:
     d: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
     if d is None:
@@ -82,7 +91,10 @@ class SeekableZstdWriter:
         self._frame_size = frame_size
         self._workers = _threads(threads)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="rescue-zstd")
-        self._pending: collections.deque[tuple[int, Future[bytes]]] = collections.deque()
+        self._queue: queue.Queue[tuple[int, Future[bytes]] | None] = queue.Queue(2 * self._workers)
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_frames, name="rescue-out", daemon=True)
+        self._writer.start()
         self._pieces: list[bytes | bytearray | memoryview] = []
         self._held = 0  # bytes in _pieces
         self.entries: list[tuple[int, int, int]] = []
@@ -115,27 +127,32 @@ class SeekableZstdWriter:
             self.write(piece)
 
     def _cut(self) -> None:
-        """One copy per frame: join the pieces that make it."""
-        frame = b"".join(self._pieces)
+        """Hand the pieces of one frame to a worker; they are never joined in Python."""
+        pieces, size = self._pieces, self._held
         self._pieces = []
         self._held = 0
-        self._submit(frame)
+        fut = self._pool.submit(_compress_frame, self._level, pieces, size)
+        self._check_writer()
+        self._queue.put((size, fut))  # blocks when enough frames are in flight
 
-    def _submit(self, frame: bytes) -> None:
-        level = self._level
-        self._pending.append(
-            (len(frame), self._pool.submit(lambda: _compressor(level).compress(frame)))
-        )
-        while len(self._pending) > 2 * self._workers:
-            self._drain_one()
+    def _check_writer(self) -> None:
+        if self._error is not None:
+            raise self._error
 
-    def _drain_one(self) -> None:
-        size, fut = self._pending.popleft()
-        compressed = fut.result()
-        self._out.write(compressed)
-        (checksum,) = struct.unpack_from("<I", compressed, len(compressed) - 4)
-        self.entries.append((len(compressed), size, checksum))
-        self.bytes_out += len(compressed)
+    def _write_frames(self) -> None:
+        """Writer thread: compressed frames to ``out`` in order (the output is hashed there)."""
+        try:
+            while (item := self._queue.get()) is not None:
+                size, fut = item
+                compressed = fut.result()
+                self._out.write(compressed)
+                (checksum,) = struct.unpack_from("<I", compressed, len(compressed) - 4)
+                self.entries.append((len(compressed), size, checksum))
+                self.bytes_out += len(compressed)
+        except BaseException as exc:  # noqa: BLE001  (raised in the caller's thread)
+            self._error = exc
+            while self._queue.get() is not None:  # let the producer finish or fail
+                pass
 
     def close(self) -> None:
         """Compress what is left, write the seek table; ``out`` stays open."""
@@ -144,18 +161,24 @@ class SeekableZstdWriter:
         try:
             if self._held:
                 self._cut()
-            while self._pending:
-                self._drain_one()
+            self._queue.put(None)
+            self._writer.join()
+            self._check_writer()
             table = seek_table_bytes(self.entries)
             self._out.write(table)
             self.bytes_out += len(table)
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
             self._closed = True
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def abort(self) -> None:
         """Stop without writing anything more (on error or cancel)."""
+        if self._closed:
+            return
         self._closed = True
+        self._error = self._error or OSError("aborted")
+        self._queue.put(None)
+        self._writer.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -8,33 +8,51 @@ parts as one seekable file.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
+import mmap
 import os
 import string
 from pathlib import Path
 
-from rescue.errors import ImageDamagedError
+from rescue.errors import BadInputError, ImageDamagedError
 
 _LETTERS = string.ascii_lowercase
+MAX_VOLUMES = 26 * 26
 
 
 def split_suffix(index: int) -> str:
     """aa, ab, ..., zz (676 volumes, as ``split -a 2`` allows)."""
-    if not 0 <= index < 26 * 26:
+    if not 0 <= index < MAX_VOLUMES:
         raise ValueError("more than 676 volumes")
     return _LETTERS[index // 26] + _LETTERS[index % 26]
 
 
-class VolumeWriter(io.RawIOBase):
-    """Writes a stream into one file or split volumes, hashing each file."""
+_ALIGN = 4096
+_CHUNK = 8 << 20
 
-    def __init__(self, base: Path, split_size: int | None) -> None:
+
+class VolumeWriter(io.RawIOBase):
+    """Writes a stream into one file or split volumes, hashing each file.
+
+    Data goes to disk with O_DIRECT in 8 MiB aligned chunks where the
+    destination filesystem allows it: no copy through the page cache (which
+    costs as much CPU as compressing on a small machine), no eviction of useful
+    cache, and nothing left to flush at the end. The unaligned tail of each file
+    is written normally. Filesystems that refuse O_DIRECT get ordinary writes.
+    """
+
+    def __init__(self, base: Path, split_size: int | None, *, direct: bool = True) -> None:
         super().__init__()
         if split_size is not None and split_size <= 0:
             raise ValueError("split size must be positive")
         self.base = base
         self.split_size = split_size
+        self._direct = direct and hasattr(os, "O_DIRECT")
+        self._buf = mmap.mmap(-1, _CHUNK)  # page-aligned, as O_DIRECT needs
+        self._fill = 0
         self._index = -1
         self._fd = -1
         self._written = 0
@@ -50,13 +68,61 @@ class VolumeWriter(io.RawIOBase):
 
     def _open_next(self) -> None:
         self._index += 1
+        if self._index >= MAX_VOLUMES:
+            raise BadInputError(
+                f"Splitting into {self.split_size}-byte volumes needs more than {MAX_VOLUMES} "
+                "files (Clonezilla's .aa-.zz names).",
+                hint="Choose a larger --split size.",
+            )
         self._path = self._name()
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if self._direct:
+            try:
+                self._fd = os.open(self._path, flags | os.O_DIRECT, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False
+        if not self._direct:
+            self._fd = os.open(self._path, flags, 0o644)
         self._written = 0
         self._hash = hashlib.sha256()
 
+    def _write_all(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self._fd, view[done:])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self._direct_on():
+                    raise
+                self._buffered()  # the filesystem took O_DIRECT at open but not at write
+
+    def _direct_on(self) -> bool:
+        return bool(fcntl.fcntl(self._fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+    def _buffered(self) -> None:
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+
+    def _flush(self) -> None:
+        """Write the buffer: its aligned part directly, an unaligned tail (file end) normally."""
+        view = memoryview(self._buf)[: self._fill]
+        aligned = self._fill - self._fill % _ALIGN
+        try:
+            if aligned:
+                self._write_all(view[:aligned])
+            if aligned < self._fill:
+                if self._direct_on():
+                    self._buffered()
+                self._write_all(view[aligned:])
+        finally:
+            view.release()
+        self._fill = 0
+
     def _finish_current(self, fsync: bool) -> None:
         assert self._path is not None
+        self._flush()
         if fsync:
             os.fsync(self._fd)
         os.close(self._fd)
@@ -77,13 +143,15 @@ class VolumeWriter(io.RawIOBase):
                     self._finish_current(fsync=True)
                     self._open_next()
                     continue
-            piece = view[:room]
-            done = 0
-            while done < len(piece):
-                done += os.write(self._fd, piece[done:])
+            take = min(room, _CHUNK - self._fill)
+            piece = view[:take]
+            self._buf[self._fill : self._fill + take] = piece
             self._hash.update(piece)
-            self._written += len(piece)
-            view = view[room:]
+            self._fill += take
+            self._written += take
+            view = view[take:]
+            if self._fill == _CHUNK:
+                self._flush()
         return total
 
     def close(self, fsync: bool = True) -> None:
@@ -96,6 +164,8 @@ class VolumeWriter(io.RawIOBase):
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
+        if not self._buf.closed:
+            self._buf.close()
         super().close()
 
     @property
