@@ -233,7 +233,7 @@ def fill_tree(root: Path, seed: int, approx_mib: int = 8) -> None:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Relative path -> type, mode, size, content hash or link target (and xattrs)."""
+    """Relative path -> type, mode, owner, mtime, size, links, content hash or target, xattr."""
     out: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in ("lost+found", "System Volume Information")]
@@ -241,15 +241,19 @@ def tree_digest(root: Path) -> dict[str, str]:
             p = Path(dirpath) / name
             rel = str(p.relative_to(root))
             st = p.lstat()
+            owner = f"{st.st_uid}:{st.st_gid} {st.st_mtime_ns}"
             if stat.S_ISLNK(st.st_mode):
-                out[rel] = f"link {os.readlink(p)}"
+                out[rel] = f"link {os.readlink(p)} {owner}"
             elif stat.S_ISDIR(st.st_mode):
-                out[rel] = f"dir {stat.S_IMODE(st.st_mode):o}"
+                out[rel] = f"dir {stat.S_IMODE(st.st_mode):o} {owner}"
             else:
                 h = hashlib.sha256(p.read_bytes()).hexdigest()
                 try:
                     xattr = os.getxattr(p, "user.rescue", follow_symlinks=False).decode()
                 except OSError:
                     xattr = ""
-                out[rel] = f"file {stat.S_IMODE(st.st_mode):o} {st.st_size} {h} {xattr}"
+                out[rel] = (
+                    f"file {stat.S_IMODE(st.st_mode):o} {st.st_size} {h} {xattr} "
+                    f"links={st.st_nlink} {owner}"
+                )
     return out

@@ -61,10 +61,10 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 
 def _compress_frame(level: int, pieces: list[bytes | bytearray | memoryview], size: int) -> bytes:
     """One zstd frame from ``pieces`` (content size and checksum included), without the GIL."""
-    cobj = _compressor(level).compressobj(size=size)
-    out = [cobj.compress(piece) for piece in pieces]
-    out.append(cobj.flush())
-    return b"".join(out)
+    frame = b"".join(pieces)  # CPython drops the GIL while joining this much
+    if len(frame) != size:
+        raise ValueError("frame size mismatch")
+    return _compressor(level).compress(frame)
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
