@@ -32,6 +32,14 @@ def device_size(path: str | Path) -> int:
         os.close(fd)
 
 
+def sysfs_text(path: Path) -> str | None:
+    """A sysfs attribute's text, None when absent or empty."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def is_block_device(path: str | Path) -> bool:
     try:
         return stat.S_ISBLK(os.stat(path).st_mode)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyudev
 
+from rescue.blockio import sysfs_text
 from rescue.devices.model import (
     FLAG_BOOT_MEDIUM,
     FLAG_IN_USE,
@@ -39,13 +40,6 @@ def _attr(device: Any, name: str) -> str | None:
         return None
     text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     return text.strip() or None
-
-
-def _sys_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _devnum(device: Any) -> DevNum:
@@ -112,7 +106,7 @@ def _probe_node(node: str | None) -> str | None:
 
 
 def _loop_backing(device: Any) -> str | None:
-    return _sys_text(Path(device.sys_path) / "loop" / "backing_file")
+    return sysfs_text(Path(device.sys_path) / "loop" / "backing_file")
 
 
 def _is_hidden(device: Any, size: int) -> bool:
@@ -193,7 +187,7 @@ def _disk(device: Any, state: SystemState, use_udev: bool) -> Disk | None:
     props: dict[str, str] = dict(device.properties) if has_db else {}
     node = device.device_node or f"/dev/{device.sys_name}"
     sysp = Path(device.sys_path)
-    sector = int(_sys_text(sysp / "queue" / "logical_block_size") or 512)
+    sector = int(sysfs_text(sysp / "queue" / "logical_block_size") or 512)
     read_only = _attr(device, "ro") == "1"
     parts = [
         _partition(child, node, state, has_db, read_only)
@@ -209,8 +203,8 @@ def _disk(device: Any, state: SystemState, use_udev: bool) -> Disk | None:
         flags.insert(0, FLAG_BOOT_MEDIUM)
     for p in parts:  # a disk carries the flags of its partitions
         flags.extend(f for f in p.flags if f not in flags)
-    model = _sys_text(sysp / "device" / "model") or props.get("ID_MODEL")
-    serial = props.get("ID_SERIAL_SHORT") or _sys_text(sysp / "device" / "serial")
+    model = sysfs_text(sysp / "device" / "model") or props.get("ID_MODEL")
+    serial = props.get("ID_SERIAL_SHORT") or sysfs_text(sysp / "device" / "serial")
     fstype = None
     if not parts:
         fstype = props.get("ID_FS_TYPE") if has_db else _probe_node(node)
@@ -223,7 +217,7 @@ def _disk(device: Any, state: SystemState, use_udev: bool) -> Disk | None:
         transport=_transport(device, props),
         removable=_attr(device, "removable") == "1",
         read_only=read_only,
-        rotational=_sys_text(sysp / "queue" / "rotational") == "1",
+        rotational=sysfs_text(sysp / "queue" / "rotational") == "1",
         logical_sector_size=sector,
         partition_table=table,
         flags=tuple(flags),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -217,19 +218,18 @@ def _store_all(
     records = []
     for p in plan:
         check_cancel(cancel)
+        record = PartitionRecord(
+            name=p.name,
+            number=p.number,
+            start=p.start,
+            size=p.size,
+            fstype=p.fstype,
+            uuid=p.uuid,
+            label=p.label,
+            stored_as="swap",
+        )
         if p.alloc is None:
-            records.append(
-                PartitionRecord(
-                    name=p.name,
-                    number=p.number,
-                    start=p.start,
-                    size=p.size,
-                    fstype=p.fstype,
-                    uuid=p.uuid,
-                    label=p.label,
-                    stored_as="swap",
-                )
-            )
+            records.append(record)
             continue
         alloc = p.alloc
         raw = alloc.fstype == "dd"
@@ -243,14 +243,9 @@ def _store_all(
             cancel=cancel,
         )
         records.append(
-            PartitionRecord(
-                name=p.name,
-                number=p.number,
-                start=p.start,
-                size=p.size,
+            dataclasses.replace(
+                record,
                 fstype=p.fstype if raw else alloc.fstype,
-                uuid=p.uuid,
-                label=p.label,
                 stored_as="dd" if raw else "partclone",
                 stream=name,
                 block_size=alloc.block_size,

@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.blockio import device_size
+from rescue.blockio import device_size, sysfs_text
 from rescue.errors import BadInputError, DeviceNotFoundError, RefusedError
 
 
@@ -33,13 +33,6 @@ def _sysfs_block(path: str) -> Path | None:
         return None
     sys = Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
     return sys.resolve() if sys.exists() else None
-
-
-def _read_sys(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
 
 
 def file_disk_name(path: str) -> str:
@@ -74,10 +67,10 @@ def resolve_source(path: str) -> Source:
     model = serial = None
     lss = pss = 512
     if disk_sys is not None:
-        model = _read_sys(disk_sys / "device" / "model")
-        serial = _read_sys(disk_sys / "device" / "serial") or _read_sys(disk_sys / "serial")
-        lss = int(_read_sys(disk_sys / "queue" / "logical_block_size") or 512)
-        pss = int(_read_sys(disk_sys / "queue" / "physical_block_size") or 512)
+        model = sysfs_text(disk_sys / "device" / "model")
+        serial = sysfs_text(disk_sys / "device" / "serial") or sysfs_text(disk_sys / "serial")
+        lss = int(sysfs_text(disk_sys / "queue" / "logical_block_size") or 512)
+        pss = int(sysfs_text(disk_sys / "queue" / "physical_block_size") or 512)
     return Source(
         path=real,
         name=name,
