@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -309,3 +310,28 @@ def test_restore_refusals(
     assert "Traceback" not in res.stderr
     with open(free.path, "rb") as f:
         assert f.read(1 << 20) == b"\0" * (1 << 20), "a refused restore wrote to the disk"
+
+
+@need("fuse")
+def test_fat_destination_splits_automatically(tmp_path: Path) -> None:
+    """FAT holds files up to 4 GiB - 1: captures onto it are split without being asked."""
+    if shutil.which("fusefat") is None:
+        pytest.skip("fusefat is not installed")
+    fat = tmp_path / "fat.img"
+    with fat.open("wb") as f:
+        f.truncate(64 << 20)
+    run("mkfs.vfat", str(fat))
+    mnt = tmp_path / "usb"
+    mnt.mkdir()
+    run("fusefat", "-o", "rw+", str(fat), str(mnt))
+    try:
+        src = tmp_path / "part.img"
+        with src.open("wb") as f:
+            f.truncate(8 << 20)
+        run("mkfs.ext4", "-q", str(src))
+        capture(str(src), mnt / "img")
+        manifest = json.loads((mnt / "img" / "rescue.json").read_text())
+        assert manifest["compression"]["split"] == 4 * 1024**3 - 1
+        assert manifest["partitions"][0]["files"][0]["name"].endswith(".zst.aa")
+    finally:
+        run("fusermount3", "-u", str(mnt), check=False)

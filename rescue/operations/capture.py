@@ -30,6 +30,7 @@ from rescue.image.names import INCOMPLETE_MARKER, stream_name
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 
+FAT_TYPES = ("vfat", "msdos", "fat", "fuse.fusefat")
 FAT_SPLIT = 4 * 1024**3 - 1
 """Largest file a FAT filesystem holds: the automatic split size on FAT destinations."""
 
@@ -75,7 +76,7 @@ def _split_size(
 ) -> int | None:
     if options.split is not None:
         return options.split
-    if destination_fstype(image_dir) in ("vfat", "msdos", "fat"):
+    if destination_fstype(image_dir) in FAT_TYPES:
         progress.note("The destination is a FAT filesystem: splitting streams into 4 GiB volumes.")
         return FAT_SPLIT
     return None
