@@ -58,6 +58,9 @@ class PartitionRecord:
     warnings: tuple[str, ...] = ()
     unreadable: tuple[tuple[int, int], ...] = ()
     """Byte ranges (offset within the partition, length) that could not be read."""
+    tail: str | None = None
+    """Base64 of the partition's bytes after the filesystem's last whole block (NTFS keeps
+    its backup boot sector there), which a partclone stream cannot carry."""
 
 
 @dataclass(frozen=True)

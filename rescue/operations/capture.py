@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import threading
@@ -243,9 +244,15 @@ def _store_all(
             progress=progress,
             cancel=cancel,
         )
+        tail = None
+        fs_end = alloc.total_blocks * alloc.block_size
+        if not raw and alloc.device_size > fs_end:
+            data = os.pread(fd, alloc.device_size - fs_end, p.start + fs_end)
+            tail = base64.b64encode(data).decode()
         records.append(
             dataclasses.replace(
                 record,
+                tail=tail,
                 fstype=p.fstype if raw else alloc.fstype,
                 stored_as="dd" if raw else "partclone",
                 stream=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,10 @@ class ImagePart:
     uuid: str | None = None
     label: str | None = None
     used_bytes: int = 0
+    tail: bytes | None = None
+    """Bytes after the filesystem's last block (NTFS's backup boot sector)."""
+    tail_offset: int = 0
+    """Where ``tail`` goes: the end of the filesystem's last block."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
             uuid=r.uuid,
             label=r.label,
             used_bytes=r.used_bytes,
+            tail=base64.b64decode(r.tail) if r.tail else None,
+            tail_offset=r.total_blocks * r.block_size,
         )
         for r in manifest.partitions
     )

@@ -147,6 +147,8 @@ def _restore_part(
                 restore_partclone_stream(chunks, dst, progress=progress, cancel=cancel)
             except ImageDamagedError as exc:
                 raise stream_error(part.stream.name, exc) from exc
+            if part.tail:
+                os.pwrite(fd, part.tail, base + part.tail_offset)
         else:
             written = restore_raw_stream(chunks, dst, progress=progress, cancel=cancel)
             if written != part.size and part.used_bytes:
