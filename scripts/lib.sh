@@ -10,7 +10,7 @@ RUNTIME_PACKAGES=(
   dosfstools exfatprogs xfsprogs btrfs-progs zstd fuse3 smartmontools partclone
 )
 # What the tests add: reference tools to compare against and to fill disks.
-TEST_PACKAGES=(mtools xxhash kmod fusefat gzip)
+TEST_PACKAGES=(mtools xxhash kmod fusefat exfat-fuse gzip)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
