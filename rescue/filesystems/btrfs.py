@@ -134,7 +134,7 @@ class _Reader:
         pos = 0
         data = s.sys_chunks
         while pos < len(data):
-            (obj, ktype, logical) = struct.unpack_from("<QBQ", data, pos)
+            (_obj, ktype, logical) = struct.unpack_from("<QBQ", data, pos)
             if ktype != CHUNK_ITEM:
                 raise FilesystemError("btrfs superblock's system chunk array is damaged.")
             chunk, pos = _parse_chunk(data, pos + 17, logical, s.devid)
