@@ -101,13 +101,22 @@ def _probe_fs(path: str, offset: int, size: int) -> dict[str, str]:
     return info
 
 
+def _whole_disk_filesystem(path: str, size: int) -> bool:
+    """A filesystem written straight onto the disk (a "superfloppy" USB stick)?
+
+    A FAT or NTFS boot sector ends in 55AA like an MBR, and sfdisk reads it as
+    one; blkid tells a filesystem from a partition table.
+    """
+    return "TYPE" in _probe_fs(path, 0, size)
+
+
 def read_source_layout(path: str, name: str) -> DiskLayout:
     """The partition table of a disk or disk file, with each partition's filesystem."""
     from rescue.blockio import device_size  # noqa: PLC0415
 
     size = device_size(path)
     res = system.run(["sfdisk", "-J", path], check=False)
-    if res.returncode != 0 or not res.stdout.strip():
+    if res.returncode != 0 or not res.stdout.strip() or _whole_disk_filesystem(path, size):
         return DiskLayout(name, size, 512, None, None, ())
     pt = json.loads(res.stdout)["partitiontable"]
     sector = int(pt.get("sectorsize", 512))
