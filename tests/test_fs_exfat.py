@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -77,7 +78,10 @@ def test_damaged_exfat_falls_back_to_raw(tmp_path: Path) -> None:
 def test_exfat_round_trip(exfat_disk, loop_disk_factory: DiskFactory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     image = tmp_path / "image"
     assert main(["capture", exfat_disk.path, str(image)]) == 0
-    assert list(image.glob("*.exfat-ptcl-img.zst"))
+    streams = list(image.glob("*.exfat-ptcl-img.zst"))
+    assert streams
+    used = json.loads((image / "rescue.json").read_text())["partitions"][0]["used_bytes"]
+    assert streams[0].stat().st_size < used
     target = loop_disk_factory(260, None, [])
     assert main(["restore", str(image), target.path, "--yes"]) == 0
     target.rescan()

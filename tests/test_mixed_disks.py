@@ -25,6 +25,11 @@ def round_trip(
     image = tmp_path / "image"
     assert main(["capture", src.path, str(image)]) == 0
     assert main(["verify", str(image)]) == 0
+    manifest = json.loads((image / "rescue.json").read_text())
+    for part in manifest["partitions"]:
+        if part["stored_as"] == "partclone":  # only used blocks, compressed
+            stored = sum(f["size"] for f in part["files"])
+            assert stored < part["used_bytes"], part["name"]
     target = loop_disk_factory(size, None, [])
     with open(target.path, "r+b") as f:
         f.write(b"\xc3" * (size << 20))  # a disk that was in use before
