@@ -335,3 +335,16 @@ def test_fat_destination_splits_automatically(tmp_path: Path) -> None:
         assert manifest["partitions"][0]["files"][0]["name"].endswith(".zst.aa")
     finally:
         run("fusermount3", "-u", str(mnt), check=False)
+
+
+def test_capture_refuses_a_source_mounted_read_write(
+    gpt_source: LoopDisk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mnt = gpt_source.mount(0, tmp_path / "live")
+    for source in (gpt_source.path, gpt_source.parts[0]):
+        assert main(["capture", source, str(tmp_path / "img")]) == EXIT_REFUSED
+        err = capsys.readouterr().err
+        assert "read-write" in err and str(mnt) in err
+        assert not (tmp_path / "img").exists()
+    run("mount", "-o", "remount,ro", str(mnt))  # read-only: consistent, allowed
+    capture(gpt_source.parts[0], tmp_path / "img")

@@ -49,6 +49,8 @@ def devnum_of(path: str) -> DevNum | None:
 @dataclass
 class SystemState:
     mounts: dict[DevNum, list[str]] = field(default_factory=dict)
+    writable: set[DevNum] = field(default_factory=set)
+    """Devices with a filesystem mounted read-write (changing under a capture)."""
     swaps: set[DevNum] = field(default_factory=set)
     boot: set[DevNum] = field(default_factory=set)
     medium_fs_devs: set[int] = field(default_factory=set)
@@ -78,8 +80,11 @@ class SystemState:
                 num = devnum_of(source)
                 if num is not None:
                     nums.add(num)
+            writable = "rw" in fields[5].split(",")
             for num in nums:
                 state.mounts.setdefault(num, []).append(mountpoint)
+                if writable:
+                    state.writable.add(num)
                 if mountpoint in BOOT_MOUNTPOINTS:
                     state.boot.add(num)
             if mountpoint in LIVE_MEDIUM_MOUNTPOINTS:

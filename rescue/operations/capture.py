@@ -28,7 +28,12 @@ from rescue.image.manifest import (
     write_manifest,
 )
 from rescue.image.names import INCOMPLETE_MARKER, stream_name
-from rescue.operations.source import Source, refuse_if_on_device, resolve_source
+from rescue.operations.source import (
+    Source,
+    refuse_if_mounted_rw,
+    refuse_if_on_device,
+    resolve_source,
+)
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 
 FAT_TYPES = ("vfat", "msdos", "fat", "fuse.fusefat")
@@ -61,6 +66,7 @@ def _prepare_folder(image_dir: Path, src: Source) -> None:
                 hint="Choose a new folder name; rescue never mixes two images in one folder.",
             )
     refuse_if_on_device(image_dir, src.path, "the disk being imaged")
+    refuse_if_mounted_rw(src)
     image_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -84,6 +84,37 @@ def resolve_source(path: str) -> Source:
     )
 
 
+def devnums_of_source(path: str) -> set[tuple[int, int]]:
+    """(major, minor) of a disk or partition and, for a disk, of its partitions."""
+    sys = _sysfs_block(path)
+    if sys is None:
+        return set()
+    nums = set()
+    for d in [sys, *(p for p in sys.iterdir() if (p / "partition").exists())]:
+        text = sysfs_text(d / "dev")
+        if text:
+            major, minor = (int(x) for x in text.split(":"))
+            nums.add((major, minor))
+    return nums
+
+
+def refuse_if_mounted_rw(src: Source) -> None:
+    """An image of a filesystem that changes while it is read is not consistent: refuse."""
+    if src.is_file:
+        return
+    from rescue.devices.system_state import SystemState  # noqa: PLC0415
+
+    state = SystemState.read()
+    busy = devnums_of_source(src.path) & state.writable
+    if busy:
+        where = sorted({m for n in busy for m in state.mounts.get(n, [])})
+        raise RefusedError(
+            f"{src.path} is mounted read-write ({', '.join(where)}): files would change while "
+            "they are imaged.",
+            hint="Unmount it first, or remount it read-only (mount -o remount,ro MOUNTPOINT).",
+        )
+
+
 def _dev_of_path(path: Path) -> int:
     """st_dev of the nearest existing folder at or above ``path``."""
     p = path.absolute()
