@@ -274,9 +274,12 @@ class ChunkFile:
         return self._pos
 
 
-def open_stream_chunks(out_base: Path, compression: str, threads: int = 0) -> Iterator[bytes]:
+def open_stream_chunks(
+    out_base: Path, compression: str, *, threads: int = 0, reader: VolumeReader | None = None
+) -> Iterator[bytes]:
     """Decompressed chunks of a stored stream (split or not, any supported compression)."""
-    reader = VolumeReader(volume_paths(out_base))
+    owned = reader is None
+    reader = reader or VolumeReader(volume_paths(out_base))
     chunks: Iterator[bytes]
     if compression == "zst":
         chunks = iter_decompressed(binary(reader), threads=threads)
@@ -286,17 +289,21 @@ def open_stream_chunks(out_base: Path, compression: str, threads: int = 0) -> It
         chunks = iter(lambda: reader.read(4 * MiB), b"")
     else:
         raise ImageDamagedError(f"{out_base.name}: compression {compression!r} is not supported.")
-    return _named_errors(chunks, out_base.name, reader)
+    return _named_errors(chunks, out_base.name, reader, close=owned)
 
 
-def _named_errors(chunks: Iterator[bytes], name: str, reader: VolumeReader) -> Iterator[bytes]:
+def _named_errors(
+    chunks: Iterator[bytes], name: str, reader: VolumeReader, *, close: bool
+) -> Iterator[bytes]:
     """Say which stream (and which split volume) a decoding error is in."""
     try:
         yield from chunks
     except ImageDamagedError as exc:
-        raise stream_error(name, exc, reader.current_volume()) from exc
+        volume = reader.volume_at(exc.offset) if exc.offset is not None else None
+        raise stream_error(name, exc, volume or reader.current_volume()) from exc
     finally:
-        reader.close()
+        if close:
+            reader.close()
 
 
 def stream_error(name: str, exc: ImageDamagedError, volume: str | None = None) -> ImageDamagedError:

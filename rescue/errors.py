@@ -89,6 +89,11 @@ class UnsupportedImageError(ImageError):
 class ImageDamagedError(ImageError):
     """A stream or file of the image does not match its checksums or is truncated."""
 
+    def __init__(self, message: str, *, hint: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.offset = offset
+        """Byte offset in the stored (compressed) stream where the damage was found."""
+
 
 class CancelledError(RescueError):
     """The user cancelled the operation."""

@@ -332,10 +332,12 @@ def _decode_frame(frame: bytes, expected: int, where: int) -> bytes:
     try:
         out = _decompressor().decompress(frame, max_output_size=expected)
     except zstandard.ZstdError as exc:
-        raise ImageDamagedError(f"Damaged zstd frame at byte {where}: {exc}.") from exc
+        raise ImageDamagedError(
+            f"Damaged zstd frame at byte {where}: {exc}.", offset=where
+        ) from exc
     if len(out) != expected:
         raise ImageDamagedError(
-            f"The zstd frame at byte {where} holds {len(out)} bytes, not {expected}."
+            f"The zstd frame at byte {where} holds {len(out)} bytes, not {expected}.", offset=where
         )
     return out
 
@@ -403,12 +405,15 @@ def iter_decompressed(f: BinaryIO, *, threads: int = 0) -> Iterator[bytes]:
                 raw = f.read(table.compressed[i])
                 where = table.c_offsets[i]
                 if len(raw) != table.compressed[i]:
-                    raise ImageDamagedError(f"The zstd frame at byte {where} is truncated.")
+                    raise ImageDamagedError(
+                        f"The zstd frame at byte {where} is truncated.", offset=where
+                    )
                 if table.checksums is not None and len(raw) >= 4:
                     (x,) = struct.unpack_from("<I", raw, len(raw) - 4)
                     if x != table.checksums[i]:
                         raise ImageDamagedError(
-                            f"The zstd frame at byte {where} does not match its seek-table entry."
+                            f"The zstd frame at byte {where} does not match its seek-table entry.",
+                            offset=where,
                         )
                 pending.append(pool.submit(_decode_frame, raw, table.decompressed[i], where))
                 while len(pending) > 2 * workers:
@@ -459,7 +464,8 @@ def _iter_sequential(f: BinaryIO, chunk: int = 4 * MiB) -> Iterator[bytes]:
                 out = obj.decompress(buf)
             except zstandard.ZstdError as exc:
                 raise ImageDamagedError(
-                    f"Damaged zstd frame starting at byte {frame_start}: {exc}."
+                    f"Damaged zstd frame starting at byte {frame_start}: {exc}.",
+                    offset=frame_start,
                 ) from exc
             if out:
                 yield out

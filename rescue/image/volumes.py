@@ -193,9 +193,13 @@ def volume_paths(base: Path) -> list[Path]:
 class VolumeReader(io.RawIOBase):
     """One read-only, seekable file over a stream's volumes."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], *, hashing: bool = False) -> None:
         super().__init__()
         self._paths = paths
+        self._hashes = [hashlib.sha256() for _ in paths] if hashing else None
+        self._hashed = 0
+        """With ``hashing``: bytes from the start hashed so far (sequential reads are hashed
+        as they pass, so a verify reads each file once)."""
         self._fds = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
         self._starts = [0]
         for fd in self._fds:
@@ -205,6 +209,13 @@ class VolumeReader(io.RawIOBase):
     @property
     def size(self) -> int:
         return self._starts[-1]
+
+    def volume_at(self, offset: int) -> str | None:
+        """Name of the volume holding byte ``offset`` of the stream."""
+        for k in range(len(self._paths)):
+            if self._starts[k] <= offset < self._starts[k + 1]:
+                return self._paths[k].name
+        return None
 
     def current_volume(self) -> str | None:
         """Name of the volume the last read ended in (for error messages)."""
@@ -239,9 +250,24 @@ class VolumeReader(io.RawIOBase):
             n = os.preadv(self._fds[i], [view[done : done + want]], inner)
             if n == 0:
                 raise ImageDamagedError(f"{self._paths[i]} shrank while being read.")
+            if self._hashes is not None and self._pos == self._hashed:
+                self._hashes[i].update(view[done : done + n])
+                self._hashed += n
             done += n
             self._pos += n
         return done
+
+    def digests(self) -> list[tuple[str, int, str]]:
+        """(name, size, sha256) of every volume: hashes whatever was not read in order."""
+        if self._hashes is None:
+            raise ValueError("VolumeReader made without hashing")
+        self.seek(self._hashed)
+        while self._hashed < self.size:
+            self.read(8 << 20)
+        return [
+            (p.name, self._starts[k + 1] - self._starts[k], self._hashes[k].hexdigest())
+            for k, p in enumerate(self._paths)
+        ]
 
     def close(self) -> None:
         for fd in self._fds:

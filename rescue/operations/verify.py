@@ -11,7 +11,8 @@ from rescue.errors import ImageDamagedError
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import StoredFile
 from rescue.image.partclone import StreamReader
-from rescue.operations.image_view import ImagePart, check_present, open_image
+from rescue.image.volumes import VolumeReader, volume_paths
+from rescue.operations.image_view import ImagePart, check_all_present, check_present, open_image
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 
 
@@ -48,30 +49,63 @@ def verify(
             "Written by Clonezilla (no rescue.json): checked the streams' own checksums only."
         )
     else:
-        stored = list(manifest.files) + [f for p in manifest.partitions for f in p.files]
-        progress.phase("Checking file hashes", sum(f.size for f in stored))
-        for f in stored:
-            check_cancel(cancel)
+        check_all_present(image)  # sizes first: a truncated or missing file is named at once
+        for f in manifest.files:
             _check_file(folder, f)
             report.files_checked += 1
-            progress.advance(f.size)
+    recorded = (
+        {f.name: f for p in manifest.partitions for f in p.files} if manifest is not None else {}
+    )
     progress.phase("Decoding streams", image.used_bytes or None)
     for part in image.parts:
         if part.stream is None or part.stored_as not in ("partclone", "dd"):
             continue
+        # one read of each file: hashed as it is decoded
+        reader = VolumeReader(volume_paths(part.stream), hashing=True)
         try:
-            report.stream_bytes += _check_stream(part, progress, cancel)
+            report.stream_bytes += _check_stream(part, reader, progress, cancel)
+            for name, size, digest in reader.digests():
+                stored = recorded.get(name)
+                if stored is not None:
+                    if stored.sha256 != digest or stored.size != size:
+                        raise ImageDamagedError(
+                            f"{name} does not match its SHA-256 in the manifest."
+                        )
+                    report.files_checked += 1
         except ImageDamagedError as exc:
-            raise stream_error(part.stream.name, exc) from exc
+            raise _pinpoint(folder, part, recorded, exc) from exc
+        finally:
+            reader.close()
         report.streams_checked += 1
     return report
 
 
+def _pinpoint(
+    folder: Path, part: ImagePart, recorded: dict[str, StoredFile], exc: ImageDamagedError
+) -> ImageDamagedError:
+    """Name the damaged volume(s) exactly, from their hashes when the manifest has them."""
+    assert part.stream is not None
+    bad = []
+    for path in volume_paths(part.stream):
+        stored = recorded.get(path.name)
+        if stored is not None and sha256_file(path)[1] != stored.sha256:
+            bad.append(path.name)
+    if bad:
+        return ImageDamagedError(
+            f"{', '.join(bad)} damaged (SHA-256 differs from the manifest); "
+            f"decoding stopped with: {exc.message}"
+        )
+    return stream_error(part.stream.name, exc)
+
+
 def _check_stream(
-    part: ImagePart, progress: ProgressReporter, cancel: threading.Event | None
+    part: ImagePart,
+    reader: VolumeReader,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
 ) -> int:
     assert part.stream is not None
-    chunks = open_stream_chunks(part.stream, part.compression)
+    chunks = open_stream_chunks(part.stream, part.compression, reader=reader)
     name = part.stream.name
     if part.stored_as == "dd":
         total = 0
@@ -82,14 +116,14 @@ def _check_stream(
         if total != part.size:
             raise ImageDamagedError(f"{name} holds {total} bytes; the partition has {part.size}.")
         return total
-    reader = StreamReader(ChunkFile(chunks))
+    stream = StreamReader(ChunkFile(chunks))
     blocks = 0
-    bs = reader.header.block_size
-    for _first, data in reader.iter_runs():
+    bs = stream.header.block_size
+    for _first, data in stream.iter_runs():
         check_cancel(cancel)
         blocks += len(data) // bs
         progress.advance(len(data))
-    expected = reader.header.used_blocks
+    expected = stream.header.used_blocks
     if blocks != expected:
         raise ImageDamagedError(f"{name} holds {blocks} blocks; its header promises {expected}.")
     return blocks * bs
