@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from capabilities import capabilities
-from diskbench import LoopDisk, PartSpec, make_disk
+from diskbench import LoopDisk, PartSpec, make_disk, udev_alive
 
 # System tools live in sbin; make them visible however pytest was started.
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
@@ -27,7 +27,7 @@ def pytest_report_header() -> str:
 @pytest.fixture(scope="session")
 def udev() -> Iterator[None]:
     """A running systemd-udevd: the machine's own, or one started (and stopped) here."""
-    if Path("/run/udev/control").exists():
+    if udev_alive():
         yield
         return
     if os.geteuid() != 0 or not UDEVD.exists():
@@ -35,7 +35,7 @@ def udev() -> Iterator[None]:
     proc = subprocess.Popen([str(UDEVD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
-            if Path("/run/udev/control").exists():
+            if udev_alive():
                 break
             time.sleep(0.05)
         subprocess.run(

@@ -43,9 +43,16 @@ def run(*argv: str, check: bool = True, input: str | None = None) -> str:
     return res.stdout
 
 
+def udev_alive() -> bool:
+    """A udev daemon answers (its control socket may outlive it, so ask)."""
+    res = subprocess.run(
+        ["udevadm", "control", "--ping", "--timeout=2"], capture_output=True, check=False
+    )
+    return res.returncode == 0
+
+
 def settle() -> None:
-    if Path("/run/udev/control").exists():
-        run("udevadm", "settle", "--timeout=30", check=False)
+    run("udevadm", "settle", "--timeout=30", check=False)
 
 
 @dataclass(frozen=True)

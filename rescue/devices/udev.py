@@ -243,7 +243,12 @@ def list_disks(*, use_udev_properties: bool = True) -> list[Disk]:
 
 
 def udev_running() -> bool:
-    return Path("/run/udev/control").exists()
+    """A udev daemon answers on its control socket (the socket file may be stale)."""
+    from rescue import system  # noqa: PLC0415
+
+    if system.which("udevadm") is None:
+        return False
+    return system.run(["udevadm", "control", "--ping", "--timeout=2"], check=False).returncode == 0
 
 
 def disk_events(cancel: Any, poll: float) -> Any:
