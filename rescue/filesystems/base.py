@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from rescue.errors import FilesystemError
 
 _NONZERO = re.compile(rb"[^\x00]+")
 _NOT_FF = re.compile(rb"[^\xff]")
@@ -45,6 +48,15 @@ class Allocation:
     def runs(self) -> Iterator[tuple[int, int]]:
         """Used blocks as ``(first_block, count)`` runs in ascending order."""
         return bitmap_runs(self.bitmap, self.total_blocks)
+
+
+def read_at(f: BinaryIO, offset: int, size: int, fs: str) -> bytes:
+    """Exactly ``size`` bytes at ``offset``; a short read means the structures lie."""
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise FilesystemError(f"{fs}: cannot read {size} bytes at {offset} (the partition ends).")
+    return data
 
 
 def bitmap_runs(bitmap: bytes, total_blocks: int) -> Iterator[tuple[int, int]]:

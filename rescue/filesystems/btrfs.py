@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import Allocation, count_bits, set_run
+from rescue.filesystems.base import Allocation, count_bits, read_at, set_run
 
 SUPER_OFFSET = 0x10000
 SUPER_MIRRORS = (0x10000, 0x4000000, 0x4000000000)
@@ -70,16 +70,8 @@ class _Super:
     sys_chunks: bytes
 
 
-def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise FilesystemError(f"btrfs: cannot read {size} bytes at {offset} (the partition ends).")
-    return data
-
-
 def read_super(f: BinaryIO) -> _Super:
-    sb = _pread(f, SUPER_OFFSET, 4096)
+    sb = read_at(f, SUPER_OFFSET, 4096, "btrfs")
     if sb[0x40:0x48] != MAGIC:
         raise FilesystemError("No btrfs superblock (bad magic).")
     (csum_type,) = struct.unpack_from("<H", sb, 0xC4)
@@ -150,7 +142,7 @@ class _Reader:
         phys = self.physical(logical)
         if phys + self.s.nodesize > self.size:
             raise FilesystemError("btrfs tree block lies past the end of the partition.")
-        raw = _pread(self.f, phys, self.s.nodesize)
+        raw = read_at(self.f, phys, self.s.nodesize, "btrfs")
         (bytenr,) = struct.unpack_from("<Q", raw, 0x30)
         if raw[0x20:0x30] != self.s.fsid or bytenr != logical:
             raise FilesystemError(f"btrfs tree block at {logical} is damaged (wrong header).")

@@ -11,7 +11,7 @@ import struct
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import Allocation, count_bits, set_run
+from rescue.filesystems.base import Allocation, count_bits, read_at, set_run
 
 ENTRY_END = 0x00
 ENTRY_BITMAP = 0x81
@@ -19,17 +19,9 @@ ENTRY_LABEL = 0x83
 FAT_LAST = 0xFFFFFFF7  # at or above: bad cluster or end of chain
 
 
-def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise FilesystemError(f"exfat: cannot read {size} bytes at {offset} (the partition ends).")
-    return data
-
-
 def read_allocation(f: BinaryIO, size: int) -> Allocation:
     """The used sectors of the exFAT filesystem in ``f`` (a partition of ``size`` bytes)."""
-    b = _pread(f, 0, 512)
+    b = read_at(f, 0, 512, "exfat")
     if b[3:11] != b"EXFAT   " or b[510:512] != b"\x55\xaa":
         raise FilesystemError("No exFAT boot sector (bad signature).")
     (volume_sectors,) = struct.unpack_from("<Q", b, 0x48)
@@ -49,7 +41,7 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
         raise FilesystemError("exFAT boot sector has an impossible layout.")
     if fat_len * bps < (clusters + 2) * 4 or not 2 <= root < clusters + 2:
         raise FilesystemError("exFAT boot sector has an impossible FAT or root directory.")
-    fat = _pread(f, fat_off * bps, (clusters + 2) * 4)
+    fat = read_at(f, fat_off * bps, (clusters + 2) * 4, "exfat")
 
     def offset(c: int) -> int:
         return int((heap + (c - 2) * spc) * bps)
@@ -69,7 +61,7 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
     bitmap_entry = None
     label = None
     for c in chain(root):
-        data = _pread(f, offset(c), cluster)
+        data = read_at(f, offset(c), cluster, "exfat")
         for pos in range(0, cluster, 32):
             etype = data[pos]
             if etype == ENTRY_END:
@@ -91,7 +83,7 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
     span = -(-need // cluster)
     if first + span > clusters + 2:
         raise FilesystemError("exFAT allocation bitmap lies outside the volume.")
-    heap_bits = _pread(f, offset(first), need)
+    heap_bits = read_at(f, offset(first), need, "exfat")
     if not heap_bits[(first - 2) >> 3] >> ((first - 2) & 7) & 1:
         raise FilesystemError("exFAT allocation bitmap marks itself free: it is damaged.")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import Allocation, clear_run, count_bits, set_run
+from rescue.filesystems.base import Allocation, clear_run, count_bits, read_at, set_run
 from rescue.filesystems.probe import _ext_name
 
 EXT_MAGIC = 0xEF53
@@ -145,16 +145,8 @@ def _is_power(n: int, base: int) -> bool:
     return n == 1
 
 
-def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise FilesystemError(f"ext: cannot read {size} bytes at {offset} (the partition ends).")
-    return data
-
-
 def read_super(f: BinaryIO) -> _Super:
-    sb = _pread(f, 1024, 1024)
+    sb = read_at(f, 1024, 1024, "ext")
     (magic,) = struct.unpack_from("<H", sb, 0x38)
     if magic != EXT_MAGIC:
         raise FilesystemError("No ext2/3/4 superblock (bad magic).")
@@ -229,7 +221,7 @@ def _descriptors(f: BinaryIO, s: _Super) -> list[_Group]:
         blk = s.descriptor_block(i)
         if blk >= s.blocks_count:
             raise FilesystemError(f"ext descriptor block {blk} lies outside the filesystem.")
-        raw = _pread(f, blk * s.block_size, s.block_size)
+        raw = read_at(f, blk * s.block_size, s.block_size, "ext")
         for j in range(s.desc_per_block):
             if len(out) == s.groups:
                 break
@@ -289,14 +281,14 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
             set_run(bm, bb, 1)
             set_run(bm, ib, 1)
             continue
-        raw = _pread(f, bb * s.block_size, group_bytes)
+        raw = read_at(f, bb * s.block_size, group_bytes, "ext")
         _place(bm, raw, first, nblocks)
     _check_metadata_marked(bm, s, descs)
     for first, count in unused_inode_table_runs(f, s, descs):
         clear_run(bm, first, count)
     used = count_bits(bytes(bm), s.blocks_count)
     return Allocation(
-        fstype=_ext_name(_pread(f, 1024, 1024)) or "ext4",
+        fstype=_ext_name(read_at(f, 1024, 1024, "ext")) or "ext4",
         partclone_fs="EXTFS",
         block_size=s.block_size,
         total_blocks=s.blocks_count,
@@ -354,7 +346,7 @@ def unused_inode_table_runs(f: BinaryIO, s: _Super, descs: list[_Group]) -> list
         if grp.flags & BG_INODE_UNINIT:
             used = 0
         else:
-            raw = _pread(f, grp.inode_bitmap * s.block_size, (ipg + 7) // 8)
+            raw = read_at(f, grp.inode_bitmap * s.block_size, (ipg + 7) // 8, "ext")
             highest = int.from_bytes(raw, "little").bit_length()
             used = max(used, highest)
         keep = -(-used // per_block)

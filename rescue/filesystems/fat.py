@@ -12,18 +12,10 @@ import sys
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import Allocation, count_bits, set_run
+from rescue.filesystems.base import Allocation, count_bits, read_at, set_run
 
 FAT12_MAX_CLUSTERS = 4085
 FAT16_MAX_CLUSTERS = 65525
-
-
-def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise FilesystemError(f"fat: cannot read {size} bytes at {offset} (the partition ends).")
-    return data
 
 
 def _used_clusters(fat: bytes, kind: str, clusters: int) -> list[int]:
@@ -49,7 +41,7 @@ def _used_clusters(fat: bytes, kind: str, clusters: int) -> list[int]:
 
 def read_allocation(f: BinaryIO, size: int) -> Allocation:
     """The used sectors of the FAT filesystem in ``f`` (a partition of ``size`` bytes)."""
-    b = _pread(f, 0, 512)
+    b = read_at(f, 0, 512, "fat")
     if b[510:512] != b"\x55\xaa":
         raise FilesystemError("No FAT boot sector (no 55AA signature).")
     bps, spc, reserved, nfats, root_entries, total16, media, fatsz16 = struct.unpack_from(
@@ -84,7 +76,7 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
     )
     if fatsz * bps < need:
         raise FilesystemError(f"The {kind} table is too small for {clusters} clusters.")
-    fat = _pread(f, reserved * bps, fatsz * bps)
+    fat = read_at(f, reserved * bps, fatsz * bps, "fat")
     if fat[0] != media:
         raise FilesystemError(f"The first FAT does not start with the media byte: {kind} damaged.")
     # partclone's unit is the 512-byte sector whatever the logical sector size

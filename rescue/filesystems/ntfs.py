@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import Allocation, count_bits
+from rescue.filesystems.base import Allocation, count_bits, read_at
 
 MFT_RECORD_BITMAP = 6
 MFT_RECORD_VOLUME = 3
@@ -37,16 +37,8 @@ class Boot:
         return self.total_sectors * self.sector_size // self.cluster_size
 
 
-def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise FilesystemError(f"ntfs: cannot read {size} bytes at {offset} (the partition ends).")
-    return data
-
-
 def read_boot(f: BinaryIO) -> Boot:
-    b = _pread(f, 0, 512)
+    b = read_at(f, 0, 512, "ntfs")
     if b[3:11] != b"NTFS    ":
         raise FilesystemError("No NTFS boot sector (bad signature).")
     (bps,) = struct.unpack_from("<H", b, 0x0B)
@@ -72,7 +64,12 @@ def read_boot(f: BinaryIO) -> Boot:
 def _mft_record(f: BinaryIO, boot: Boot, number: int) -> bytes:
     """MFT record ``number`` with its update sequence (fixups) applied and checked."""
     raw = bytearray(
-        _pread(f, boot.mft_lcn * boot.cluster_size + number * boot.record_size, boot.record_size)
+        read_at(
+            f,
+            boot.mft_lcn * boot.cluster_size + number * boot.record_size,
+            boot.record_size,
+            "ntfs",
+        )
     )
     if raw[:4] != b"FILE":
         raise FilesystemError(f"NTFS MFT record {number} is damaged (no FILE signature).")
@@ -149,7 +146,7 @@ def _read_nonresident(f: BinaryIO, boot: Boot, attr: bytes, want: int) -> bytes:
         else:
             if lcn < 0 or lcn + length > boot.clusters:
                 raise FilesystemError("NTFS $Bitmap's data lies outside the volume.")
-            out.append(_pread(f, lcn * boot.cluster_size, n))
+            out.append(read_at(f, lcn * boot.cluster_size, n, "ntfs"))
         got += n
     if got < want:
         raise FilesystemError(f"NTFS $Bitmap holds {got} bytes; the volume needs {want}.")

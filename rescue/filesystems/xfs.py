@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
-from rescue.filesystems.base import Allocation, clear_run, count_bits
+from rescue.filesystems.base import Allocation, clear_run, count_bits, read_at
 
 XFS_MAGIC = b"XFSB"
 AGF_MAGIC = b"XAGF"
@@ -33,16 +33,8 @@ class _Super:
     crc: bool
 
 
-def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise FilesystemError(f"xfs: cannot read {size} bytes at {offset} (the partition ends).")
-    return data
-
-
 def read_super(f: BinaryIO) -> _Super:
-    sb = _pread(f, 0, 512)
+    sb = read_at(f, 0, 512, "xfs")
     if sb[:4] != XFS_MAGIC:
         raise FilesystemError("No XFS superblock (bad magic).")
     (bs,) = struct.unpack_from(">I", sb, 4)
@@ -73,7 +65,7 @@ def read_super(f: BinaryIO) -> _Super:
 def _free_extents(f: BinaryIO, s: _Super, agno: int) -> list[tuple[int, int]]:
     """(AG block, count) of every free extent in allocation group ``agno``."""
     bs = s.block_size
-    agf = _pread(f, agno * s.agblocks * bs + s.sector_size, s.sector_size)
+    agf = read_at(f, agno * s.agblocks * bs + s.sector_size, s.sector_size, "xfs")
     if agf[:4] != AGF_MAGIC:
         raise FilesystemError(f"XFS allocation group {agno}: damaged free-space header (AGF).")
     seqno, length, bno_root = struct.unpack_from(">III", agf, 8)
@@ -84,7 +76,7 @@ def _free_extents(f: BinaryIO, s: _Super, agno: int) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
 
     def walk(block: int, level: int) -> None:
-        raw = _pread(f, (agno * s.agblocks + block) * bs, bs)
+        raw = read_at(f, (agno * s.agblocks + block) * bs, bs, "xfs")
         hdr = BNOBT_MAGICS.get(raw[:4])
         if hdr is None:
             raise FilesystemError(f"XFS allocation group {agno}: damaged free-space tree block.")
@@ -121,7 +113,7 @@ def _free_list(f: BinaryIO, s: _Super, agno: int, agf: bytes, length: int) -> li
     first, last, count = struct.unpack_from(">III", agf, 40)
     if count == 0:
         return []
-    raw = _pread(f, agno * s.agblocks * s.block_size + 3 * s.sector_size, s.sector_size)
+    raw = read_at(f, agno * s.agblocks * s.block_size + 3 * s.sector_size, s.sector_size, "xfs")
     hdr = 36 if s.crc else 0
     if s.crc and raw[:4] != AGFL_MAGIC:
         raise FilesystemError(f"XFS allocation group {agno}: damaged free list (AGFL).")
