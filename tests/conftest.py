@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -24,11 +25,34 @@ def pytest_report_header() -> str:
     return f"rescue test bench capabilities: {have}"
 
 
+NOWATCH_RULE = Path("/run/udev/rules.d/99-rescue-tests-nowatch.rules")
+
+
+@contextlib.contextmanager
+def loop_nowatch() -> Iterator[None]:
+    """Keep udev from re-reading loop disks' tables whenever a tool closes them.
+
+    udev re-reads a disk's partition table (BLKRRPART) after any program closes
+    it opened for writing (losetup itself does). This machine's kernel has no
+    partition parsers, so every such re-read drops the loop disk's partitions,
+    at a moment no test controls. The rule lives in /run and is removed after.
+    """
+    NOWATCH_RULE.parent.mkdir(parents=True, exist_ok=True)
+    NOWATCH_RULE.write_text('KERNEL=="loop*", OPTIONS+="nowatch"\n')
+    subprocess.run(["udevadm", "control", "--reload"], check=False)
+    try:
+        yield
+    finally:
+        NOWATCH_RULE.unlink(missing_ok=True)
+        subprocess.run(["udevadm", "control", "--reload"], check=False)
+
+
 @pytest.fixture(scope="session")
 def udev() -> Iterator[None]:
     """A running systemd-udevd: the machine's own, or one started (and stopped) here."""
     if udev_alive():
-        yield
+        with loop_nowatch():
+            yield
         return
     if os.geteuid() != 0 or not UDEVD.exists():
         pytest.skip("no udev daemon runs and this run cannot start one (needs root and udev)")
@@ -42,7 +66,8 @@ def udev() -> Iterator[None]:
             ["udevadm", "trigger", "--action=add", "--subsystem-match=block"], check=False
         )
         subprocess.run(["udevadm", "settle", "--timeout=30"], check=False)
-        yield
+        with loop_nowatch():
+            yield
     finally:
         proc.terminate()
         try:

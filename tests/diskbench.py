@@ -168,6 +168,7 @@ def attach(backing: Path, *, read_only: bool = False) -> LoopDisk:
     loop = run(*args).strip()
     disk = LoopDisk(path=loop, backing=backing)
     try:
+        settle()  # udev's own handling of the attach first, then the partitions
         run("partx", "-u", loop, check=False)
         settle()
         disk.parts = _partition_nodes(loop, disk._made_nodes)
