@@ -1,0 +1,119 @@
+"""Random access to the partition inside an image: the base of browsing without restoring.
+
+A byte of the partition is found in three steps: its block's rank among the
+used blocks (a popcount index over the bitmap), the rank's offset in the
+partclone stream (blocks plus one checksum per strip), and the zstd frame
+holding that offset (the seek table). Blocks the filesystem did not use read as
+zeros. Opening reads only the seek table, the header and the bitmap.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from rescue.blockio import binary
+from rescue.errors import ImageDamagedError, UnsupportedImageError
+from rescue.image.partclone import HEADER_SIZE, PartcloneHeader, block_offset, crc32
+from rescue.image.seekable import SeekableZstdReader, SeekTable
+from rescue.image.volumes import VolumeReader, volume_paths
+
+_INDEX_BITS = 4096
+"""Blocks per entry of the rank index (512 bytes of bitmap)."""
+
+
+class PartitionReader:
+    """``pread`` on the partition stored in one stream of an image."""
+
+    def __init__(self, stream: Path, *, raw: bool = False, size: int | None = None) -> None:
+        self._volumes = VolumeReader(volume_paths(stream))
+        f = binary(self._volumes)
+        table = SeekTable.read_from(f)
+        if table is None:
+            self._volumes.close()
+            raise UnsupportedImageError(
+                f"{stream.name} has no seek table (written by Clonezilla?): "
+                "it cannot be opened at random without an index."
+            )
+        self._z = SeekableZstdReader(f, table, cache_frames=16)
+        self.raw = raw
+        if raw:
+            self.size = table.size if size is None else size
+            return
+        head = self._z.pread(0, HEADER_SIZE)
+        self.header = PartcloneHeader.unpack(head)
+        h = self.header
+        bitmap = self._z.pread(HEADER_SIZE, h.bitmap_bytes + 4)
+        if len(bitmap) != h.bitmap_bytes + 4:
+            raise ImageDamagedError(f"{stream.name}: the stream ends inside its bitmap.")
+        (stored,) = struct.unpack_from("<I", bitmap, h.bitmap_bytes)
+        self.bitmap = bitmap[: h.bitmap_bytes]
+        if crc32(self.bitmap) != stored:
+            raise ImageDamagedError(f"{stream.name}: the block bitmap is damaged.")
+        self.size = h.device_size if size is None else size
+        self._index = self._rank_index()
+
+    def _rank_index(self) -> list[int]:
+        step = _INDEX_BITS // 8
+        index = [0]
+        bm = self.bitmap
+        for pos in range(0, len(bm), step):
+            index.append(index[-1] + int.from_bytes(bm[pos : pos + step], "little").bit_count())
+        return index
+
+    def _used(self, block: int) -> bool:
+        return bool(self.bitmap[block >> 3] >> (block & 7) & 1)
+
+    def _rank(self, block: int) -> int:
+        chunk = block // _INDEX_BITS
+        lo = chunk * (_INDEX_BITS // 8)
+        head = self.bitmap[lo : block >> 3]
+        n = self._index[chunk] + int.from_bytes(head, "little").bit_count()
+        rest = block & 7
+        if rest:
+            n += (self.bitmap[block >> 3] & ((1 << rest) - 1)).bit_count()
+        return n
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the partition at ``offset`` (short only at its end)."""
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        if self.raw:
+            return self._z.pread(offset, end - offset)
+        h = self.header
+        bs = h.block_size
+        out = bytearray(end - offset)
+        first = offset // bs
+        last = (end - 1) // bs
+        fs_blocks = h.total_blocks
+        block = first
+        rank = self._rank(first) if first < fs_blocks else 0
+        while block <= last and block < fs_blocks:
+            if not self._used(block):
+                block += 1
+                continue
+            # a run of used blocks inside one checksum strip is contiguous in the stream
+            run = 1
+            room = (
+                h.blocks_per_checksum - rank % h.blocks_per_checksum
+                if h.checksum_size
+                else last - block + 1
+            )
+            while (
+                block + run <= last and block + run < fs_blocks and run < room
+                and self._used(block + run)
+            ):  # fmt: skip
+                run += 1
+            data = self._z.pread(block_offset(h, rank), run * bs)
+            if len(data) != run * bs:
+                raise ImageDamagedError("The stream ends before the blocks its bitmap promises.")
+            lo = block * bs
+            a, b = max(lo, offset), min(lo + run * bs, end)
+            out[a - offset : b - offset] = data[a - lo : b - lo]
+            block += run
+            rank += run
+        return bytes(out)
+
+    def close(self) -> None:
+        self._volumes.close()

@@ -1,0 +1,98 @@
+"""Random access to an image's partition: used blocks as on the source, free blocks as zeros."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+from capabilities import need
+from diskbench import run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rescue.cli import main
+from rescue.errors import UnsupportedImageError
+from rescue.filesystems.ext import read_allocation
+from rescue.image.random_access import PartitionReader
+
+pytestmark = need("root", "loop")
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, bytes]:
+    """(stream, the partition, the partition with its free blocks zeroed)."""
+    d = tmp_path_factory.mktemp("ra")
+    tree = d / "tree"
+    tree.mkdir()
+    rng = random.Random(5)
+    for i in range(60):
+        (tree / f"f{i}").write_bytes(rng.randbytes(rng.randrange(1, 400_000)))
+    part = d / "part.img"
+    with part.open("wb") as f:
+        f.truncate(96 << 20)
+    run("mkfs.ext4", "-q", "-b", "1024", "-d", str(tree), str(part))
+    with part.open("r+b") as f:  # garbage in free space that must read as zeros
+        f.seek(80 << 20)
+        f.write(os.urandom(1 << 20))
+    image = d / "image"
+    assert main(["capture", str(part), str(image), "--split", "700K"]) == 0
+    stream = image / "part.ext4-ptcl-img.zst"
+    data = part.read_bytes()
+    with part.open("rb") as f:
+        alloc = read_allocation(f, len(data))
+    expected = bytearray(len(data))
+    bs = alloc.block_size
+    for first, count in alloc.runs():
+        expected[first * bs : (first + count) * bs] = data[first * bs : (first + count) * bs]
+    return stream, data, bytes(expected)
+
+
+def test_whole_partition_reads_back(captured: tuple[Path, bytes, bytes]) -> None:
+    stream, _data, expected = captured
+    reader = PartitionReader(stream)
+    assert reader.size == len(expected)
+    assert reader.pread(0, reader.size) == expected
+    assert reader.pread(reader.size - 10, 100) == expected[-10:]
+    assert reader.pread(reader.size, 10) == b""
+    reader.close()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.integers(0, 96 << 20), st.integers(0, 3 << 20))
+def test_random_ranges(captured: tuple[Path, bytes, bytes], offset: int, length: int) -> None:
+    stream, _data, expected = captured
+    reader = PartitionReader(stream)
+    try:
+        assert reader.pread(offset, length) == expected[offset : offset + length]
+    finally:
+        reader.close()
+
+
+def test_filesystem_reads_through_the_reader(
+    captured: tuple[Path, bytes, bytes], tmp_path: Path
+) -> None:
+    """debugfs reads files out of the bytes the reader returns (no restore) intact."""
+    stream, _data, _expected = captured
+    reader = PartitionReader(stream)
+    view = tmp_path / "view.img"
+    view.write_bytes(reader.pread(0, reader.size))
+    reader.close()
+    run("e2fsck", "-fn", str(view))
+    tree = stream.parent.parent / "tree"
+    for name in ("f0", "f7", "f59"):
+        out = subprocess.run(
+            ["debugfs", "-R", f"cat /{name}", str(view)], capture_output=True, check=True
+        ).stdout
+        assert out == (tree / name).read_bytes()
+
+
+def test_clonezilla_stream_without_table_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "p.zst"
+    subprocess.run(f"head -c 100000 /dev/urandom | zstd -q -c > {plain}", shell=True, check=True)
+    with pytest.raises(UnsupportedImageError, match="seek table"):
+        PartitionReader(plain)
