@@ -46,6 +46,38 @@ def devnum_of(path: str) -> DevNum | None:
     return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
+@dataclass(frozen=True)
+class MountEntry:
+    mountpoint: str
+    source: str
+    fstype: str
+    options: tuple[str, ...]
+
+
+def mount_table(proc: Path = Path("/proc")) -> list[MountEntry]:
+    """Every mount this process sees, in mount order."""
+    try:
+        lines = (proc / "self" / "mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        rfields = right.split()
+        if len(fields) < 6 or len(rfields) < 2:
+            continue
+        entries.append(
+            MountEntry(
+                mountpoint=_unescape(fields[4]),
+                source=_unescape(rfields[1]),
+                fstype=rfields[0],
+                options=tuple(fields[5].split(",")),
+            )
+        )
+    return entries
+
+
 @dataclass
 class SystemState:
     mounts: dict[DevNum, list[str]] = field(default_factory=dict)

@@ -25,17 +25,32 @@ _INDEX_BITS = 4096
 class PartitionReader:
     """``pread`` on the partition stored in one stream of an image."""
 
-    def __init__(self, stream: Path, *, raw: bool = False, size: int | None = None) -> None:
+    def __init__(
+        self,
+        stream: Path,
+        *,
+        raw: bool = False,
+        size: int | None = None,
+        table: SeekTable | None = None,
+        cache_frames: int = 16,
+    ) -> None:
+        """Open ``stream`` (split volumes found by name) with its own seek table,
+        or with ``table`` when an index built elsewhere describes its frames."""
         self._volumes = VolumeReader(volume_paths(stream))
         f = binary(self._volumes)
-        table = SeekTable.read_from(f)
+        if table is None:
+            try:
+                table = SeekTable.read_from(f)
+            except BaseException:
+                self._volumes.close()
+                raise
         if table is None:
             self._volumes.close()
             raise UnsupportedImageError(
                 f"{stream.name} has no seek table (written by Clonezilla?): "
                 "it cannot be opened at random without an index."
             )
-        self._z = SeekableZstdReader(f, table, cache_frames=16)
+        self._z = SeekableZstdReader(f, table, cache_frames=cache_frames)
         self.raw = raw
         if raw:
             self.size = table.size if size is None else size

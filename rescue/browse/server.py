@@ -1,0 +1,165 @@
+"""The FUSE server: one image partition as one read-only file.
+
+Run as its own process (``python -m rescue.browse.server STATE_DIR``) so that
+the mount outlives the command that made it. ``STATE_DIR/spec.json`` says what
+to serve (see :class:`rescue.browse.mounts.ServerSpec`); the server mounts a
+FUSE filesystem on ``STATE_DIR/fuse`` holding the single file ``partition``,
+writes ``ready`` on the file descriptor given by ``--ready-fd`` once the kernel
+has connected, and serves reads until the FUSE mount is unmounted.
+
+A read that touches a damaged part of the image fails with EIO and leaves a
+line in ``STATE_DIR/server.log`` naming the partition bytes and the image
+damage; every other read goes on working.
+
+This is the only module that imports :mod:`mfusepy`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rescue.browse.spec import PARTITION_FILE, ServerSpec
+from rescue.errors import RescueError
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy picks libfuse 2 without this
+
+import mfusepy  # noqa: E402
+
+log = logging.getLogger("rescue.browse.server")
+
+_READAHEAD = 1 << 20
+
+
+class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
+    """A directory with one read-only file: the partition."""
+
+    use_ns = True
+
+    def __init__(self, spec: ServerSpec, ready_fd: int | None) -> None:
+        from rescue.browse.index import open_reader  # noqa: PLC0415
+
+        self._spec = spec
+        self._reader = open_reader(spec)
+        self._ready_fd = ready_fd
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        self._now = int(time.time() * 1e9)
+        self._errors = 0
+        self._errors_lock = threading.Lock()
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            # larger requests than the 128 KiB default (the kernel caps them at its own limit)
+            conn.max_readahead = _READAHEAD
+            if hasattr(conn, "max_read"):
+                conn.max_read = _READAHEAD  # must equal the max_read mount option
+        if self._ready_fd is not None:
+            os.write(self._ready_fd, b"ready\n")
+            os.close(self._ready_fd)
+            self._ready_fd = None
+        log.info("serving %s (%d bytes)", self._spec.stream, self._reader.size)
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        base = {
+            "st_uid": self._uid,
+            "st_gid": self._gid,
+            "st_atime": self._now,
+            "st_mtime": self._now,
+            "st_ctime": self._now,
+        }
+        if path == "/":
+            return {**base, "st_mode": stat.S_IFDIR | 0o500, "st_nlink": 2}
+        if path == "/" + PARTITION_FILE:
+            return {
+                **base,
+                "st_mode": stat.S_IFREG | 0o400,
+                "st_nlink": 1,
+                "st_size": self._reader.size,
+                "st_blocks": (self._reader.size + 511) // 512,
+            }
+        raise mfusepy.FuseOSError(errno.ENOENT)
+
+    def readdir(self, path: str, fh: Any) -> list[str]:
+        if path != "/":
+            raise mfusepy.FuseOSError(errno.ENOTDIR)
+        return [".", "..", PARTITION_FILE]
+
+    def open(self, path: str, flags: int) -> int:
+        if path != "/" + PARTITION_FILE:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
+        try:
+            return self._reader.pread(offset, size)
+        except RescueError as exc:
+            with self._errors_lock:
+                self._errors += 1
+            log.error(
+                "read error in partition bytes %d-%d: %s (%s)",
+                offset,
+                offset + size - 1,
+                exc.message,
+                self._spec.stream,
+            )
+            raise mfusepy.FuseOSError(errno.EIO) from exc
+        except OSError as exc:
+            log.error("read error in partition bytes %d-%d: %s", offset, offset + size - 1, exc)
+            raise mfusepy.FuseOSError(exc.errno or errno.EIO) from exc
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0}
+
+    def destroy(self, path: str) -> None:
+        log.info("unmounted; %d read errors served", self._errors)
+        self._reader.close()
+
+
+def serve(state_dir: Path, ready_fd: int | None) -> int:
+    spec = ServerSpec.load(state_dir)
+    try:
+        ops = PartitionFile(spec, ready_fd)
+    except RescueError as exc:
+        log.error("cannot open the image: %s", exc)
+        print(f"rescue: {exc}", file=sys.stderr)
+        return exc.exit_code
+    mfusepy.FUSE(
+        ops,
+        str(state_dir / "fuse"),
+        foreground=True,
+        ro=True,
+        fsname=f"rescue-image:{spec.stream.name}",
+        subtype="rescue",
+        default_permissions=True,
+        kernel_cache=True,
+        max_read=_READAHEAD,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rescue.browse.server")
+    parser.add_argument("state_dir", type=Path)
+    parser.add_argument("--ready-fd", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        filename=str(args.state_dir / "server.log"),
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    return serve(args.state_dir, args.ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""What a FUSE server serves: written by the mounting command, read by the server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PARTITION_FILE = "partition"
+"""The one file in a server's FUSE folder."""
+
+SPEC_NAME = "spec.json"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    stream: Path
+    """The stream as the image stores it (split volumes found by name)."""
+    raw: bool
+    """A raw (dd) stream rather than a partclone one."""
+    size: int | None
+    """Size of the served file: the partition's size (None: what the stream records)."""
+    table: Path | None = None
+    """A seek table kept apart from the stream (an index built for it)."""
+    copy: Path | None = None
+    """A seekable copy of a stream that cannot be read at random (an index built for it)."""
+    tail: bytes | None = None
+    tail_offset: int = 0
+
+    def save(self, state_dir: Path) -> None:
+        doc = {
+            "stream": str(self.stream),
+            "raw": self.raw,
+            "size": self.size,
+            "table": str(self.table) if self.table else None,
+            "copy": str(self.copy) if self.copy else None,
+            "tail": base64.b64encode(self.tail).decode() if self.tail else None,
+            "tail_offset": self.tail_offset,
+        }
+        tmp = state_dir / (SPEC_NAME + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, state_dir / SPEC_NAME)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> ServerSpec:
+        doc = json.loads((state_dir / SPEC_NAME).read_text())
+        return cls(
+            stream=Path(doc["stream"]),
+            raw=bool(doc["raw"]),
+            size=int(doc["size"]) if doc.get("size") is not None else None,
+            table=Path(doc["table"]) if doc.get("table") else None,
+            copy=Path(doc["copy"]) if doc.get("copy") else None,
+            tail=base64.b64decode(doc["tail"]) if doc.get("tail") else None,
+            tail_offset=int(doc.get("tail_offset", 0)),
+        )
