@@ -33,11 +33,10 @@ from rescue.browse.spec import ServerSpec
 from rescue.copier import open_stream_chunks, stream_error
 from rescue.errors import BadInputError, ImageDamagedError, RescueError
 from rescue.image.random_access import PartitionReader
-from rescue.image.seekable import SeekableZstdWriter, SeekTable
+from rescue.image.seekable import MiB, SeekableZstdWriter, SeekTable
 from rescue.image.volumes import VolumeReader, volume_paths
 from rescue.operations.image_view import ImagePart
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
-from rescue.image.seekable import MiB
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,9 @@ def _scan_table(stream: Path) -> SeekTable | None:
     return table
 
 
-def _write_meta(folder: Path, stream: Path, kind: str, name: str, ident: list[list[object]]) -> None:
+def _write_meta(
+    folder: Path, stream: Path, kind: str, name: str, ident: list[list[object]]
+) -> None:
     meta = _meta_path(folder, stream)
     tmp = meta.with_suffix(".tmp")
     tmp.write_text(json.dumps({"kind": kind, "file": name, "source": ident}))

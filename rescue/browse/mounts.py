@@ -87,6 +87,8 @@ class MountRecord:
     loop: str | None = None
     fstype: str | None = None
     driver: str | None = None
+    mount_source: str | None = None
+    """The source the mount table shows for the filesystem (FUSE drivers name themselves)."""
     complete: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -119,8 +121,8 @@ class MountRecord:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace"
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         )
     except OSError:
         return ""
@@ -211,7 +213,7 @@ def _take_down(rec: MountRecord, *, stale: bool) -> None:
     marker = str(rec.state_dir)
     mountpoint = rec.mountpoint
     source = _mounted_at(mountpoint)
-    if source is not None and rec.loop is not None and source == rec.loop:
+    if source is not None and source in (rec.loop, rec.mount_source):
         _umount(mountpoint, lazy_fallback=stale)
     if rec.loop is not None and _loop_backing(rec.loop) == str(rec.served_file):
         run(["losetup", "-d", rec.loop], check=False)
@@ -260,7 +262,7 @@ def is_stale(rec: MountRecord) -> bool:
         return not _alive(rec.mounter_pid, "")
     if not _alive(rec.server_pid, str(rec.state_dir)):
         return True
-    return rec.loop is None or _mounted_at(rec.mountpoint) != rec.loop
+    return rec.loop is None or _mounted_at(rec.mountpoint) != (rec.mount_source or rec.loop)
 
 
 def sweep() -> list[MountRecord]:
@@ -327,7 +329,9 @@ def choose_partition(image: ImageView, number: int | None) -> ImagePart:
         if p.number == number or (p.number is None and len(image.parts) == 1 and number == 1):
             if p not in browsable:
                 what = "swap space" if p.stored_as == "swap" else "no stored data"
-                raise BadInputError(f"Partition {number} ({p.name}) holds {what}: nothing to browse.")
+                raise BadInputError(
+                    f"Partition {number} ({p.name}) holds {what}: nothing to browse."
+                )
             return p
     raise BadInputError(f"{image.folder} has no partition {number}. It holds:\n{listing}")
 
@@ -357,7 +361,7 @@ def _start_server(rec: MountRecord) -> None:
     read_end, write_end = os.pipe()
     err_path = rec.state_dir / "server.err"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -390,7 +394,7 @@ def _start_server(rec: MountRecord) -> None:
     detail = message[-1].removeprefix("rescue: ") if message else "no message"
     if code is None:
         raise RescueError(f"The image server did not start within {SERVER_START_TIMEOUT:.0f} s.")
-    if code == 2:  # noqa: PLR2004
+    if code == 2:
         raise BadInputError(detail)
     raise RescueError(f"The image server failed to start (exit {code}): {detail}")
 
@@ -449,12 +453,14 @@ def _mount_fs(loop: str, fstype: str, mountpoint: str) -> str:
     return program
 
 
-def _wait_mounted(loop: str, mountpoint: str) -> None:
+def _wait_mounted(mountpoint: str) -> str:
+    """The source of the filesystem that appeared at ``mountpoint``."""
     deadline = time.monotonic() + PIECE_TIMEOUT
-    while _mounted_at(mountpoint) != loop:
+    while (source := _mounted_at(mountpoint)) is None:
         if time.monotonic() > deadline:
             raise RescueError(f"The filesystem did not appear at {mountpoint}.")
         time.sleep(0.02)
+    return source
 
 
 @dataclass(frozen=True)
@@ -511,7 +517,7 @@ def mount_image(
         rec.save()
         rec.fstype = _detect_fstype(rec.loop, part.fstype)
         rec.driver = _mount_fs(rec.loop, rec.fstype, str(target))
-        _wait_mounted(rec.loop, str(target))
+        rec.mount_source = _wait_mounted(str(target))
         rec.complete = True
         rec.save()
     except BaseException:

@@ -32,7 +32,7 @@ from rescue.errors import RescueError
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy picks libfuse 2 without this
 
-import mfusepy  # noqa: E402
+import mfusepy
 
 log = logging.getLogger("rescue.browse.server")
 

@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from rescue import __version__
-from rescue.cli import capture, info, restore, verify
+from rescue.cli import capture, extract, info, mount, restore, verify
 from rescue.cli import list as list_cmd
 from rescue.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, RescueError
 
-SUBCOMMANDS = (list_cmd, capture, restore, verify, info)
+SUBCOMMANDS = (list_cmd, capture, restore, verify, info, mount, extract)
 
 
 def build_parser() -> argparse.ArgumentParser:

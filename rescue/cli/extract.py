@@ -1,0 +1,45 @@
+"""`rescue extract`: copy files or folders out of an image without restoring it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rescue.browse.extract import describe_failures
+from rescue.browse.session import BrowseSession
+from rescue.cli.progress import reporter
+from rescue.errors import EXIT_FAILED
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "extract", help="copy files or folders out of an image (no restore needed)"
+    )
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="paths inside the partition")
+    p.add_argument("--partition", type=int, metavar="N", help="partition number")
+    p.add_argument("--to", type=Path, required=True, metavar="DIR", help="destination folder")
+    p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with (
+        reporter(args.json) as progress,
+        BrowseSession(args.image_dir, args.partition, progress=progress) as session,
+    ):
+        result = session.extract(args.paths, args.to, progress=progress)
+    summary = (
+        f"{result.files} file(s), {result.folders} folder(s), {result.symlinks} symlink(s), "
+        f"{result.bytes} bytes copied to {args.to}."
+    )
+    if result.skipped:
+        summary += f" {len(result.skipped)} special file(s) skipped."
+    if not result.ok:
+        print(f"rescue: extract INCOMPLETE: {len(result.failed)} item(s) could not be copied:")
+        print(describe_failures(result))
+        print(summary)
+        return EXIT_FAILED
+    print(summary)
+    return 0

@@ -1,0 +1,61 @@
+"""`rescue mount` and `rescue unmount`: an image partition as a read-only folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rescue.browse import mounts
+from rescue.cli.progress import reporter
+from rescue.errors import BadInputError
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "mount", help="mount a partition of an image read-only (no restore needed)"
+    )
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("mountpoint", type=Path, help="an empty folder (made if missing)")
+    p.add_argument(
+        "--partition",
+        type=int,
+        metavar="N",
+        help="partition number (needed when the image holds several)",
+    )
+    p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    p.set_defaults(func=run_mount)
+
+    u: argparse.ArgumentParser = sub.add_parser(
+        "unmount", help="unmount an image mounted by rescue mount, leaving nothing behind"
+    )
+    u.add_argument("mountpoint", type=Path, nargs="?")
+    u.add_argument("--all", action="store_true", help="unmount every image rescue has mounted")
+    u.set_defaults(func=run_unmount)
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    with reporter(args.json) as progress:
+        mounted = mounts.mount_image(
+            args.image_dir, args.mountpoint, partition=args.partition, progress=progress
+        )
+    rec = mounted.record
+    if not args.json:
+        print(
+            f"Mounted {mounted.part.name} ({rec.fstype}) of {args.image_dir} read-only "
+            f"at {rec.mountpoint}.\nWhen done: rescue unmount {rec.mountpoint}"
+        )
+    return 0
+
+
+def run_unmount(args: argparse.Namespace) -> int:
+    if args.all:
+        done = mounts.unmount_all()
+        swept = mounts.sweep()
+        print(f"Unmounted {len(done) + len(swept)} image(s).")
+        return 0
+    if args.mountpoint is None:
+        raise BadInputError("Name the folder to unmount, or use --all.")
+    rec = mounts.unmount(args.mountpoint)
+    print(f"Unmounted {rec.image} from {rec.mountpoint}.")
+    return 0
