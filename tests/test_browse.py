@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from capabilities import need
+from conftest import DiskFactory
+from diskbench import LoopDisk, PartSpec, fill_tree, run, tree_digest
 
 from rescue.browse import mounts
 from rescue.browse.session import BrowseSession
 from rescue.cli import main
 from rescue.errors import BadInputError
-from capabilities import need
-from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, fill_tree, run, tree_digest
 
 pytestmark = need("root", "loop", "fuse")
 
