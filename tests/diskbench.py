@@ -258,6 +258,8 @@ def tree_digest(root: Path) -> dict[str, str]:
                 out[rel] = f"link {os.readlink(p)} {owner}"
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = f"dir {stat.S_IMODE(st.st_mode):o} {owner}"
+            elif not stat.S_ISREG(st.st_mode):  # fifo, socket, device: never opened
+                out[rel] = f"special {stat.S_IFMT(st.st_mode):o} {owner}"
             else:
                 h = hashlib.sha256(p.read_bytes()).hexdigest()
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import os
@@ -21,6 +22,9 @@ from rescue.browse import mounts
 from rescue.browse.session import BrowseSession
 from rescue.cli import main
 from rescue.errors import BadInputError
+from rescue.image.partclone import block_offset
+from rescue.image.random_access import PartitionReader
+from rescue.image.seekable import SeekTable
 
 pytestmark = need("root", "loop", "fuse")
 
@@ -139,8 +143,8 @@ def ext4_image(loop_disk_factory: DiskFactory, tmp_path: Path) -> tuple[Path, di
     os.symlink("../../../../../../../../tmp", mnt / "climbing-link")
     (mnt / "etc").mkdir()
     (mnt / "etc" / "hostname").write_text("imaged-machine\n")
+    os.mkfifo(mnt / "a-fifo")
     digest = tree_digest(mnt)
-    os.mkfifo(mnt / "a-fifo")  # after the digest: reading a fifo would wait for a writer
     disk.umount(mnt)
     image = tmp_path / "image"
     capture(disk.path, image)
@@ -260,3 +264,138 @@ def test_killed_mounting_command_is_swept(
         proc.wait()
     assert main(["unmount", "--all"]) == 0
     assert leftovers(private_run_dir, [pid]) == []
+
+
+def test_damaged_frame_fails_only_its_file(
+    loop_disk_factory: DiskFactory,
+    tmp_path: Path,
+    private_run_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    disk = loop_disk_factory(200, None, [PartSpec(None, "ext4")])
+    disk.parts = [disk.path]
+    mnt = tmp_path / "src"
+    disk.mount(0, mnt)
+    (mnt / "good").mkdir()
+    fill_tree(mnt / "good", seed=3, approx_mib=4)
+    (mnt / "victim.bin").write_bytes(os.urandom(24 << 20))
+    digest = tree_digest(mnt / "good")
+    disk.umount(mnt)
+    blocks = [int(b) for b in run("debugfs", "-R", "blocks /victim.bin", disk.path).split()]
+    image = tmp_path / "image"
+    capture(disk.path, image)
+    disk.detach()
+    (stream,) = image.glob("*.ext4-ptcl-img.zst")
+    reader = PartitionReader(stream)
+    middle = blocks[len(blocks) // 2]
+    offset = block_offset(reader.header, reader._rank(middle))
+    with stream.open("rb") as f:
+        table = SeekTable.read_from(f)
+    reader.close()
+    assert table is not None
+    frame = bisect.bisect_right(table.d_offsets, offset) - 1
+    where = table.c_offsets[frame] + table.compressed[frame] // 2
+    with stream.open("r+b") as f:  # flip bytes in the middle of that frame
+        f.seek(where)
+        data = f.read(64)
+        f.seek(where)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+    mnt = tmp_path / "browse"
+    assert main(["mount", str(image), str(mnt)]) == 0
+    try:
+        with pytest.raises(OSError) as caught:
+            (mnt / "victim.bin").read_bytes()
+        assert caught.value.errno == errno.EIO
+        assert tree_digest(mnt / "good") == digest  # every other file intact
+        (state,) = private_run_dir.iterdir()
+        log = (state / "server.log").read_text()
+        assert "read error in partition bytes" in log and "Damaged zstd frame" in log
+    finally:
+        assert main(["unmount", str(mnt)]) == 0
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["extract", str(image), "/", "--to", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "/victim.bin" in printed and "damaged" in printed
+    assert not (out / "victim.bin").exists()  # never a partial file that looks whole
+    assert tree_digest(out / "good").keys() == digest.keys()
+    assert main(["verify", str(image)]) == 1
+    assert stream.name in capsys.readouterr().err
+
+
+def clonezilla_copy(image: Path, dest: Path, compress: str) -> Path:
+    """The same partition image as Clonezilla writes it: one plain stream, no rescue.json."""
+    dest.mkdir()
+    (stream,) = image.glob("*-ptcl-img.zst")
+    for f in image.iterdir():
+        if "ptcl-img" not in f.name and f.name != "rescue.json":
+            (dest / f.name).write_bytes(f.read_bytes())
+    (dest / "clonezilla-img").write_text("Starting /usr/sbin/ocs-sr at 2026-11-24\n")
+    suffix = "gz" if compress.startswith("gzip") else "zst"
+    out = dest / stream.name.replace(".zst", f".{suffix}")
+    subprocess.run(f"zstd -q -d -c {stream} | {compress} -c > {out}", shell=True, check=True)
+    return out
+
+
+@pytest.mark.parametrize("compress", ["zstd -q -T0 -3", "gzip -1"])
+def test_clonezilla_stream_is_indexed_once(
+    ext4_image: tuple[Path, dict[str, str]], tmp_path: Path, compress: str
+) -> None:
+    image, digest = ext4_image
+    cz = tmp_path / "cz"
+    stream = clonezilla_copy(image, cz, compress)
+    with BrowseSession(cz) as session:
+        assert tree_digest(session.root) == digest
+    (index,) = (cz / ".rescue-index").glob("*.seekable.zst")
+    built = index.stat().st_mtime_ns
+    with BrowseSession(cz) as session:  # the second time the index is reused
+        assert session.read_file("etc/hostname") == b"imaged-machine\n"
+    assert index.stat().st_mtime_ns == built
+    os.utime(stream)  # a changed stream invalidates its index
+    with BrowseSession(cz) as session:
+        assert session.read_file("etc/hostname") == b"imaged-machine\n"
+    assert index.stat().st_mtime_ns != built
+
+
+def test_index_of_a_read_only_image_goes_to_the_cache(
+    ext4_image: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    image, digest = ext4_image
+    cz = tmp_path / "cz"
+    clonezilla_copy(image, cz, "zstd -q -T0 -3")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    run("mount", "--bind", str(cz), str(ro))
+    try:
+        run("mount", "-o", "remount,bind,ro", str(ro))
+        with BrowseSession(ro) as session:
+            assert tree_digest(session.root) == digest
+        assert not (cz / ".rescue-index").exists()
+        assert list((tmp_path / "cache").glob("*/*.seekable.zst"))
+    finally:
+        run("umount", str(ro))
+
+
+def test_stream_without_seek_table_gets_a_table_index(
+    ext4_image: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Many small frames but the seek table lost: the frames' own headers are the index."""
+    image, digest = ext4_image
+    (stream,) = image.glob("*-ptcl-img.zst")
+    with stream.open("rb") as f:
+        table = SeekTable.read_from(f)
+    assert table is not None and table.frames > 1
+    cz = tmp_path / "cz"
+    cz.mkdir()
+    for f in image.iterdir():
+        if f.name != "rescue.json" and f.is_file():
+            data = f.read_bytes()
+            if f == stream:
+                data = data[: table.c_offsets[-1]]  # drop the skippable seek-table frame
+            (cz / f.name).write_bytes(data)
+    (cz / "clonezilla-img").write_text("Starting /usr/sbin/ocs-sr at 2026-11-24\n")
+    with BrowseSession(cz) as session:
+        assert tree_digest(session.root) == digest
+    assert list((cz / ".rescue-index").glob("*.seektable"))
+    assert not list((cz / ".rescue-index").glob("*.seekable.zst"))

@@ -125,7 +125,10 @@ class _Copier:
         except FileExistsError:
             self.result.failed.append((where, "already exists in the destination; not overwritten"))
         except OSError as exc:
-            self.result.failed.append((where, exc.strerror or str(exc)))
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EIO:
+                reason = "unreadable: the image is damaged here (rescue verify names the damage)"
+            self.result.failed.append((where, reason))
 
     def _dir(self, src: Path, st: os.stat_result, parent: int, name: str) -> None:
         # an existing real folder is merged into; a symlink there is refused by O_NOFOLLOW
