@@ -1,0 +1,178 @@
+"""Home: every disk, what it holds, why it must not be written, and its health."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from rescue.devices import Disk
+from rescue.devices.smart import SmartSummary
+from rescue.units import human_size
+
+FLAG_WORDS = {
+    "boot-medium": "BOOT MEDIUM (the running system)",
+    "mounted": "mounted",
+    "swap-active": "swap in use",
+    "in-use": "in use (LVM/RAID)",
+    "read-only": "read-only",
+}
+
+DiskLister = Callable[[], list[Disk]]
+SmartReader = Callable[[str], SmartSummary | None]
+UsedReader = Callable[[str, int, str | None], int]
+
+
+class HomeScreen(Screen[None]):
+    """The disks table; details of the selected disk below it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("c", "capture", "Capture"),
+        Binding("r", "restore", "Restore"),
+        Binding("v", "verify", "Verify"),
+        Binding("b", "browse", "Browse"),
+        Binding("f5,u", "refresh", "Refresh"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+    DEFAULT_CSS = """
+    HomeScreen #disks { height: 1fr; }
+    HomeScreen #detail { height: auto; max-height: 12; padding: 0 1; border-top: solid $panel; }
+    HomeScreen #status { height: 1; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, lister: DiskLister, smart: SmartReader, used: UsedReader) -> None:
+        super().__init__()
+        self._lister = lister
+        self._smart = smart
+        self._used = used
+        self.disks: list[Disk] = []
+        self.health: dict[str, SmartSummary | None] = {}
+        self._used_cache: dict[tuple[str, int], int] = {}
+        self._stop = threading.Event()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="disks", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="detail")
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#disks", DataTable)
+        table.add_columns("device", "size", "model / file", "bus", "table", "parts", "health", "flags")
+        self.action_refresh()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    @property
+    def selected(self) -> Disk | None:
+        table = self.query_one("#disks", DataTable)
+        if not self.disks or table.cursor_row < 0 or table.cursor_row >= len(self.disks):
+            return None
+        return self.disks[table.cursor_row]
+
+    def action_refresh(self) -> None:
+        table = self.query_one("#disks", DataTable)
+        keep = self.selected.path if self.selected else None
+        self.disks = self._lister()
+        table.clear()
+        for d in self.disks:
+            health = self.health.get(d.path)
+            table.add_row(
+                d.path,
+                human_size(d.size),
+                d.model or d.backing_file or "",
+                d.transport or "",
+                d.partition_table or "-",
+                str(len(d.partitions)) if d.partitions else (d.fstype or "-"),
+                health.short() if health else "-",
+                ", ".join(d.flags),
+                key=d.path,
+            )
+        for i, d in enumerate(self.disks):
+            if d.path == keep:
+                table.move_cursor(row=i)
+        self.query_one("#status", Static).update(
+            f"{len(self.disks)} disk(s). Plug in a drive and it appears here."
+        )
+        self._show_detail()
+        self.run_worker(self._read_health, thread=True, group="health", exclusive=True)
+
+    def _read_health(self) -> None:
+        for d in list(self.disks):
+            if d.path not in self.health and not self._stop.is_set():
+                summary = self._smart(d.path)
+                self.health[d.path] = summary
+                if summary is not None:
+                    self.app.call_from_thread(self.action_refresh)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        d = self.selected
+        detail = self.query_one("#detail", Static)
+        if d is None:
+            detail.update("No disk found.")
+            return
+        lines = [f"{d.path}: {d.model or d.backing_file or 'unknown model'}"
+                 f"{', serial ' + d.serial if d.serial else ''}, {human_size(d.size)}"]
+        for flag in d.flags:
+            lines.append(f"  ! {FLAG_WORDS.get(flag, flag)}")
+        health = self.health.get(d.path)
+        if health is not None and health.failing:
+            lines.append(f"  ! SMART: {health.short()}: image this disk first, before anything else")
+        for p in d.partitions[:8]:
+            used = self._used_cache.get((p.path, p.size))
+            lines.append(
+                f"  {p.number:>2} {p.fstype or '?':7} {human_size(p.size):>9} "
+                f"used {human_size(used) if used is not None else '…':>9}  "
+                f"{p.label or ''} {' '.join(p.flags)}"
+            )
+        if len(d.partitions) > 8:
+            lines.append(f"  … and {len(d.partitions) - 8} more")
+        detail.update("\n".join(lines))
+        missing = [p for p in d.partitions if (p.path, p.size) not in self._used_cache]
+        if missing:
+            self.run_worker(lambda: self._read_used(d), thread=True, group="used", exclusive=True)
+
+    def _read_used(self, d: Disk) -> None:
+        for p in d.partitions:
+            if self._stop.is_set():
+                return
+            self._used_cache[(p.path, p.size)] = self._used(p.path, p.size, p.fstype)
+        self.app.call_from_thread(self._show_detail)
+
+    def _need_disk(self) -> Disk | None:
+        d = self.selected
+        if d is None:
+            self.notify("Choose a disk first.", severity="warning")
+        return d
+
+    def action_capture(self) -> None:
+        from rescue.tui.capture import CaptureScreen  # noqa: PLC0415
+
+        d = self._need_disk()
+        if d is not None:
+            self.app.push_screen(CaptureScreen(d))
+
+    def action_restore(self) -> None:
+        from rescue.tui.restore import RestoreScreen  # noqa: PLC0415
+
+        self.app.push_screen(RestoreScreen(self._lister))
+
+    def action_verify(self) -> None:
+        from rescue.tui.restore import VerifyScreen  # noqa: PLC0415
+
+        self.app.push_screen(VerifyScreen())
+
+    def action_browse(self) -> None:
+        from rescue.tui.browse import BrowseScreen  # noqa: PLC0415
+
+        self.app.push_screen(BrowseScreen())

@@ -1,0 +1,223 @@
+"""The progress screen every long job runs on, and the dialogs the workflows share.
+
+A job is a callable ``job(progress, cancel) -> str`` that drives the core in a
+thread worker: the core reports through :class:`ScreenProgress` (which hands
+each update to the UI thread, at most ten times a second) and stops at its next
+check when ``cancel`` is set. The screen ends in one of three plain outcomes:
+done, failed (with the core's message) or cancelled, never a success look
+after a failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Header, Input, Label, Log, ProgressBar, Static
+
+from rescue.errors import CancelledError, RescueError
+from rescue.progress import ProgressReporter
+from rescue.units import human_size
+
+Job = Callable[[ProgressReporter, threading.Event], str]
+
+_UPDATE_EVERY = 0.1
+
+
+class ScreenProgress:
+    """A ProgressReporter for worker threads that updates a :class:`JobScreen`."""
+
+    def __init__(self, screen: JobScreen) -> None:
+        self._screen = screen
+        self._done = 0
+        self._last = 0.0
+
+    def phase(self, name: str, total: int | None) -> None:
+        self._done = 0
+        self._screen.app.call_from_thread(self._screen.set_phase, name, total)
+
+    def advance(self, done: int) -> None:
+        self._done += done
+        now = time.monotonic()
+        if now - self._last >= _UPDATE_EVERY:
+            self._last = now
+            self._screen.app.call_from_thread(self._screen.set_done, self._done)
+
+    def note(self, message: str) -> None:
+        self._screen.app.call_from_thread(self._screen.add_note, message)
+
+
+class JobScreen(Screen[str]):
+    """Bar, bytes done of total, rate, ETA, phase; cancel; a plain result at the end."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel_or_close", "Cancel / close"),
+        Binding("enter", "close", "Close", show=False),
+    ]
+    DEFAULT_CSS = """
+    JobScreen #phase { padding: 1 1 0 1; text-style: bold; }
+    JobScreen ProgressBar { padding: 0 1; }
+    JobScreen #stats { padding: 0 1; color: $text-muted; }
+    JobScreen #notes { height: 1fr; margin: 1 1 0 1; border: round $panel; }
+    JobScreen #result { padding: 0 1; height: auto; }
+    JobScreen #result.ok { background: $success 30%; }
+    JobScreen #result.failed { background: $error 40%; text-style: bold; }
+    JobScreen #result.cancelled { background: $warning 30%; }
+    """
+
+    def __init__(self, title: str, job: Job) -> None:
+        super().__init__()
+        self.job_title = title
+        self._job = job
+        self.cancel_event = threading.Event()
+        self.outcome: str | None = None
+        """None while running, then "ok", "failed" or "cancelled"."""
+        self.message = ""
+        self._total: int | None = None
+        self._started = time.monotonic()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(self.job_title, id="phase")
+        yield ProgressBar(id="bar", show_eta=False)
+        yield Static("starting…", id="stats")
+        yield Log(id="notes", highlight=False)
+        yield Static("Running. Esc cancels.", id="result")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.run_worker(self._run, thread=True, name="job", exit_on_error=False)
+
+    def _run(self) -> None:
+        progress = ScreenProgress(self)
+        try:
+            message = self._job(progress, self.cancel_event)
+        except CancelledError:
+            self.app.call_from_thread(self._finish, "cancelled", "Cancelled: the job stopped.")
+        except RescueError as exc:
+            self.app.call_from_thread(self._finish, "failed", f"FAILED: {exc}")
+        except Exception as exc:  # noqa: BLE001  (shown, never hidden behind a success look)
+            self.app.call_from_thread(self._finish, "failed", f"FAILED (internal error): {exc!r}")
+        else:
+            self.app.call_from_thread(self._finish, "ok", message)
+
+    def set_phase(self, name: str, total: int | None) -> None:
+        self._total = total
+        self._started = time.monotonic()
+        self.query_one("#phase", Static).update(f"{self.job_title}: {name}")
+        self.query_one("#bar", ProgressBar).update(total=total, progress=0)
+        self.set_done(0)
+
+    def set_done(self, done: int) -> None:
+        self.query_one("#bar", ProgressBar).update(progress=done)
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = done / elapsed
+        text = human_size(done)
+        if self._total:
+            text += f" of {human_size(self._total)}"
+            if rate > 0 and done:
+                left = max(self._total - done, 0) / rate
+                text += f" · ETA {int(left) // 60}:{int(left) % 60:02d}"
+        text += f" · {human_size(int(rate))}/s"
+        self.query_one("#stats", Static).update(text)
+
+    def add_note(self, message: str) -> None:
+        self.query_one("#notes", Log).write_line(message)
+
+    def _finish(self, outcome: str, message: str) -> None:
+        self.outcome = outcome
+        self.message = message
+        if outcome == "ok" and self._total:
+            self.query_one("#bar", ProgressBar).update(progress=self._total)
+        result = self.query_one("#result", Static)
+        result.add_class(outcome)
+        result.update(f"{message}\nEnter or Esc: back.")
+        self.add_note(message)
+
+    def action_cancel_or_close(self) -> None:
+        if self.outcome is not None:
+            self.dismiss(self.outcome)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes and self.outcome is None:
+                self.cancel_event.set()
+                self.query_one("#result", Static).update("Cancelling at the next safe point…")
+
+        self.app.push_screen(
+            ConfirmScreen(f"Cancel “{self.job_title}”? What it wrote so far is not usable."),
+            answered,
+        )
+
+    def action_close(self) -> None:
+        if self.outcome is not None:
+            self.dismiss(self.outcome)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes or no, with the question in plain words."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Vertical { width: 70; height: auto; border: thick $warning; padding: 1 2;
+                               background: $surface; }
+    """
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self._question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self._question)
+            yield Label("y: yes   n: no")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class TypedConfirmScreen(ModalScreen[bool]):
+    """A destructive step: the technician must type the disk's name to go on."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "abort", "Do not write")]
+    DEFAULT_CSS = """
+    TypedConfirmScreen { align: center middle; }
+    TypedConfirmScreen > Vertical { width: 76; height: auto; border: thick $error; padding: 1 2;
+                                    background: $surface; }
+    TypedConfirmScreen #warning { color: $error; text-style: bold; }
+    TypedConfirmScreen #mismatch { color: $error; }
+    """
+
+    def __init__(self, summary: str, name: str) -> None:
+        super().__init__()
+        self._summary = summary
+        self.expected = name
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("DESTRUCTIVE: this overwrites a disk.", id="warning")
+            yield Label(self._summary)
+            yield Label(f"Type {self.expected} and press Enter to go on; Esc does not write.")
+            yield Input(placeholder=self.expected, id="typed")
+            yield Label("", id="mismatch")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip() == self.expected:
+            self.dismiss(True)
+        else:
+            self.query_one("#mismatch", Label).update(
+                f"That is not {self.expected}. Nothing was written."
+            )
+
+    def action_abort(self) -> None:
+        self.dismiss(False)
