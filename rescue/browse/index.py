@@ -224,7 +224,7 @@ class VirtualPartition:
         source = spec.copy or spec.stream
         try:
             self._reader = PartitionReader(
-                source, raw=spec.raw, size=spec.size, table=table, cache_frames=64
+                source, raw=spec.raw, size=spec.size, table=table, cache_frames=32
             )
         except ImageDamagedError as exc:
             raise stream_error(spec.stream.name, exc) from exc

@@ -54,7 +54,9 @@ def parse(doc: dict[str, object]) -> SmartSummary | None:
         passed=bool(passed) if passed is not None else None,
         bad_sectors=bad,
         temperature=int(temp["current"]) if isinstance(temp, dict) and "current" in temp else None,
-        power_on_hours=int(hours["hours"]) if isinstance(hours, dict) and "hours" in hours else None,
+        power_on_hours=int(hours["hours"])
+        if isinstance(hours, dict) and "hours" in hours
+        else None,
     )
 
 

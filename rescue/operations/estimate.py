@@ -12,26 +12,30 @@ from rescue.errors import RescueError
 from rescue.filesystems.detect import allocation_for
 
 
-def used_bytes(path: str, size: int, fstype: str | None) -> int:
-    """Bytes the capture of one filesystem reads (every byte when it is unknown)."""
+def used_bytes(path: str, size: int, fstype: str | None) -> int | None:
+    """Bytes the capture of one filesystem reads; None when the device cannot be read."""
     if fstype == "swap":
         return 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
     try:
         return allocation_for(binary(Window(fd, 0, size)), size, fstype).used_bytes
     except (RescueError, OSError):
-        return size
+        return size  # unreadable maps: the capture falls back to every block
     finally:
         os.close(fd)
 
 
-def capture_need(dev: Disk | Partition) -> int:
-    """Upper bound of the bytes an image of ``dev`` holds before compression."""
-    if isinstance(dev, Partition):
+def capture_need(dev: Disk | Partition) -> int | None:
+    """Upper bound of the bytes an image of ``dev`` holds before compression (None: unknown)."""
+    if isinstance(dev, Partition) or not dev.partitions:
         return used_bytes(dev.path, dev.size, dev.fstype)
-    if not dev.partitions:
-        return used_bytes(dev.path, dev.size, dev.fstype)
-    return sum(used_bytes(p.path, p.size, p.fstype) for p in dev.partitions) + (1 << 20)
+    sizes = [used_bytes(p.path, p.size, p.fstype) for p in dev.partitions]
+    if any(s is None for s in sizes):
+        return None
+    return sum(s for s in sizes if s is not None) + (1 << 20)
 
 
 def free_bytes(folder: Path) -> int:

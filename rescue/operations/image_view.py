@@ -179,3 +179,43 @@ def _from_layout(folder: Path) -> ImageView:
         manifest=None,
         table=layout.table.table if layout.table else None,
     )
+
+
+def looks_like_image(folder: Path) -> bool:
+    return (
+        (folder / MANIFEST_NAME).is_file()
+        or (folder / "clonezilla-img").is_file()
+        or ((folder / "parts").is_file() and any(folder.glob("*-ptcl-img.*")))
+    )
+
+
+def find_images(roots: list[Path], depth: int = 2) -> list[Path]:
+    """Image folders in ``roots`` and up to ``depth`` levels below them (hidden ones skipped)."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+
+    def walk(folder: Path, level: int) -> None:
+        try:
+            real = folder.resolve()
+        except OSError:
+            return
+        if real in seen:
+            return
+        seen.add(real)
+        if looks_like_image(folder):
+            found.append(folder)
+            return
+        if level >= depth:
+            return
+        try:
+            children = sorted(
+                p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+        except OSError:
+            return
+        for child in children:
+            walk(child, level + 1)
+
+    for root in roots:
+        walk(root, 0)
+    return found

@@ -1,71 +1,82 @@
 """The Textual application: the technician's console.
 
-This first screen lists the disks; the capture, restore and browse workflows
-build on it. No disk logic lives here: it calls the core and shows results.
+Screens: home (disks), capture, restore, verify, browse, and the progress
+screen every long job runs on. No disk logic lives here: the screens call the
+same core as the command line, long work runs in thread workers.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import threading
 
-from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.app import App
 
-from rescue.devices import Disk, list_disks
-from rescue.units import human_size
+from rescue.devices import list_disks
+from rescue.devices.smart import smart_summary
+from rescue.operations.estimate import used_bytes
+from rescue.tui.home import (
+    DiskLister,
+    HomeScreen,
+    ImageFinder,
+    Services,
+    SmartReader,
+    UsedReader,
+)
+from rescue.tui.restore import find_images_on_drives
 
 
 class RescueApp(App[int]):
-    """Home: every disk with what the technician needs to tell them apart."""
+    """Home first; every workflow is a screen pushed over it."""
 
     TITLE = "rescue"
     SUB_TITLE = "disk imaging and recovery"
-    CSS = """
-    #status { height: 1; padding: 0 1; color: $text-muted; }
-    DataTable { height: 1fr; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit"),
-        Binding("r", "refresh", "Refresh"),
-    ]
 
-    def __init__(self, disks_source: object = None) -> None:
+    def __init__(
+        self,
+        disks_source: DiskLister | None = None,
+        *,
+        smart: SmartReader | None = None,
+        used: UsedReader | None = None,
+        find_images: ImageFinder | None = None,
+        hotplug: bool = True,
+    ) -> None:
         super().__init__()
-        self._list = list_disks if disks_source is None else disks_source
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield DataTable(id="disks", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="status")
-        yield Footer()
+        self.services = Services(
+            list_disks=disks_source or list_disks,
+            smart=smart or smart_summary,
+            used=used or used_bytes,
+            find_images=find_images or find_images_on_drives,
+        )
+        self._hotplug = hotplug
+        self._stop = threading.Event()
+        self.home = HomeScreen(self.services)
 
     def on_mount(self) -> None:
-        table = self.query_one("#disks", DataTable)
-        table.add_columns("device", "size", "model / file", "bus", "table", "partitions", "flags")
-        self.action_refresh()
+        self.push_screen(self.home)
+        if self._hotplug:
+            self.run_worker(self._watch, thread=True, group="hotplug")
 
-    def action_refresh(self) -> None:
-        table = self.query_one("#disks", DataTable)
-        table.clear()
-        disks: list[Disk] = self._list()  # type: ignore[operator]
-        for d in disks:
-            parts = ", ".join(
-                f"{p.number}:{p.fstype or '?'} {human_size(p.size)}" for p in d.partitions
+    def _watch(self) -> None:
+        """Follow disks plugged in and out; the home screen is re-read on each change."""
+        from rescue.devices.monitor import watch_disks  # noqa: PLC0415
+
+        try:
+            for event in watch_disks(self._stop):
+                self.call_from_thread(self.home.action_refresh)
+                self.call_from_thread(self.notify, f"{event.path} {event.action}", timeout=4)
+        except Exception as exc:  # noqa: BLE001  (no live updates, but the UI goes on)
+            self.call_from_thread(
+                self.notify, f"No live disk updates: {exc}. Press F5 to refresh.", timeout=8
             )
-            table.add_row(
-                d.path,
-                human_size(d.size),
-                d.model or d.backing_file or "",
-                d.transport or "",
-                d.partition_table or "-",
-                parts or (d.fstype or ""),
-                " ".join(d.flags),
-                key=d.path,
-            )
-        self.query_one("#status", Static).update(f"{len(disks)} disk(s). r: refresh, q: quit")
+
+    def on_unmount(self) -> None:
+        self._stop.set()
 
 
 def run_app() -> int:
-    result = RescueApp().run()
+    app = RescueApp()
+    try:
+        result = app.run()
+    finally:
+        app._stop.set()
     return result or 0

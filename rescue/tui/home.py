@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -25,7 +27,18 @@ FLAG_WORDS = {
 
 DiskLister = Callable[[], list[Disk]]
 SmartReader = Callable[[str], SmartSummary | None]
-UsedReader = Callable[[str, int, str | None], int]
+UsedReader = Callable[[str, int, str | None], int | None]
+ImageFinder = Callable[[], list[Path]]
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the screens ask of the system; tests give fixed answers where they must."""
+
+    list_disks: DiskLister
+    smart: SmartReader
+    used: UsedReader
+    find_images: ImageFinder
 
 
 class HomeScreen(Screen[None]):
@@ -45,14 +58,15 @@ class HomeScreen(Screen[None]):
     HomeScreen #status { height: 1; padding: 0 1; color: $text-muted; }
     """
 
-    def __init__(self, lister: DiskLister, smart: SmartReader, used: UsedReader) -> None:
+    def __init__(self, services: Services) -> None:
         super().__init__()
-        self._lister = lister
-        self._smart = smart
-        self._used = used
+        self.services = services
+        self._lister = services.list_disks
+        self._smart = services.smart
+        self._used = services.used
         self.disks: list[Disk] = []
         self.health: dict[str, SmartSummary | None] = {}
-        self._used_cache: dict[tuple[str, int], int] = {}
+        self._used_cache: dict[tuple[str, int], int | None] = {}
         self._stop = threading.Event()
 
     def compose(self) -> ComposeResult:
@@ -64,7 +78,9 @@ class HomeScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#disks", DataTable)
-        table.add_columns("device", "size", "model / file", "bus", "table", "parts", "health", "flags")
+        table.add_columns(
+            "device", "size", "model / file", "bus", "table", "parts", "health", "flags"
+        )
         self.action_refresh()
 
     def on_unmount(self) -> None:
@@ -102,7 +118,9 @@ class HomeScreen(Screen[None]):
             f"{len(self.disks)} disk(s). Plug in a drive and it appears here."
         )
         self._show_detail()
-        self.run_worker(self._read_health, thread=True, group="health", exclusive=True)
+        self.run_worker(
+            self._read_health, thread=True, group="health", exit_on_error=False, exclusive=True
+        )
 
     def _read_health(self) -> None:
         for d in list(self.disks):
@@ -121,18 +139,23 @@ class HomeScreen(Screen[None]):
         if d is None:
             detail.update("No disk found.")
             return
-        lines = [f"{d.path}: {d.model or d.backing_file or 'unknown model'}"
-                 f"{', serial ' + d.serial if d.serial else ''}, {human_size(d.size)}"]
-        for flag in d.flags:
-            lines.append(f"  ! {FLAG_WORDS.get(flag, flag)}")
+        lines = [
+            f"{d.path}: {d.model or d.backing_file or 'unknown model'}"
+            f"{', serial ' + d.serial if d.serial else ''}, {human_size(d.size)}"
+        ]
+        lines.extend(f"  ! {FLAG_WORDS.get(flag, flag)}" for flag in d.flags)
         health = self.health.get(d.path)
         if health is not None and health.failing:
-            lines.append(f"  ! SMART: {health.short()}: image this disk first, before anything else")
+            lines.append(
+                f"  ! SMART: {health.short()}: image this disk first, before anything else"
+            )
         for p in d.partitions[:8]:
+            known = (p.path, p.size) in self._used_cache
             used = self._used_cache.get((p.path, p.size))
+            shown = human_size(used) if used is not None else ("?" if known else "…")
             lines.append(
                 f"  {p.number:>2} {p.fstype or '?':7} {human_size(p.size):>9} "
-                f"used {human_size(used) if used is not None else '…':>9}  "
+                f"used {shown:>9}  "
                 f"{p.label or ''} {' '.join(p.flags)}"
             )
         if len(d.partitions) > 8:
@@ -140,7 +163,13 @@ class HomeScreen(Screen[None]):
         detail.update("\n".join(lines))
         missing = [p for p in d.partitions if (p.path, p.size) not in self._used_cache]
         if missing:
-            self.run_worker(lambda: self._read_used(d), thread=True, group="used", exclusive=True)
+            self.run_worker(
+                lambda: self._read_used(d),
+                thread=True,
+                group="used",
+                exit_on_error=False,
+                exclusive=True,
+            )
 
     def _read_used(self, d: Disk) -> None:
         for p in d.partitions:
@@ -160,19 +189,19 @@ class HomeScreen(Screen[None]):
 
         d = self._need_disk()
         if d is not None:
-            self.app.push_screen(CaptureScreen(d))
+            self.app.push_screen(CaptureScreen(d, self.services))
 
     def action_restore(self) -> None:
         from rescue.tui.restore import RestoreScreen  # noqa: PLC0415
 
-        self.app.push_screen(RestoreScreen(self._lister))
+        self.app.push_screen(RestoreScreen(self.services))
 
     def action_verify(self) -> None:
         from rescue.tui.restore import VerifyScreen  # noqa: PLC0415
 
-        self.app.push_screen(VerifyScreen())
+        self.app.push_screen(VerifyScreen(self.services))
 
     def action_browse(self) -> None:
         from rescue.tui.browse import BrowseScreen  # noqa: PLC0415
 
-        self.app.push_screen(BrowseScreen())
+        self.app.push_screen(BrowseScreen(self.services))

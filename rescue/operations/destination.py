@@ -1,0 +1,56 @@
+"""Where images go: a partition of the technician's own drive, mounted read-write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rescue.devices.model import Disk, Partition
+from rescue.errors import BadInputError, RefusedError
+from rescue.system import run, which
+
+DEST_ROOT = Path(os.environ.get("RESCUE_DEST_ROOT") or "/mnt/rescue")
+_FUSE = {"ntfs": "ntfs-3g", "exfat": "mount.exfat-fuse"}
+
+
+def destination_candidates(disks: list[Disk], source: Disk | None) -> list[Partition]:
+    """Partitions that can hold images: a filesystem, not on the source, not protected."""
+    found = []
+    for d in disks:
+        if source is not None and d.path == source.path:
+            continue
+        for p in d.partitions:
+            if p.fstype in (None, "swap") or "boot-medium" in p.flags or "in-use" in p.flags:
+                continue
+            found.append(p)
+    return found
+
+
+def mount_destination(part: Partition) -> Path:
+    """The partition's folder for images: where it is mounted, or a new read-write mount."""
+    if "read-only" in part.flags:
+        raise RefusedError(f"{part.path} is read-only; images cannot be written there.")
+    for mp in part.mountpoints:
+        return Path(mp)
+    target = DEST_ROOT / part.name
+    target.mkdir(parents=True, exist_ok=True)
+    if any(target.iterdir()):
+        raise BadInputError(f"{target} is not empty; cannot mount {part.path} there.")
+    fuse = _FUSE.get(part.fstype or "")
+    kernel_has = fuse is None or _in_kernel(part.fstype or "")
+    if kernel_has:
+        run(["mount", "-o", "nosuid,nodev,noexec", part.path, str(target)])
+    else:
+        assert fuse is not None
+        if which(fuse) is None:
+            raise BadInputError(f"Mounting {part.fstype} needs {fuse}, which is not installed.")
+        run([fuse, "-o", "nosuid,nodev,noexec", part.path, str(target)])
+    return target
+
+
+def _in_kernel(fstype: str) -> bool:
+    try:
+        text = Path("/proc/filesystems").read_text()
+    except OSError:
+        return False
+    return any(line.split()[-1] == fstype for line in text.splitlines() if line.split())

@@ -1,0 +1,181 @@
+"""Capture: the chosen disk (or one of its partitions) into a new image folder."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from rescue.devices import Disk, Partition
+from rescue.errors import RescueError
+from rescue.operations.capture import capture
+from rescue.operations.destination import destination_candidates, mount_destination
+from rescue.operations.estimate import capture_need, free_bytes
+from rescue.progress import ProgressReporter
+from rescue.tui.home import Services
+from rescue.tui.jobs import JobScreen
+from rescue.units import human_size
+
+
+def default_name(disk: Disk) -> str:
+    """Host name (or disk model) and date: what a technician would write on the label."""
+    base = socket.gethostname() or ""
+    if not base or base in ("localhost", "debian", "rescue"):
+        base = disk.model or disk.name
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in base).strip("-")
+    return f"{safe or 'disk'}-{time.strftime('%Y-%m-%d')}"
+
+
+class CaptureScreen(Screen[None]):
+    """Source, destination folder, image name, room needed and free; then the job."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "start", "Start capture"),
+        Binding("ctrl+d", "mount_dest", "Mount destination"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+    DEFAULT_CSS = """
+    CaptureScreen Vertical { padding: 0 1; height: auto; }
+    CaptureScreen Input { width: 1fr; }
+    CaptureScreen #sources { height: auto; max-height: 6; }
+    CaptureScreen #dests { height: auto; max-height: 5; }
+    CaptureScreen #room { padding: 0 1; }
+    """
+
+    def __init__(self, disk: Disk, services: Services) -> None:
+        super().__init__()
+        self.disk = disk
+        self.services = services
+        self._need: dict[str, int | None] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical():
+            yield Label(f"Source (↑↓): whole disk or one partition of {self.disk.path}")
+            options = [
+                Option(
+                    f"whole disk {self.disk.path} ({human_size(self.disk.size)})", id=self.disk.path
+                )
+            ]
+            options += [
+                Option(
+                    f"partition {p.path} {p.fstype or '?'} {human_size(p.size)} {p.label or ''}",
+                    id=p.path,
+                )
+                for p in self.disk.partitions
+            ]
+            yield OptionList(*options, id="sources")
+            yield Label("Destination folder (a mounted drive; Ctrl+D mounts one listed below):")
+            yield Input(placeholder="/mnt/usb", id="dest")
+            yield OptionList(id="dests")
+            yield Label("Image name:")
+            yield Input(default_name(self.disk), id="name")
+        yield Static("", id="room")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#sources", OptionList).highlighted = 0
+        dests = self.query_one("#dests", OptionList)
+        for p in destination_candidates(self.services.list_disks(), self.disk):
+            where = p.mountpoints[0] if p.mountpoints else "not mounted"
+            dests.add_option(
+                Option(
+                    f"{p.path} {p.fstype} {human_size(p.size)} {p.label or ''} ({where})", id=p.path
+                )
+            )
+        self._estimate()
+
+    @property
+    def source_path(self) -> str:
+        ol = self.query_one("#sources", OptionList)
+        idx = ol.highlighted or 0
+        opt = ol.get_option_at_index(idx)
+        return opt.id or self.disk.path
+
+    def _source(self) -> Disk | Partition:
+        path = self.source_path
+        for p in self.disk.partitions:
+            if p.path == path:
+                return p
+        return self.disk
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option_list.id == "sources":
+            self._estimate()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._show_room()
+
+    def _estimate(self) -> None:
+        src = self._source()
+        if src.path in self._need:
+            self._show_room()
+            return
+
+        def work() -> None:
+            self._need[src.path] = capture_need(src)
+            self.app.call_from_thread(self._show_room)
+
+        self.query_one("#room", Static).update("Reading the allocation maps…")
+        self.run_worker(work, thread=True, group="estimate", exit_on_error=False, exclusive=True)
+
+    def _show_room(self) -> None:
+        need = self._need.get(self.source_path)
+        dest = self.query_one("#dest", Input).value.strip()
+        text = f"Used data to copy: {human_size(need)} (less once compressed)." if need else ""
+        if dest:
+            try:
+                text += f"  Free at the destination: {human_size(free_bytes(Path(dest)))}."
+            except OSError as exc:
+                text += f"  Destination: {exc.strerror}."
+        self.query_one("#room", Static).update(text)
+
+    def action_mount_dest(self) -> None:
+        dests = self.query_one("#dests", OptionList)
+        if dests.highlighted is None:
+            self.notify("Highlight a partition in the list first.", severity="warning")
+            return
+        path = dests.get_option_at_index(dests.highlighted).id
+        part = next(
+            (p for d in self.services.list_disks() for p in d.partitions if p.path == path), None
+        )
+        if part is None:
+            self.notify(f"{path} is gone.", severity="error")
+            return
+        try:
+            folder = mount_destination(part)
+        except RescueError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.query_one("#dest", Input).value = str(folder)
+
+    def action_start(self) -> None:
+        dest = self.query_one("#dest", Input).value.strip()
+        name = self.query_one("#name", Input).value.strip()
+        if not dest or not name:
+            self.notify("Give a destination folder and an image name.", severity="warning")
+            return
+        if "/" in name:
+            self.notify("The image name is a folder name: no '/'.", severity="warning")
+            return
+        source = self.source_path
+        image = Path(dest) / name
+
+        def job(progress: ProgressReporter, cancel: threading.Event) -> str:
+            manifest = capture(source, image, progress=progress, cancel=cancel)
+            used = sum(p.used_bytes for p in manifest.partitions)
+            return (
+                f"Image complete: {image} ({len(manifest.partitions)} partition(s), "
+                f"{human_size(used)} of used data)."
+            )
+
+        self.app.push_screen(JobScreen(f"Capture {source} → {image}", job))
