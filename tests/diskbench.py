@@ -271,3 +271,12 @@ def tree_digest(root: Path) -> dict[str, str]:
                     f"links={st.st_nlink} {owner}"
                 )
     return out
+
+
+def without_links(digest: dict[str, str], prefix: str = "") -> dict[str, str]:
+    """Digest entries under ``prefix`` without the hard-link count (copies do not keep links)."""
+    out = {}
+    for k, v in digest.items():
+        if k.startswith(prefix):
+            out[k[len(prefix) :]] = " ".join(w for w in v.split() if not w.startswith("links="))
+    return out

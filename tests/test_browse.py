@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, fill_tree, run, tree_digest
+from diskbench import LoopDisk, PartSpec, fill_tree, run, tree_digest, without_links
 
 from rescue.browse import mounts
 from rescue.browse.session import BrowseSession
@@ -149,15 +149,6 @@ def ext4_image(loop_disk_factory: DiskFactory, tmp_path: Path) -> tuple[Path, di
     image = tmp_path / "image"
     capture(disk.path, image)
     return image, digest
-
-
-def without_links(digest: dict[str, str], prefix: str = "") -> dict[str, str]:
-    """Digest entries under ``prefix`` with the hard-link count left out."""
-    out = {}
-    for k, v in digest.items():
-        if k.startswith(prefix):
-            out[k[len(prefix) :]] = " ".join(w for w in v.split() if not w.startswith("links="))
-    return out
 
 
 def test_extract_keeps_modes_times_and_symlinks(

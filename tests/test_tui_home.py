@@ -7,7 +7,7 @@ import asyncio
 from capabilities import need
 from conftest import DiskFactory
 from diskbench import PartSpec
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from rescue.devices.model import Disk
 from rescue.tui.app import RescueApp
@@ -18,13 +18,18 @@ def test_home_lists_a_loop_disk_and_quits(loop_disk_factory: DiskFactory) -> Non
     disk = loop_disk_factory(64, "gpt", [PartSpec(None, "ext4")])
 
     async def scenario() -> None:
-        app = RescueApp()
+        app = RescueApp(hotplug=False, smart=lambda _p: None)
         async with app.run_test(size=(120, 40)) as pilot:
-            table = app.query_one("#disks", DataTable)
+            await pilot.pause()
+            table = app.screen.query_one("#disks", DataTable)
             paths = [table.get_row_at(i)[0] for i in range(table.row_count)]
             assert disk.path in paths
-            row = table.get_row(disk.path)
-            assert "ext4" in row[5]
+            table.move_cursor(row=paths.index(disk.path))
+            await pilot.pause(0.3)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            detail = str(app.screen.query_one("#detail", Static).render())
+            assert "ext4" in detail and "used" in detail
             await pilot.press("q")
         assert app.return_code == 0
 
@@ -40,9 +45,9 @@ def test_refresh_shows_new_disks() -> None:
         return []
 
     async def scenario() -> None:
-        app = RescueApp(disks_source=fake)
+        app = RescueApp(disks_source=fake, hotplug=False)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("r")
+            await pilot.press("f5")
             await pilot.pause()
             await pilot.press("q")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from rescue.blockio import Window, binary
@@ -28,11 +29,14 @@ def used_bytes(path: str, size: int, fstype: str | None) -> int | None:
         os.close(fd)
 
 
-def capture_need(dev: Disk | Partition) -> int | None:
+def capture_need(
+    dev: Disk | Partition,
+    used: Callable[[str, int, str | None], int | None] = used_bytes,
+) -> int | None:
     """Upper bound of the bytes an image of ``dev`` holds before compression (None: unknown)."""
     if isinstance(dev, Partition) or not dev.partitions:
-        return used_bytes(dev.path, dev.size, dev.fstype)
-    sizes = [used_bytes(p.path, p.size, p.fstype) for p in dev.partitions]
+        return used(dev.path, dev.size, dev.fstype)
+    sizes = [used(p.path, p.size, p.fstype) for p in dev.partitions]
     if any(s is None for s in sizes):
         return None
     return sum(s for s in sizes if s is not None) + (1 << 20)

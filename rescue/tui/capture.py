@@ -122,7 +122,7 @@ class CaptureScreen(Screen[None]):
             return
 
         def work() -> None:
-            self._need[src.path] = capture_need(src)
+            self._need[src.path] = capture_need(src, self.services.used)
             self.app.call_from_thread(self._show_room)
 
         self.query_one("#room", Static).update("Reading the allocation maps…")

@@ -103,11 +103,9 @@ class HomeScreen(Screen[None]):
             table.add_row(
                 d.path,
                 human_size(d.size),
-                d.model or d.backing_file or "",
+                _clip(d.model or d.backing_file or "", 18),
                 d.transport or "",
-                d.partition_table or "-",
-                str(len(d.partitions)) if d.partitions else (d.fstype or "-"),
-                health.short() if health else "-",
+                _clip(health.short(), 12) if health else "-",
                 ", ".join(d.flags),
                 key=d.path,
             )
@@ -139,9 +137,10 @@ class HomeScreen(Screen[None]):
         if d is None:
             detail.update("No disk found.")
             return
+        table_kind = f"{d.partition_table} table" if d.partition_table else "no partition table"
         lines = [
             f"{d.path}: {d.model or d.backing_file or 'unknown model'}"
-            f"{', serial ' + d.serial if d.serial else ''}, {human_size(d.size)}"
+            f"{', serial ' + d.serial if d.serial else ''}, {human_size(d.size)}, {table_kind}"
         ]
         lines.extend(f"  ! {FLAG_WORDS.get(flag, flag)}" for flag in d.flags)
         health = self.health.get(d.path)
@@ -205,3 +204,7 @@ class HomeScreen(Screen[None]):
         from rescue.tui.browse import BrowseScreen  # noqa: PLC0415
 
         self.app.push_screen(BrowseScreen(self.services))
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -135,6 +135,7 @@ class JobScreen(Screen[str]):
         self.message = message
         if outcome == "ok" and self._total:
             self.query_one("#bar", ProgressBar).update(progress=self._total)
+            self.query_one("#stats", Static).update(f"{human_size(self._total)} done")
         result = self.query_one("#result", Static)
         result.add_class(outcome)
         result.update(f"{message}\nEnter or Esc: back.")
@@ -200,13 +201,13 @@ class TypedConfirmScreen(ModalScreen[bool]):
 
     def __init__(self, summary: str, name: str) -> None:
         super().__init__()
-        self._summary = summary
+        self.summary = summary
         self.expected = name
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("DESTRUCTIVE: this overwrites a disk.", id="warning")
-            yield Label(self._summary)
+            yield Label(self.summary)
             yield Label(f"Type {self.expected} and press Enter to go on; Esc does not write.")
             yield Input(placeholder=self.expected, id="typed")
             yield Label("", id="mismatch")

@@ -1,0 +1,296 @@
+"""The UI's workflows driven end to end with Textual's pilot, against real loop disks.
+
+Each test checks the result on disk (the image, the restored filesystem, the
+extracted files), not only what the screen says. SMART is answered by a stub:
+loop devices have none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from capabilities import need
+from conftest import DiskFactory
+from diskbench import LoopDisk, PartSpec, fill_tree, tree_digest, without_links
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input
+
+from rescue.browse import mounts
+from rescue.cli import main
+from rescue.errors import CancelledError
+from rescue.operations.verify import verify
+from rescue.progress import ProgressReporter
+from rescue.tui.app import RescueApp
+from rescue.tui.browse import BrowseScreen
+from rescue.tui.jobs import JobScreen, TypedConfirmScreen
+
+pytestmark = need("root", "loop")
+
+
+def make_app(images: list[Path] | None = None) -> RescueApp:
+    return RescueApp(hotplug=False, smart=lambda _path: None, find_images=lambda: images or [])
+
+
+async def wait_for(pilot: Pilot[int], cond: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("the UI did not get there in time")
+        await pilot.pause(0.05)
+
+
+async def finish_job(pilot: Pilot[int], app: RescueApp) -> JobScreen:
+    await wait_for(pilot, lambda: isinstance(app.screen, JobScreen))
+    screen = app.screen
+    assert isinstance(screen, JobScreen)
+    await wait_for(pilot, lambda: screen.outcome is not None, timeout=180)
+    return screen
+
+
+def select_disk(app: RescueApp, table_id: str, path: str) -> None:
+    table = app.screen.query_one(f"#{table_id}", DataTable)
+    keys = [row.value for row in table.rows]
+    table.move_cursor(row=keys.index(path))
+
+
+def run_ui(scenario: Callable[[Pilot[int], RescueApp], Awaitable[None]], app: RescueApp) -> None:
+    async def go() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            await scenario(pilot, app)
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def source(loop_disk_factory: DiskFactory, tmp_path: Path) -> tuple[LoopDisk, dict[str, str]]:
+    disk = loop_disk_factory(96, "gpt", [PartSpec(None, "ext4", label="DATA")])
+    mnt = tmp_path / "fill"
+    disk.mount(0, mnt)
+    fill_tree(mnt, seed=11, approx_mib=4)
+    digest = tree_digest(mnt)
+    disk.umount(mnt)
+    return disk, digest
+
+
+def test_capture_from_the_home_screen(
+    source: tuple[LoopDisk, dict[str, str]], tmp_path: Path
+) -> None:
+    disk, _ = source
+    dest = tmp_path / "dest"
+    dest.mkdir()
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        select_disk(app, "disks", disk.path)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.query("#dest"))
+        app.screen.query_one("#dest", Input).value = str(dest)
+        app.screen.query_one("#name", Input).value = "pc-image"
+        await pilot.press("ctrl+s")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+        assert "Image complete" in job.message
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, JobScreen))
+
+    run_ui(scenario, make_app())
+    image = dest / "pc-image"
+    assert (image / "rescue.json").is_file()
+    report = verify(image)
+    assert report.streams_checked == 1
+
+
+def test_restore_needs_the_disk_name_typed(
+    source: tuple[LoopDisk, dict[str, str]], loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    disk, digest = source
+    image = tmp_path / "image"
+    assert main(["capture", disk.path, str(image)]) == 0
+    target = loop_disk_factory(128, None, [])
+    name = target.path.rsplit("/", 1)[-1]
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.screen.query("#targets"))
+        app.screen.query_one("#image", Input).value = str(image)
+        select_disk(app, "targets", target.path)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, TypedConfirmScreen))
+        confirm = app.screen
+        assert isinstance(confirm, TypedConfirmScreen)
+        # the confirmation names the target (path and size), never the source
+        assert target.path in confirm.summary and "bytes" in confirm.summary
+        assert disk.path not in confirm.summary
+        await pilot.press(*"sda", "enter")  # the wrong name: nothing happens
+        await pilot.pause()
+        assert isinstance(app.screen, TypedConfirmScreen)
+        with open(target.path, "rb") as f:
+            assert f.read(1 << 20) == bytes(1 << 20)
+        typed = app.screen.query_one("#typed", Input)
+        typed.value = ""
+        await pilot.press(*name, "enter")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+
+    run_ui(scenario, make_app())
+    target.rescan()
+    mnt = tmp_path / "check"
+    target.mount(0, mnt, "ro")
+    assert tree_digest(mnt) == digest
+
+
+def test_restore_refuses_a_mounted_disk(
+    source: tuple[LoopDisk, dict[str, str]], tmp_path: Path
+) -> None:
+    disk, _ = source
+    image = tmp_path / "image"
+    assert main(["capture", disk.path, str(image)]) == 0
+    disk.mount(0, tmp_path / "busy")
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.screen.query("#targets"))
+        app.screen.query_one("#image", Input).value = str(image)
+        select_disk(app, "targets", disk.path)
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, TypedConfirmScreen)  # refused before any question
+        assert any("Refused" in str(n.message) for n in app._notifications)
+
+    run_ui(scenario, make_app())
+
+
+def test_verify_reports_intact_and_damaged_images(
+    source: tuple[LoopDisk, dict[str, str]], tmp_path: Path
+) -> None:
+    disk, _ = source
+    image = tmp_path / "image"
+    assert main(["capture", disk.path, str(image)]) == 0
+    outcomes: list[tuple[str | None, str]] = []
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        for _ in range(2):
+            await pilot.press("v")
+            await wait_for(pilot, lambda: app.screen.query("#found"))
+            # the image found on the drives is offered; choosing it fills the field
+            await wait_for(pilot, lambda: app.screen.query_one("#found").option_count == 1)
+            app.screen.query_one("#found").focus()
+            await pilot.press("down", "enter")
+            assert app.screen.query_one("#image", Input).value == str(image)
+            await pilot.press("ctrl+s")
+            job = await finish_job(pilot, app)
+            outcomes.append((job.outcome, job.message))
+            await pilot.press("escape")
+            await pilot.press("escape")
+            (stream,) = image.glob("*-ptcl-img.zst")
+            with stream.open("r+b") as f:  # damage it for the second round
+                f.seek(stream.stat().st_size // 2)
+                f.write(b"\xff" * 64)
+
+    run_ui(scenario, make_app([image]))
+    assert outcomes[0][0] == "ok" and "intact" in outcomes[0][1]
+    assert outcomes[1][0] == "failed" and outcomes[1][1].startswith("FAILED")
+
+
+@need("fuse")
+def test_browse_and_extract(
+    source: tuple[LoopDisk, dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk, digest = source
+    monkeypatch.setenv("RESCUE_RUN_DIR", str(tmp_path / "run"))
+    image = tmp_path / "image"
+    assert main(["capture", disk.path, str(image)]) == 0
+    out = tmp_path / "out"
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        await pilot.press("b")
+        await wait_for(pilot, lambda: isinstance(app.screen, BrowseScreen))
+        screen = app.screen
+        assert isinstance(screen, BrowseScreen)
+        screen.query_one("#image", Input).value = str(image)
+        screen.query_one("#partition", Input).value = "1"
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: screen.session is not None)
+        names = [e.name for e in screen.entries]
+        assert "docs" in names and "big.dat" in names
+        screen.query_one("#files", DataTable).move_cursor(row=names.index("docs"))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.cwd == "/docs")
+        await pilot.press("backspace")
+        await wait_for(pilot, lambda: screen.cwd == "/")
+        names = [e.name for e in screen.entries]
+        for wanted in ("docs", "big.dat"):
+            screen.query_one("#files", DataTable).move_cursor(row=names.index(wanted))
+            await pilot.press("space")
+        assert screen.marked == {"/docs", "/big.dat"}
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: app.screen.query("#folder"))
+        await pilot.press(*str(out), "enter")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is screen)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, BrowseScreen))
+
+    run_ui(scenario, make_app())
+    got = tree_digest(out)
+    want = {k: v for k, v in digest.items() if k == "big.dat" or k.startswith("docs")}
+    assert without_links(got) == without_links(want)
+    assert mounts.records() == []  # leaving the screen took the mount down
+
+
+def test_cancel_needs_confirmation_and_stops_the_job() -> None:
+    """The progress screen itself, with a job that only waits for cancel (no disk needed)."""
+    started = threading.Event()
+
+    def job(progress: ProgressReporter, cancel: threading.Event) -> str:
+        progress.phase("waiting", 100)
+        progress.advance(10)
+        started.set()
+        while not cancel.wait(0.05):
+            pass
+        raise CancelledError()
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        screen = JobScreen("Test job", job)
+        await app.push_screen(screen)
+        await wait_for(pilot, started.is_set)
+        await pilot.press("escape")
+        await pilot.press("n")  # do not cancel
+        await pilot.pause(0.2)
+        assert screen.outcome is None
+        await pilot.press("escape")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: screen.outcome is not None)
+        assert screen.outcome == "cancelled"
+
+    run_ui(
+        scenario,
+        RescueApp(disks_source=list, hotplug=False, smart=lambda _p: None, find_images=list),
+    )
+
+
+@need("udev")
+def test_home_follows_disks_plugged_in_and_out(loop_disk_factory: DiskFactory) -> None:
+    app = RescueApp(smart=lambda _path: None, find_images=list)  # hotplug monitor on
+
+    def rows() -> list[str]:
+        table = app.home.query_one("#disks", DataTable)
+        return [str(row.value) for row in table.rows]
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        await pilot.pause(0.5)  # the monitor is listening
+        disk = loop_disk_factory(32, None, [PartSpec(None, "ext4")])
+        await wait_for(pilot, lambda: disk.path in rows(), timeout=20)
+        disk.detach()
+        await wait_for(pilot, lambda: disk.path not in rows(), timeout=20)
+
+    run_ui(scenario, app)
