@@ -8,6 +8,7 @@ loop devices have none.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from capabilities import need
 from conftest import DiskFactory
 from diskbench import LoopDisk, PartSpec, fill_tree, tree_digest, without_links
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, OptionList
 
 from rescue.browse import mounts
 from rescue.cli import main
@@ -294,3 +295,38 @@ def test_home_follows_disks_plugged_in_and_out(loop_disk_factory: DiskFactory) -
         await wait_for(pilot, lambda: disk.path not in rows(), timeout=20)
 
     run_ui(scenario, app)
+
+
+def test_capture_onto_a_drive_mounted_from_the_capture_screen(
+    source: tuple[LoopDisk, dict[str, str]],
+    loop_disk_factory: DiskFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The technician brings an external drive: mount it right there, capture onto it."""
+    disk, _ = source
+    drive = loop_disk_factory(128, "gpt", [PartSpec(None, "ext4", label="USBDRIVE")])
+    monkeypatch.setenv("RESCUE_DEST_ROOT", str(tmp_path / "dest-root"))
+    where = tmp_path / "dest-root" / drive.parts[0].rsplit("/", 1)[-1]
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        select_disk(app, "disks", disk.path)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.query("#dests"))
+        dests = app.screen.query_one("#dests", OptionList)
+        ids = [dests.get_option_at_index(i).id for i in range(dests.option_count)]
+        assert disk.parts[0] not in ids  # the source is never offered as destination
+        dests.highlighted = ids.index(drive.parts[0])
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: app.screen.query_one("#dest", Input).value == str(where))
+        app.screen.query_one("#name", Input).value = "onto-drive"
+        await pilot.press("ctrl+s")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+
+    try:
+        run_ui(scenario, make_app())
+        assert (where / "onto-drive" / "rescue.json").is_file()
+        assert verify(where / "onto-drive").streams_checked == 1
+    finally:
+        subprocess.run(["umount", str(where)], check=False)

@@ -40,7 +40,7 @@ from rescue.devices.system_state import mount_table
 from rescue.errors import BadInputError, ExternalToolError, RescueError
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.progress import NullProgress, ProgressReporter
-from rescue.system import output, run, which
+from rescue.system import kernel_supports, output, run, which
 
 log = logging.getLogger(__name__)
 
@@ -418,25 +418,10 @@ def _detect_fstype(loop: str, recorded: str | None) -> str:
     return fstype
 
 
-def _kernel_has(fstype: str) -> bool:
-    def listed() -> bool:
-        try:
-            text = Path("/proc/filesystems").read_text()
-        except OSError:
-            return False
-        return any(line.split()[-1] == fstype for line in text.splitlines() if line.split())
-
-    if listed():
-        return True
-    if which("modprobe"):
-        run(["modprobe", "-q", fstype], check=False)
-    return listed()
-
-
 def _mount_fs(loop: str, fstype: str, mountpoint: str) -> str:
     """Mount ``loop`` read-only at ``mountpoint``; returns the driver used."""
     kernel = _KERNEL_OPTIONS.get(fstype)
-    if kernel is not None and (fstype not in _FUSE_DRIVERS or _kernel_has(fstype)):
+    if kernel is not None and (fstype not in _FUSE_DRIVERS or kernel_supports(fstype)):
         kind, options = kernel
         run(["mount", "-t", kind, "-o", options, loop, mountpoint])
         return "kernel"

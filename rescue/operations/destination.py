@@ -7,9 +7,11 @@ from pathlib import Path
 
 from rescue.devices.model import Disk, Partition
 from rescue.errors import BadInputError, RefusedError
-from rescue.system import run, which
+from rescue.system import kernel_supports, run, which
 
-DEST_ROOT = Path(os.environ.get("RESCUE_DEST_ROOT") or "/mnt/rescue")
+def dest_root() -> Path:
+    """Where destination drives are mounted (``$RESCUE_DEST_ROOT``, default /mnt/rescue)."""
+    return Path(os.environ.get("RESCUE_DEST_ROOT") or "/mnt/rescue")
 _FUSE = {"ntfs": "ntfs-3g", "exfat": "mount.exfat-fuse"}
 
 
@@ -32,12 +34,12 @@ def mount_destination(part: Partition) -> Path:
         raise RefusedError(f"{part.path} is read-only; images cannot be written there.")
     for mp in part.mountpoints:
         return Path(mp)
-    target = DEST_ROOT / part.name
+    target = dest_root() / part.name
     target.mkdir(parents=True, exist_ok=True)
     if any(target.iterdir()):
         raise BadInputError(f"{target} is not empty; cannot mount {part.path} there.")
     fuse = _FUSE.get(part.fstype or "")
-    kernel_has = fuse is None or _in_kernel(part.fstype or "")
+    kernel_has = fuse is None or kernel_supports(part.fstype or "")
     if kernel_has:
         run(["mount", "-o", "nosuid,nodev,noexec", part.path, str(target)])
     else:
@@ -46,11 +48,3 @@ def mount_destination(part: Partition) -> Path:
             raise BadInputError(f"Mounting {part.fstype} needs {fuse}, which is not installed.")
         run([fuse, "-o", "nosuid,nodev,noexec", part.path, str(target)])
     return target
-
-
-def _in_kernel(fstype: str) -> bool:
-    try:
-        text = Path("/proc/filesystems").read_text()
-    except OSError:
-        return False
-    return any(line.split()[-1] == fstype for line in text.splitlines() if line.split())
