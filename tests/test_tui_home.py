@@ -53,3 +53,36 @@ def test_refresh_shows_new_disks() -> None:
 
     asyncio.run(scenario())
     assert len(calls) == 2
+
+
+def test_rescue_without_arguments_starts_the_ui_and_q_quits() -> None:
+    """The real entry point on a real pseudo-terminal, as on the console."""
+    import os  # noqa: PLC0415
+    import pty  # noqa: PLC0415
+    import select  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    main_fd, child_fd = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rescue"],
+        stdin=child_fd, stdout=child_fd, stderr=child_fd, env=env, close_fds=True,
+    )  # fmt: skip
+    os.close(child_fd)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"Capture" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.5)
+            if ready:
+                seen += os.read(main_fd, 65536)
+        assert b"Capture" in seen, seen[-500:]
+        os.write(main_fd, b"q")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main_fd)
