@@ -9,9 +9,12 @@ from rescue.devices.model import Disk, Partition
 from rescue.errors import BadInputError, RefusedError
 from rescue.system import kernel_supports, run, which
 
+
 def dest_root() -> Path:
     """Where destination drives are mounted (``$RESCUE_DEST_ROOT``, default /mnt/rescue)."""
     return Path(os.environ.get("RESCUE_DEST_ROOT") or "/mnt/rescue")
+
+
 _FUSE = {"ntfs": "ntfs-3g", "exfat": "mount.exfat-fuse"}
 
 
