@@ -24,11 +24,18 @@ class SmartSummary:
     def failing(self) -> bool:
         return self.passed is False or bool(self.bad_sectors)
 
+    def describe(self) -> str:
+        bits = []
+        if self.passed is False:
+            bits.append("the drive reports itself FAILING")
+        bits += [f"{v} {k} sectors" for k, v in self.bad_sectors.items()]
+        return ", ".join(bits) or "healthy"
+
     def short(self) -> str:
         if self.passed is False:
             return "FAILING"
         if self.bad_sectors:
-            return "WARN " + " ".join(f"{k}={v}" for k, v in self.bad_sectors.items())
+            return f"WARN {sum(self.bad_sectors.values())} bad"
         return "ok" if self.passed else "?"
 
 

@@ -17,6 +17,13 @@ from rescue.devices import Disk
 from rescue.devices.smart import SmartSummary
 from rescue.units import human_size
 
+FLAG_SHORT = {
+    "boot-medium": "BOOT",
+    "mounted": "mounted",
+    "swap-active": "swap",
+    "in-use": "in use",
+    "read-only": "ro",
+}
 FLAG_WORDS = {
     "boot-medium": "BOOT MEDIUM (the running system)",
     "mounted": "mounted",
@@ -78,9 +85,7 @@ class HomeScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#disks", DataTable)
-        table.add_columns(
-            "device", "size", "model / file", "bus", "table", "parts", "health", "flags"
-        )
+        table.add_columns("device", "size", "model / file", "bus", "health", "do not write: why")
         self.action_refresh()
 
     def on_unmount(self) -> None:
@@ -106,7 +111,7 @@ class HomeScreen(Screen[None]):
                 _clip(d.model or d.backing_file or "", 18),
                 d.transport or "",
                 _clip(health.short(), 12) if health else "-",
-                ", ".join(d.flags),
+                ", ".join(FLAG_SHORT.get(f, f) for f in d.flags),
                 key=d.path,
             )
         for i, d in enumerate(self.disks):
@@ -146,7 +151,7 @@ class HomeScreen(Screen[None]):
         health = self.health.get(d.path)
         if health is not None and health.failing:
             lines.append(
-                f"  ! SMART: {health.short()}: image this disk first, before anything else"
+                f"  ! SMART: {health.describe()}: image this disk first, before anything else"
             )
         for p in d.partitions[:8]:
             known = (p.path, p.size) in self._used_cache
