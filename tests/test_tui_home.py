@@ -24,6 +24,7 @@ def test_home_lists_a_loop_disk_and_quits(loop_disk_factory: DiskFactory) -> Non
             table = app.screen.query_one("#disks", DataTable)
             paths = [table.get_row_at(i)[0] for i in range(table.row_count)]
             assert disk.path in paths
+            assert len(table.get_row(disk.path)) == len(table.columns)  # every column filled
             table.move_cursor(row=paths.index(disk.path))
             await pilot.pause(0.3)
             await app.workers.wait_for_complete()
