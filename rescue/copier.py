@@ -10,6 +10,7 @@ with one ``pwrite``.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import stat
@@ -22,7 +23,14 @@ from rescue.blockio import binary
 from rescue.errors import DeviceError, ImageDamagedError
 from rescue.filesystems.base import Allocation
 from rescue.image.manifest import StoredFile
-from rescue.image.partclone import BlockEncoder, PartcloneHeader, StreamReader, stream_prefix
+from rescue.image.partclone import (
+    BlockEncoder,
+    BlockRanks,
+    PartcloneHeader,
+    StreamReader,
+    block_offset,
+    stream_prefix,
+)
 from rescue.image.seekable import SeekableZstdWriter, iter_decompressed, iter_decompressed_gzip
 from rescue.image.volumes import VolumeReader, VolumeWriter, volume_paths
 from rescue.progress import ProgressReporter, check_cancel
@@ -44,13 +52,43 @@ class CompressionOptions:
 
 
 @dataclass(frozen=True)
+class ReadOptions:
+    keep_going: bool = True
+    """Go on past unreadable sectors (zeros in the image, listed in the manifest)."""
+    retries: int = 1
+    """Extra attempts at each sector still unreadable after the splitting passes."""
+
+
+@dataclass(frozen=True)
 class StreamResult:
     files: tuple[StoredFile, ...]
     stream_bytes: int
+    unreadable: tuple[tuple[int, int], ...] = ()
+    """Partition byte ranges (offset, length) of used data that could not be read."""
+    read_errors: int = 0
 
 
 def _read_error(path: str, offset: int, exc: OSError) -> DeviceError:
     return DeviceError(f"Read error on {path} at byte {offset}: {exc.strerror or exc}.")
+
+
+MEDIA_ERRORS = frozenset({errno.EIO, errno.ENODATA, errno.EILSEQ, errno.EBADMSG})
+"""Errors of an unreadable sector: the capture goes on around them."""
+GONE_ERRORS = frozenset({errno.ENODEV, errno.ENXIO, errno.ENOMEDIUM})
+"""Errors of a device that disappeared: the capture stops."""
+FIRST_SKIP = 64 * 1024
+MAX_SKIP = 64 * MiB
+
+
+@dataclass
+class BadSpot:
+    """Used bytes the first pass could not read (or skipped past a read error)."""
+
+    offset: int
+    """Partition-relative byte offset."""
+    length: int
+    chunk_pos: int
+    """Where these bytes sit in the chunk handed to the stream writer."""
 
 
 class _Reader(threading.Thread):
@@ -63,14 +101,22 @@ class _Reader(threading.Thread):
         base: int,
         alloc: Allocation,
         cancel: threading.Event | None,
+        *,
+        keep_going: bool = True,
     ) -> None:
         super().__init__(name="rescue-reader", daemon=True)
+        self.keep_going = keep_going
+        self.errors = 0
+        """Read errors met (each one skipped past)."""
+        self._skip = FIRST_SKIP
+        self._skip_until = -1
+        self._span_bad: list[tuple[int, int]] = []
         self.fd = fd
         self.path = path
         self.base = base
         self.alloc = alloc
         self.cancel = cancel
-        self.out: queue.Queue[bytes | bytearray | BaseException | None] = queue.Queue(QUEUE_DEPTH)
+        self.out: queue.Queue[_Item | BaseException | None] = queue.Queue(QUEUE_DEPTH)
         self.sparse = stat.S_ISREG(os.fstat(fd).st_mode)
         """A regular file: its holes read as zeros without touching the disk."""
         self._stop_event = threading.Event()
@@ -84,7 +130,7 @@ class _Reader(threading.Thread):
             except queue.Empty:
                 break
 
-    def _put(self, item: bytes | bytearray | BaseException | None) -> None:
+    def _put(self, item: _Item | BaseException | None) -> None:
         while not self._stop_event.is_set():
             try:
                 self.out.put(item, timeout=0.2)
@@ -102,7 +148,7 @@ class _Reader(threading.Thread):
         except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
             self._put(exc)
 
-    def _chunks(self) -> Iterator[bytes | bytearray]:
+    def _chunks(self) -> Iterator[_Item]:
         bs = self.alloc.block_size
         span_lo = span_hi = -1
         pieces: list[tuple[int, int]] = []  # (offset, length) inside the span
@@ -128,14 +174,29 @@ class _Reader(threading.Thread):
         if span_lo >= 0:
             yield self._read_span(span_lo, span_hi, pieces)
 
-    def _read_span(self, lo: int, hi: int, pieces: list[tuple[int, int]]) -> bytes | bytearray:
+    def _read_span(self, lo: int, hi: int, pieces: list[tuple[int, int]]) -> _Item:
         buf = bytearray(hi - lo)  # zero-filled: holes of a sparse disk file need no read
         view = memoryview(buf)
+        self._span_bad = []
         for a, b in self._data_ranges(self.base + lo, self.base + hi):
             self._read_into(view[a - self.base - lo : b - self.base - lo], a)
+        bad = self._bad_in_chunk(lo, pieces) if self._span_bad else []
         if len(pieces) == 1 and pieces[0] == (0, len(buf)):
-            return buf
-        return b"".join(view[o : o + n] for o, n in pieces)
+            return buf, bad
+        return b"".join(view[o : o + n] for o, n in pieces), bad
+
+    def _bad_in_chunk(self, lo: int, pieces: list[tuple[int, int]]) -> list[BadSpot]:
+        """The span's unread bytes that are used data, placed in the chunk."""
+        spots = []
+        pos = 0
+        for o, n in pieces:
+            p_lo, p_hi = lo + o, lo + o + n
+            for a, b in self._span_bad:
+                x, y = max(a - self.base, p_lo), min(b - self.base, p_hi)
+                if x < y:
+                    spots.append(BadSpot(x, y - x, pos + x - p_lo))
+            pos += n
+        return spots
 
     def _data_ranges(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
         """Parts of ``[lo, hi)`` that hold data: all of it on a disk, skipping a file's holes."""
@@ -155,18 +216,47 @@ class _Reader(threading.Thread):
             pos = end
 
     def _read_into(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` from ``offset``; unreadable bytes stay zero and are noted.
+
+        After a read error the first pass skips ahead (64 KiB, doubling with each
+        error in a row, up to 64 MiB) so that the healthy rest of the disk is
+        copied before a failing area is worked on; the retry passes come back for
+        what was skipped.
+        """
         got = 0
-        while got < len(view):
+        size = len(view)
+        while got < size:
+            pos = offset + got
+            if pos < self._skip_until:
+                stop = min(self._skip_until, offset + size)
+                self._span_bad.append((pos, stop))
+                got = stop - offset
+                continue
             try:
-                n = os.preadv(self.fd, [view[got:]], offset + got)
+                n = os.preadv(self.fd, [view[got:]], pos)
             except OSError as exc:
-                raise _read_error(self.path, offset + got, exc) from exc
+                if exc.errno in GONE_ERRORS:
+                    raise DeviceError(
+                        f"{self.path} disappeared at byte {pos} ({exc.strerror}): "
+                        "was it unplugged?",
+                        hint="Plug it back in and capture again.",
+                    ) from exc
+                if not self.keep_going or exc.errno not in MEDIA_ERRORS:
+                    raise _read_error(self.path, pos, exc) from exc
+                self.errors += 1
+                self._skip_until = pos + self._skip
+                self._skip = min(self._skip * 2, MAX_SKIP)
+                continue
             if n == 0:
                 raise DeviceError(
-                    f"{self.path} ended at byte {offset + got}, inside the filesystem: "
+                    f"{self.path} ended at byte {pos}, inside the filesystem: "
                     "the disk is smaller than its partition table or filesystem says."
                 )
             got += n
+            self._skip = FIRST_SKIP  # a good read ends a run of errors
+
+
+_Item = tuple[bytes | bytearray, list[BadSpot]]
 
 
 @dataclass(frozen=True)
@@ -187,31 +277,46 @@ def write_stream(
     *,
     progress: ProgressReporter,
     cancel: threading.Event | None,
+    reading: ReadOptions | None = None,
 ) -> StreamResult:
-    """Store the used blocks of ``src`` as a stream: partclone, or raw bytes for a dd stream."""
+    """Store the used blocks of ``src`` as a stream: partclone, or raw bytes for a dd stream.
+
+    Unreadable used bytes become zeros in frames stored raw; after the first pass
+    :mod:`rescue.salvage` retries them and patches what it recovers into place.
+    """
+    reading = reading or ReadOptions()
     raw = alloc.fstype == "dd"
     encoder = None
+    header = None
     prefix = b""
     if not raw:
         prefix = stream_prefix(alloc)
-        encoder = BlockEncoder(PartcloneHeader.unpack(prefix[:110]))
-    reader = _Reader(src.fd, src.path, src.base, alloc, cancel)
+        header = PartcloneHeader.unpack(prefix[:110])
+        encoder = BlockEncoder(header)
+    reader = _Reader(src.fd, src.path, src.base, alloc, cancel, keep_going=reading.keep_going)
     volumes = VolumeWriter(out_base, options.split)
     zw = SeekableZstdWriter(
         binary(volumes), level=options.level, frame_size=options.frame_size, threads=options.threads
     )
+    skipped: list[tuple[int, int]] = []
     reader.start()
     try:
         zw.write(prefix)
+        rank = 0
         while (item := reader.out.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             check_cancel(cancel)
+            chunk, bad = item
+            for spot in bad:
+                skipped.append((spot.offset, spot.length))
+                _mark_raw(zw, header, rank, spot)
             if encoder:
-                zw.write_pieces(encoder.encode_pieces(item))
+                zw.write_pieces(encoder.encode_pieces(chunk))
+                rank += len(chunk) // alloc.block_size
             else:
-                zw.write(item)
-            progress.advance(len(item))
+                zw.write(chunk)
+            progress.advance(len(chunk))
         check_cancel(cancel)
         if encoder:
             zw.write(encoder.finish())
@@ -224,14 +329,79 @@ def write_stream(
     finally:
         reader.stop()
         reader.join()
+    files = tuple(StoredFile(p.name, size, digest) for p, size, digest in volumes.files)
+    unreadable: tuple[tuple[int, int], ...] = ()
+    if skipped:
+        files, unreadable = _salvage(
+            src, alloc, volumes, zw, skipped,
+            header=header, reading=reading, progress=progress, cancel=cancel,
+        )  # fmt: skip
     if raw and zw.bytes_in != alloc.device_size:
         raise DeviceError(
             f"{src.path}: read {zw.bytes_in} bytes of a {alloc.device_size}-byte partition."
         )
     return StreamResult(
-        files=tuple(StoredFile(p.name, size, digest) for p, size, digest in volumes.files),
+        files=files,
         stream_bytes=zw.bytes_in,
+        unreadable=unreadable,
+        read_errors=reader.errors,
     )
+
+
+def _mark_raw(
+    zw: SeekableZstdWriter, header: PartcloneHeader | None, rank0: int, spot: BadSpot
+) -> None:
+    """Store raw the frames that will take recovered bytes (and their strips' CRCs)."""
+    if header is None:
+        lo = zw.bytes_in + spot.chunk_pos
+        zw.mark_raw(lo, lo + spot.length)
+        return
+    bs = header.block_size
+    first = rank0 + spot.chunk_pos // bs
+    last = rank0 + (spot.chunk_pos + spot.length - 1) // bs
+    zw.mark_raw(block_offset(header, first), block_offset(header, last) + bs)
+    if header.checksum_size:
+        per = header.blocks_per_checksum
+        for k in range(first // per, last // per + 1):
+            end_rank = min((k + 1) * per, header.used_blocks) - 1
+            at = block_offset(header, end_rank) + bs
+            zw.mark_raw(at, at + header.checksum_size)
+
+
+def _salvage(
+    src: Extent,
+    alloc: Allocation,
+    volumes: VolumeWriter,
+    zw: SeekableZstdWriter,
+    skipped: list[tuple[int, int]],
+    *,
+    header: PartcloneHeader | None,
+    reading: ReadOptions,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> tuple[tuple[StoredFile, ...], tuple[tuple[int, int], ...]]:
+    """Retry passes over what the first pass skipped; recovered bytes go into the stream."""
+    from rescue.salvage import patch_stream, retry_passes  # noqa: PLC0415
+
+    total = sum(n for _, n in skipped)
+    progress.note(f"{src.path}: {total // 1024} KiB of used data skipped after read errors")
+    recovery = retry_passes(
+        src.fd, src.path, src.base, skipped,
+        retries=reading.retries, progress=progress, cancel=cancel,
+    )  # fmt: skip
+    paths = [p for p, _size, _digest in volumes.files]
+    if recovery.recovered:
+        with VolumeReader(paths, writable=True) as v:
+            patch_stream(
+                v,
+                set(zw.raw_frames),
+                recovery.recovered,
+                header=header,
+                ranks=BlockRanks(alloc.bitmap) if header is not None else None,
+            )
+    with VolumeReader(paths, hashing=True) as v:
+        files = tuple(StoredFile(name, size, digest) for name, size, digest in v.digests())
+    return files, tuple(recovery.unreadable)
 
 
 class ChunkFile:

@@ -8,7 +8,8 @@ from typing import Any
 
 from rescue.cli.progress import reporter
 from rescue.cli.sizes import parse_size
-from rescue.copier import CompressionOptions
+from rescue.copier import CompressionOptions, ReadOptions
+from rescue.errors import EXIT_UNREADABLE
 from rescue.operations.capture import capture
 
 
@@ -23,17 +24,35 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--split", type=parse_size, default=None, metavar="SIZE",
                    help="split streams into volumes of SIZE (e.g. 4G); automatic on FAT"
                    )  # fmt: skip
+    p.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="extra attempts at each sector still unreadable (default 1)")  # fmt: skip
+    p.add_argument("--stop-on-error", action="store_true",
+                   help="stop at the first read error instead of going on around it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     options = CompressionOptions(level=args.level, split=args.split)
+    reading = ReadOptions(keep_going=not args.stop_on_error, retries=max(0, args.retries))
     with reporter(args.json) as progress:
-        manifest = capture(args.source, args.image_dir, options=options, progress=progress)
+        manifest = capture(
+            args.source, args.image_dir, options=options, reading=reading, progress=progress
+        )
+    lost = [(p.name, off, n) for p in manifest.partitions for off, n in p.unreadable]
     if not args.json:
         print(
             f"Image complete: {args.image_dir} ({len(manifest.partitions)} partition(s), "
             f"{manifest.used_bytes} used bytes)."
         )
-    return 0
+        if lost:
+            total = sum(n for _, _, n in lost)
+            print(
+                f"WARNING: {total} bytes of used data in {len(lost)} range(s) could not be read "
+                "from the source; the image holds zeros there (listed in rescue.json):"
+            )
+            for name, off, n in lost[:20]:
+                print(f"  {name}: bytes {off}-{off + n - 1}")
+            if len(lost) > 20:
+                print(f"  ... and {len(lost) - 20} more")
+    return EXIT_UNREADABLE if lost else 0

@@ -320,6 +320,36 @@ class StreamReader:
         return offset + len(raw)
 
 
+class BlockRanks:
+    """The rank of a block among the used ones (how many used blocks come before it).
+
+    A popcount index every 4096 blocks keeps each lookup to at most 512 bytes of
+    bitmap.
+    """
+
+    STEP = 4096
+
+    def __init__(self, bitmap: bytes) -> None:
+        self.bitmap = bitmap
+        step = self.STEP // 8
+        index = [0]
+        for pos in range(0, len(bitmap), step):
+            index.append(index[-1] + int.from_bytes(bitmap[pos : pos + step], "little").bit_count())
+        self._index = index
+
+    def used(self, block: int) -> bool:
+        return bool(self.bitmap[block >> 3] >> (block & 7) & 1)
+
+    def rank(self, block: int) -> int:
+        chunk = block // self.STEP
+        lo = chunk * (self.STEP // 8)
+        n = self._index[chunk] + int.from_bytes(self.bitmap[lo : block >> 3], "little").bit_count()
+        rest = block & 7
+        if rest:
+            n += (self.bitmap[block >> 3] & ((1 << rest) - 1)).bit_count()
+        return n
+
+
 def block_offset(header: PartcloneHeader, rank: int) -> int:
     """Stream offset of the ``rank``-th used block (0-based): for random access."""
     cs = header.checksum_size

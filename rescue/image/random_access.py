@@ -14,12 +14,15 @@ from pathlib import Path
 
 from rescue.blockio import binary
 from rescue.errors import ImageDamagedError, UnsupportedImageError
-from rescue.image.partclone import HEADER_SIZE, PartcloneHeader, block_offset, crc32
+from rescue.image.partclone import (
+    HEADER_SIZE,
+    BlockRanks,
+    PartcloneHeader,
+    block_offset,
+    crc32,
+)
 from rescue.image.seekable import SeekableZstdReader, SeekTable
 from rescue.image.volumes import VolumeReader, volume_paths
-
-_INDEX_BITS = 4096
-"""Blocks per entry of the rank index (512 bytes of bitmap)."""
 
 
 class PartitionReader:
@@ -66,28 +69,13 @@ class PartitionReader:
         if crc32(self.bitmap) != stored:
             raise ImageDamagedError(f"{stream.name}: the block bitmap is damaged.")
         self.size = h.device_size if size is None else size
-        self._index = self._rank_index()
-
-    def _rank_index(self) -> list[int]:
-        step = _INDEX_BITS // 8
-        index = [0]
-        bm = self.bitmap
-        for pos in range(0, len(bm), step):
-            index.append(index[-1] + int.from_bytes(bm[pos : pos + step], "little").bit_count())
-        return index
+        self._ranks = BlockRanks(self.bitmap)
 
     def _used(self, block: int) -> bool:
-        return bool(self.bitmap[block >> 3] >> (block & 7) & 1)
+        return self._ranks.used(block)
 
     def _rank(self, block: int) -> int:
-        chunk = block // _INDEX_BITS
-        lo = chunk * (_INDEX_BITS // 8)
-        head = self.bitmap[lo : block >> 3]
-        n = self._index[chunk] + int.from_bytes(head, "little").bit_count()
-        rest = block & 7
-        if rest:
-            n += (self.bitmap[block >> 3] & ((1 << rest) - 1)).bit_count()
-        return n
+        return self._ranks.rank(block)
 
     def pread(self, offset: int, length: int) -> bytes:
         """``length`` bytes of the partition at ``offset`` (short only at its end)."""

@@ -67,6 +67,74 @@ def _compress_frame(level: int, pieces: list[bytes | bytearray | memoryview], si
     return _compressor(level).compress(frame)
 
 
+_RAW_BLOCK = 128 * 1024
+_RAW_FHD = 0xE4  # 8-byte content size, single segment, content checksum, no dictionary
+
+
+def content_checksum(data: bytes | bytearray | memoryview) -> int:
+    """The low 32 bits of XXH64 of ``data``, as a zstd frame records them.
+
+    zstandard exposes no XXH64 of its own, so a fast compression of ``data``
+    with a checksum is made and its last four bytes are taken.
+    """
+    frame = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(bytes(data))
+    (x,) = struct.unpack_from("<I", frame, len(frame) - 4)
+    return int(x)
+
+
+def raw_frame_size(size: int) -> int:
+    blocks = max(1, -(-size // _RAW_BLOCK))
+    return 4 + 1 + 8 + 3 * blocks + size + 4
+
+
+def raw_frame(data: bytes | bytearray | memoryview) -> bytes:
+    """A zstd frame that stores ``data`` in raw (uncompressed) blocks.
+
+    Its size depends only on ``len(data)``, so the frame can be rewritten in
+    place with other content of the same length: how a capture fills in data it
+    recovers from a failing disk after the first pass.
+    """
+    view = memoryview(data).cast("B")
+    out = bytearray(struct.pack("<IBQ", ZSTD_MAGIC, _RAW_FHD, len(view)))
+    pos = 0
+    while True:
+        n = min(_RAW_BLOCK, len(view) - pos)
+        last = pos + n >= len(view)
+        out += (int(last) | (n << 3)).to_bytes(3, "little")
+        out += view[pos : pos + n]
+        pos += n
+        if last:
+            break
+    out += struct.pack("<I", content_checksum(view))
+    return bytes(out)
+
+
+def raw_frame_content(frame: bytes | bytearray) -> bytes:
+    """The data of a frame made by :func:`raw_frame` (other frames are refused)."""
+    magic, fhd, size = struct.unpack_from("<IBQ", frame)
+    if magic != ZSTD_MAGIC or fhd != _RAW_FHD or len(frame) != raw_frame_size(size):
+        raise ImageDamagedError("Not a raw-block frame where one was written.")
+    out = bytearray()
+    pos = 13
+    while True:
+        v = int.from_bytes(frame[pos : pos + 3], "little")
+        last, btype, n = v & 1, (v >> 1) & 3, v >> 3
+        if btype != 0:
+            raise ImageDamagedError("Not a raw-block frame where one was written.")
+        out += frame[pos + 3 : pos + 3 + n]
+        pos += 3 + n
+        if last:
+            break
+    return bytes(out)
+
+
+def _raw_frame_of(pieces: list[bytes | bytearray | memoryview], size: int) -> bytes:
+    frame = b"".join(pieces)
+    if len(frame) != size:
+        raise ValueError("frame size mismatch")
+    return raw_frame(frame)
+
+
 def _decompressor() -> zstandard.ZstdDecompressor:
     d: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
     if d is None:
@@ -99,6 +167,11 @@ class SeekableZstdWriter:
         self._held = 0  # bytes in _pieces
         self.entries: list[tuple[int, int, int]] = []
         """(compressed size, decompressed size, checksum) of every frame written."""
+        self._raw_ranges: list[tuple[int, int]] = []
+        self._frame_start = 0
+        self._cut_count = 0
+        self.raw_frames: list[int] = []
+        """Indexes of the frames stored raw (see :meth:`mark_raw`)."""
         self.bytes_in = 0
         self.bytes_out = 0
         self._closed = False
@@ -126,12 +199,37 @@ class SeekableZstdWriter:
         for piece in pieces:
             self.write(piece)
 
+    def mark_raw(self, lo: int, hi: int) -> None:
+        """Store the frames holding input bytes ``[lo, hi)`` raw, to be rewritten later.
+
+        Only bytes not yet cut into a frame can be marked.
+        """
+        if lo < self._frame_start:
+            raise ValueError("those bytes are already in a written frame")
+        if hi > lo:
+            self._raw_ranges.append((lo, hi))
+
+    def _is_raw(self, start: int, size: int) -> bool:
+        end = start + size
+        keep = [(lo, hi) for lo, hi in self._raw_ranges if hi > end]
+        raw = any(lo < end and hi > start for lo, hi in self._raw_ranges)
+        self._raw_ranges = keep
+        return raw
+
     def _cut(self) -> None:
         """Hand the pieces of one frame to a worker; they are never joined in Python."""
         pieces, size = self._pieces, self._held
         self._pieces = []
         self._held = 0
-        fut = self._pool.submit(_compress_frame, self._level, pieces, size)
+        start = self._frame_start
+        self._frame_start += size
+        index = self._cut_count
+        self._cut_count += 1
+        if self._raw_ranges and self._is_raw(start, size):
+            self.raw_frames.append(index)
+            fut = self._pool.submit(_raw_frame_of, pieces, size)
+        else:
+            fut = self._pool.submit(_compress_frame, self._level, pieces, size)
         self._check_writer()
         self._queue.put((size, fut))  # blocks when enough frames are in flight
 

@@ -193,14 +193,15 @@ def volume_paths(base: Path) -> list[Path]:
 class VolumeReader(io.RawIOBase):
     """One read-only, seekable file over a stream's volumes."""
 
-    def __init__(self, paths: list[Path], *, hashing: bool = False) -> None:
+    def __init__(self, paths: list[Path], *, hashing: bool = False, writable: bool = False) -> None:
         super().__init__()
         self._paths = paths
         self._hashes = [hashlib.sha256() for _ in paths] if hashing else None
         self._hashed = 0
         """With ``hashing``: bytes from the start hashed so far (sequential reads are hashed
         as they pass, so a verify reads each file once)."""
-        self._fds = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
+        mode = os.O_RDWR if writable else os.O_RDONLY
+        self._fds = [os.open(p, mode | os.O_CLOEXEC) for p in paths]
         self._starts = [0]
         for fd in self._fds:
             self._starts.append(self._starts[-1] + os.fstat(fd).st_size)
@@ -256,6 +257,22 @@ class VolumeReader(io.RawIOBase):
             done += n
             self._pos += n
         return done
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Overwrite stream bytes in place (the volumes never grow); opened ``writable``."""
+        view = memoryview(data).cast("B")
+        if offset + len(view) > self.size:
+            raise ValueError("write past the end of the stream")
+        done = 0
+        while done < len(view):
+            pos = offset + done
+            i = next(k for k in range(len(self._fds)) if self._starts[k + 1] > pos)
+            want = min(len(view) - done, self._starts[i + 1] - pos)
+            done += os.pwrite(self._fds[i], view[done : done + want], pos - self._starts[i])
+
+    def fsync(self) -> None:
+        for fd in self._fds:
+            os.fsync(fd)
 
     def digests(self) -> list[tuple[str, int, str]]:
         """(name, size, sha256) of every volume: hashes whatever was not read in order."""

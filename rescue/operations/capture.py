@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rescue import __version__, system
 from rescue.blockio import Window, binary
-from rescue.copier import CompressionOptions, Extent, write_stream
+from rescue.copier import CompressionOptions, Extent, ReadOptions, write_stream
 from rescue.errors import BadInputError, DeviceError
 from rescue.filesystems.base import Allocation
 from rescue.filesystems.detect import allocation_for
@@ -94,6 +94,7 @@ def capture(
     image_dir: Path,
     *,
     options: CompressionOptions | None = None,
+    reading: ReadOptions | None = None,
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
 ) -> Manifest:
@@ -117,7 +118,10 @@ def capture(
             if p.alloc is not None:
                 for w in p.alloc.warnings:
                     progress.note(f"{p.name}: {w}")
-        records = _store_all(fd, src, image_dir, plan, options, progress=progress, cancel=cancel)
+        records = _store_all(
+            fd, src, image_dir, plan, options,
+            reading=reading or ReadOptions(), progress=progress, cancel=cancel,
+        )  # fmt: skip
         layout_files = _layout_files(image_dir, records)
         manifest = Manifest(
             tool=f"rescue {__version__}",
@@ -218,6 +222,7 @@ def _store_all(
     plan: list[_Planned],
     options: CompressionOptions,
     *,
+    reading: ReadOptions,
     progress: ProgressReporter,
     cancel: threading.Event | None,
 ) -> list[PartitionRecord]:
@@ -249,12 +254,17 @@ def _store_all(
             options,
             progress=progress,
             cancel=cancel,
+            reading=reading,
         )
         tail = None
         fs_end = alloc.total_blocks * alloc.block_size
         if not raw and alloc.device_size > fs_end:
-            data = os.pread(fd, alloc.device_size - fs_end, p.start + fs_end)
-            tail = base64.b64encode(data).decode()
+            try:
+                data = os.pread(fd, alloc.device_size - fs_end, p.start + fs_end)
+            except OSError as exc:  # the backup boot sector is unreadable: restore goes on
+                progress.note(f"{p.name}: the bytes after the filesystem are unreadable: {exc}")
+            else:
+                tail = base64.b64encode(data).decode()
         records.append(
             dataclasses.replace(
                 record,
@@ -268,6 +278,7 @@ def _store_all(
                 used_bytes=alloc.used_bytes,
                 stream_bytes=result.stream_bytes,
                 files=result.files,
+                unreadable=result.unreadable,
                 warnings=alloc.warnings,
             )
         )

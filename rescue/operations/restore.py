@@ -92,6 +92,13 @@ def restore(
     if not confirmed:
         raise RefusedError(f"Not confirmed: nothing was written to {plan.target.path}.")
     image, target = plan.image, plan.target
+    if image.manifest is not None:
+        lost = sum(n for p in image.manifest.partitions for _, n in p.unreadable)
+        if lost:
+            progress.note(
+                f"The source disk was damaged: {lost} bytes of used data could not be read "
+                "when it was captured; zeros are written there (the ranges are in rescue.json)."
+            )
     progress.phase(f"Restoring {image.folder} to {target.path}", image.used_bytes)
     with disk_lock(target.path):
         if image.kind == "disk":

@@ -49,6 +49,13 @@ def verify(
             "Written by Clonezilla (no rescue.json): checked the streams' own checksums only."
         )
     else:
+        lost = sum(n for p in manifest.partitions for _, n in p.unreadable)
+        if lost:
+            report.notes.append(
+                f"This is an image of a damaged disk: {lost} bytes of used data could not be "
+                "read from the source and are zeros in the image (listed in rescue.json). "
+                "That is not damage to the image itself."
+            )
         check_all_present(image)  # sizes first: a truncated or missing file is named at once
         for f in manifest.files:
             _check_file(folder, f)

@@ -1,0 +1,106 @@
+"""Capturing a disk with unreadable sectors: keep going, retry, say exactly what was lost.
+
+The failing disk is real to the tool: a read-only loop device over a FUSE file
+whose reads fail with EIO in chosen ranges (tests/failing_device.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from capabilities import need
+from diskbench import run
+from failing_device import failing_loop
+
+from rescue.cli import main
+from rescue.errors import EXIT_UNREADABLE
+
+pytestmark = need("root", "loop", "fuse")
+BS = 4096
+
+
+def blocks_of(image: Path, path: str) -> list[int]:
+    out = run("debugfs", "-R", f"blocks {path}", str(image))
+    return [int(b) for b in out.split()]
+
+
+@pytest.fixture
+def ext4_with_victim(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    img = tmp_path / "source.img"
+    with img.open("wb") as f:
+        f.truncate(96 << 20)
+    run("mkfs.ext4", "-q", "-F", "-b", "4096", str(img))
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    run("mount", "-o", "loop", str(img), str(mnt))
+    files = {
+        "victim.bin": os.urandom(6 << 20),
+        "healthy.bin": os.urandom(3 << 20),
+        "notes.txt": b"keep me\n" * 5000,
+    }
+    try:
+        for name, data in files.items():
+            (mnt / name).write_bytes(data)
+    finally:
+        run("umount", str(mnt))
+    return img, files
+
+
+def test_capture_goes_on_past_bad_sectors_and_lists_them(
+    ext4_with_victim: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    img, files = ext4_with_victim
+    victim = blocks_of(img, "/victim.bin")
+    bad = [
+        (victim[10] * BS, BS),  # one bad page
+        (victim[700] * BS, 3 * BS),  # three in a row
+    ]
+    free_block = 20000  # far past the files: free space, never read
+    bad.append((free_block * BS, 8 * BS))
+    image = tmp_path / "image"
+    with failing_loop(img, bad, tmp_path) as dev:
+        assert main(["capture", dev, str(image), "--retries", "2"]) == EXIT_UNREADABLE
+    manifest = json.loads((image / "rescue.json").read_text())
+    (part,) = manifest["partitions"]
+    # exactly the bad sectors inside used data; the free-space ones were never needed
+    assert [tuple(r) for r in part["unreadable"]] == bad[:2]
+
+    # the image is intact: verify passes and says it is an image of a damaged disk
+    assert main(["verify", str(image)]) == 0
+
+    # restore: every used byte that was readable is back; the bad pages are zeros
+    target = tmp_path / "target.img"
+    with target.open("wb") as f:
+        f.truncate(img.stat().st_size)
+    assert main(["restore", str(image), str(target), "--yes"]) == 0
+    run("e2fsck", "-fn", str(target))  # metadata was readable: the filesystem is clean
+    out = tmp_path / "restored"
+    out.mkdir()
+    for name in files:
+        subprocess.run(
+            ["debugfs", "-R", f"dump /{name} {out / name}", str(target)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    assert (out / "healthy.bin").read_bytes() == files["healthy.bin"]
+    assert (out / "notes.txt").read_bytes() == files["notes.txt"]
+    got = bytearray((out / "victim.bin").read_bytes())
+    want = bytearray(files["victim.bin"])
+    for off, n in bad[:2]:
+        index = victim.index(off // BS)
+        want[index * BS : index * BS + n] = bytes(n)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+
+
+def test_stop_on_error_refuses_to_go_on(
+    ext4_with_victim: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    img, _ = ext4_with_victim
+    victim = blocks_of(img, "/victim.bin")
+    with failing_loop(img, [(victim[5] * BS, BS)], tmp_path) as dev:
+        assert main(["capture", dev, str(tmp_path / "image"), "--stop-on-error"]) == 1
+    assert not (tmp_path / "image" / "rescue.json").exists()
