@@ -69,6 +69,9 @@ def test_capture_goes_on_past_bad_sectors_and_lists_them(
     (part,) = manifest["partitions"]
     # exactly the bad sectors inside used data; the free-space ones were never needed
     assert [tuple(r) for r in part["unreadable"]] == bad[:2]
+    # and the files they belong to, in the manifest and in the report kept with the image
+    assert part["damaged_files"] == ["/victim.bin"]
+    assert "/victim.bin" in (image / "damage-report.txt").read_text()
 
     # the image is intact: verify passes and says it is an image of a damaged disk
     assert main(["verify", str(image)]) == 0
@@ -104,3 +107,29 @@ def test_stop_on_error_refuses_to_go_on(
     with failing_loop(img, [(victim[5] * BS, BS)], tmp_path) as dev:
         assert main(["capture", dev, str(tmp_path / "image"), "--stop-on-error"]) == 1
     assert not (tmp_path / "image" / "rescue.json").exists()
+
+
+def test_ntfs_damage_report_names_the_file(tmp_path: Path) -> None:
+    img = tmp_path / "ntfs.img"
+    with img.open("wb") as f:
+        f.truncate(64 << 20)
+    run("mkntfs", "-q", "-F", "-Q", str(img))
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    run("ntfs-3g", str(img), str(mnt))
+    try:
+        (mnt / "docs").mkdir()
+        (mnt / "docs" / "report.doc").write_bytes(os.urandom(2 << 20))
+        (mnt / "fine.txt").write_bytes(b"fine\n" * 1000)
+    finally:
+        run("umount", str(mnt))
+    info = run("ntfsinfo", "-v", "-F", "/docs/report.doc", str(img))
+    lcn = int(info.split("Runlist:")[1].splitlines()[1].split()[1], 16)
+    cluster = 4096
+    bad = [((lcn + 20) * cluster, cluster)]
+    image = tmp_path / "image"
+    with failing_loop(img, bad, tmp_path) as dev:
+        assert main(["capture", dev, str(image)]) == EXIT_UNREADABLE
+    (part,) = json.loads((image / "rescue.json").read_text())["partitions"]
+    assert [tuple(r) for r in part["unreadable"]] == bad
+    assert part["damaged_files"] == ["/docs/report.doc"]

@@ -55,4 +55,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {name}: bytes {off}-{off + n - 1}")
             if len(lost) > 20:
                 print(f"  ... and {len(lost) - 20} more")
+            print("Files holding unreadable sectors (also in damage-report.txt):")
+            for p in manifest.partitions:
+                for f in p.damaged_files:
+                    print(f"  {p.name}: {f}")
     return EXIT_UNREADABLE if lost else 0

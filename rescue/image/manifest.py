@@ -58,6 +58,8 @@ class PartitionRecord:
     warnings: tuple[str, ...] = ()
     unreadable: tuple[tuple[int, int], ...] = ()
     """Byte ranges (offset within the partition, length) that could not be read."""
+    damaged_files: tuple[str, ...] = ()
+    """Paths of the files (and metadata) that hold unreadable bytes, where known."""
     tail: str | None = None
     """Base64 of the partition's bytes after the filesystem's last whole block (NTFS keeps
     its backup boot sector there), which a partclone stream cannot carry."""
@@ -112,6 +114,7 @@ class Manifest:
                         "files": tuple(StoredFile(**f) for f in p.get("files", ())),
                         "warnings": tuple(p.get("warnings", ())),
                         "unreadable": tuple(tuple(r) for r in p.get("unreadable", ())),
+                        "damaged_files": tuple(p.get("damaged_files", ())),
                     }
                 )
                 for p in data["partitions"]

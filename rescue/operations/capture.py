@@ -13,6 +13,7 @@ from pathlib import Path
 from rescue import __version__, system
 from rescue.blockio import Window, binary
 from rescue.copier import CompressionOptions, Extent, ReadOptions, write_stream
+from rescue.damage import damaged_files
 from rescue.errors import BadInputError, DeviceError
 from rescue.filesystems.base import Allocation
 from rescue.filesystems.detect import allocation_for
@@ -89,6 +90,9 @@ def _split_size(
     return None
 
 
+DAMAGE_REPORT = "damage-report.txt"
+
+
 def capture(
     source_path: str,
     image_dir: Path,
@@ -122,6 +126,8 @@ def capture(
             fd, src, image_dir, plan, options,
             reading=reading or ReadOptions(), progress=progress, cancel=cancel,
         )  # fmt: skip
+        if any(r.unreadable for r in records):
+            write_damage_report(image_dir, records)
         layout_files = _layout_files(image_dir, records)
         manifest = Manifest(
             tool=f"rescue {__version__}",
@@ -279,10 +285,46 @@ def _store_all(
                 stream_bytes=result.stream_bytes,
                 files=result.files,
                 unreadable=result.unreadable,
+                damaged_files=_damage(src, p, alloc, result.unreadable, progress),
                 warnings=alloc.warnings,
             )
         )
     return records
+
+
+def _damage(
+    src: Source,
+    p: _Planned,
+    alloc: Allocation,
+    unreadable: tuple[tuple[int, int], ...],
+    progress: ProgressReporter,
+) -> tuple[str, ...]:
+    """The files holding unreadable bytes, for the report (empty when all was read)."""
+    if not unreadable:
+        return ()
+    progress.note(f"{p.name}: finding the files that hold the unreadable sectors")
+    found = damaged_files(
+        src.path, start=p.start, size=p.size, fstype=alloc.fstype,
+        block_size=alloc.block_size, ranges=list(unreadable),
+    )  # fmt: skip
+    if found is None:
+        return ("(files unknown: no block-to-file map for this filesystem)",)
+    return tuple(found)
+
+
+def write_damage_report(image_dir: Path, records: list[PartitionRecord]) -> None:
+    """damage-report.txt: what could not be read, in bytes and in files."""
+    lines = ["rescue damage report: used data that could not be read from the source.", ""]
+    for r in records:
+        if not r.unreadable:
+            continue
+        total = sum(n for _, n in r.unreadable)
+        lines.append(f"{r.name} ({r.fstype}): {total} bytes in {len(r.unreadable)} range(s)")
+        lines.extend(f"  bytes {off}-{off + n - 1}" for off, n in r.unreadable)
+        lines.append("  files holding them:")
+        lines.extend(f"    {f}" for f in r.damaged_files)
+        lines.append("")
+    (image_dir / DAMAGE_REPORT).write_text("\n".join(lines))
 
 
 def _layout_files(image_dir: Path, records: list[PartitionRecord]) -> tuple[StoredFile, ...]:
