@@ -28,8 +28,8 @@ from rescue.tui.restore import find_images_on_drives
 class RescueApp(App[int]):
     """Home first; every workflow is a screen pushed over it."""
 
-    TITLE = "rescue"
-    SUB_TITLE = "disk imaging and recovery"
+    TITLE = "rescue: disk imaging and recovery"
+    SUB_TITLE = ""  # Textual joins title and subtitle with a dash the Linux console lacks
 
     def __init__(
         self,

@@ -76,7 +76,7 @@ class BrowseScreen(Screen[None]):
         self.marked: set[str] = set()
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")
         with Vertical(id="chooser"):
             yield ImagePicker(self.services.find_images)
             yield Label("Partition number (empty when the image holds one filesystem):")
@@ -110,7 +110,7 @@ class BrowseScreen(Screen[None]):
             return
         number = int(number_text) if number_text else None
         self._close()
-        self.query_one("#where", Static).update(f"Opening {image}…")
+        self.query_one("#where", Static).update(f"Opening {image}...")
 
         def work() -> None:
             try:
@@ -148,7 +148,7 @@ class BrowseScreen(Screen[None]):
             table.add_row(
                 "*" if e.path in self.marked else "",
                 e.name + ("/" if e.kind == "dir" else ""),
-                e.kind if e.kind != "symlink" else f"→ {e.target}",
+                e.kind if e.kind != "symlink" else f"-> {e.target}",
                 human_size(e.size) if e.kind == "file" else "",
                 _mtime(e.mtime_ns),
                 key=e.path,

@@ -58,9 +58,9 @@ class CaptureScreen(Screen[None]):
         self._need: dict[str, int | None] = {}
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")
         with Vertical():
-            yield Label(f"Source (↑↓): whole disk or one partition of {self.disk.path}")
+            yield Label(f"Source (Up/Down): whole disk or one partition of {self.disk.path}")
             options = [
                 Option(
                     f"whole disk {self.disk.path} ({human_size(self.disk.size)})", id=self.disk.path
@@ -125,7 +125,7 @@ class CaptureScreen(Screen[None]):
             self._need[src.path] = capture_need(src, self.services.used)
             self.app.call_from_thread(self._show_room)
 
-        self.query_one("#room", Static).update("Reading the allocation maps…")
+        self.query_one("#room", Static).update("Reading the allocation maps...")
         self.run_worker(work, thread=True, group="estimate", exit_on_error=False, exclusive=True)
 
     def _show_room(self) -> None:
@@ -178,4 +178,4 @@ class CaptureScreen(Screen[None]):
                 f"{human_size(used)} of used data)."
             )
 
-        self.app.push_screen(JobScreen(f"Capture {source} → {image}", job))
+        self.app.push_screen(JobScreen(f"Capture {source} -> {image}", job))

@@ -77,7 +77,7 @@ class HomeScreen(Screen[None]):
         self._stop = threading.Event()
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")
         yield DataTable(id="disks", cursor_type="row", zebra_stripes=True)
         yield Static("", id="detail")
         yield Static("", id="status")
@@ -156,14 +156,14 @@ class HomeScreen(Screen[None]):
         for p in d.partitions[:8]:
             known = (p.path, p.size) in self._used_cache
             used = self._used_cache.get((p.path, p.size))
-            shown = human_size(used) if used is not None else ("?" if known else "…")
+            shown = human_size(used) if used is not None else ("?" if known else "...")
             lines.append(
                 f"  {p.number:>2} {p.fstype or '?':7} {human_size(p.size):>9} "
                 f"used {shown:>9}  "
                 f"{p.label or ''} {' '.join(p.flags)}"
             )
         if len(d.partitions) > 8:
-            lines.append(f"  … and {len(d.partitions) - 8} more")
+            lines.append(f"  ... and {len(d.partitions) - 8} more")
         detail.update("\n".join(lines))
         missing = [p for p in d.partitions if (p.path, p.size) not in self._used_cache]
         if missing:
@@ -212,4 +212,4 @@ class HomeScreen(Screen[None]):
 
 
 def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if len(text) <= width else text[: width - 3] + "..."

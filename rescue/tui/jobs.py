@@ -83,10 +83,10 @@ class JobScreen(Screen[str]):
         self._started = time.monotonic()
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")
         yield Static(self.job_title, id="phase")
         yield ProgressBar(id="bar", show_eta=False)
-        yield Static("starting…", id="stats")
+        yield Static("starting...", id="stats")
         yield Log(id="notes", highlight=False)
         yield Static("Running. Esc cancels.", id="result")
         yield Footer()
@@ -149,10 +149,10 @@ class JobScreen(Screen[str]):
         def answered(yes: bool | None) -> None:
             if yes and self.outcome is None:
                 self.cancel_event.set()
-                self.query_one("#result", Static).update("Cancelling at the next safe point…")
+                self.query_one("#result", Static).update("Cancelling at the next safe point...")
 
         self.app.push_screen(
-            ConfirmScreen(f"Cancel “{self.job_title}”? What it wrote so far is not usable."),
+            ConfirmScreen(f"Cancel '{self.job_title}'? What it wrote so far is not usable."),
             answered,
         )
 

@@ -120,7 +120,7 @@ class RestoreScreen(Screen[None]):
     """Image, target disk, a typed confirmation naming the disk, then the job."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "start", "Restore…"),
+        Binding("ctrl+s", "start", "Restore..."),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
@@ -134,10 +134,10 @@ class RestoreScreen(Screen[None]):
         self.disks: list[Disk] = []
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")
         with Vertical():
             yield ImagePicker(self.services.find_images)
-            yield Label("Target disk (↑↓), everything on it is replaced:")
+            yield Label("Target disk (Up/Down), everything on it is replaced:")
             yield DataTable(id="targets", cursor_type="row")
         yield Footer()
 
@@ -180,9 +180,9 @@ class RestoreScreen(Screen[None]):
     def _run(self, plan: RestorePlan) -> None:
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
             restore(plan, confirmed=True, progress=progress, cancel=cancel)
-            return f"Restore complete: {plan.image.folder} → {plan.target.path}."
+            return f"Restore complete: {plan.image.folder} -> {plan.target.path}."
 
-        self.app.push_screen(JobScreen(f"Restore → {plan.target.path}", job))
+        self.app.push_screen(JobScreen(f"Restore -> {plan.target.path}", job))
 
 
 class VerifyScreen(Screen[None]):
@@ -199,7 +199,7 @@ class VerifyScreen(Screen[None]):
         self.services = services
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")
         with Vertical():
             yield ImagePicker(self.services.find_images)
         yield Footer()
