@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from capabilities import need
-from diskbench import run
+from conftest import DiskFactory
+from diskbench import PartSpec, run
 from failing_device import failing_loop
 
 from rescue.cli import main
@@ -133,3 +134,40 @@ def test_ntfs_damage_report_names_the_file(tmp_path: Path) -> None:
     (part,) = json.loads((image / "rescue.json").read_text())["partitions"]
     assert [tuple(r) for r in part["unreadable"]] == bad
     assert part["damaged_files"] == ["/docs/report.doc"]
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def phase(self, name: str, total: int | None) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+@need("udev")
+def test_capture_warns_first_when_smart_says_the_disk_is_failing(
+    loop_disk_factory: DiskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loop devices have no SMART: smartctl's verdict is stubbed, the capture is real."""
+    from rescue.devices.smart import SmartSummary  # noqa: PLC0415
+    from rescue.operations import capture as capture_mod  # noqa: PLC0415
+
+    disk = loop_disk_factory(64, "gpt", [PartSpec(None, "ext4")])
+    asked: list[str] = []
+
+    def fake_smart(path: str) -> SmartSummary:
+        asked.append(path)
+        return SmartSummary(passed=True, bad_sectors={"pending": 12}, temperature=50,
+                            power_on_hours=40000)  # fmt: skip
+
+    monkeypatch.setattr(capture_mod, "smart_summary", fake_smart)
+    notes = Notes()
+    capture_mod.capture(disk.parts[0], tmp_path / "image", progress=notes)
+    assert asked == [disk.path]  # the disk holding the partition
+    assert notes.notes[0].startswith(f"SMART: {disk.path} is failing (12 pending sectors)")

@@ -14,6 +14,7 @@ from rescue import __version__, system
 from rescue.blockio import Window, binary
 from rescue.copier import CompressionOptions, Extent, ReadOptions, write_stream
 from rescue.damage import damaged_files
+from rescue.devices.smart import smart_summary
 from rescue.errors import BadInputError, DeviceError
 from rescue.filesystems.base import Allocation
 from rescue.filesystems.detect import allocation_for
@@ -114,6 +115,7 @@ def capture(
         f"rescue {__version__} is capturing {src.path} here; "
         "without rescue.json this image is incomplete.\n"
     )
+    _health_note(src, progress)
     fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         progress.phase("Reading the partition table and allocation maps", None)
@@ -290,6 +292,29 @@ def _store_all(
             )
         )
     return records
+
+
+def _health_note(src: Source, progress: ProgressReporter) -> None:
+    """SMART health of the source's disk, before reading it (nothing for files and loops)."""
+    if src.is_file:
+        return
+    disk = src.path
+    if src.is_partition:
+        sysfs = Path("/sys/class/block") / Path(src.path).name
+        parent = sysfs.resolve().parent.name if sysfs.exists() else None
+        if not parent:
+            return
+        disk = f"/dev/{parent}"
+    health = smart_summary(disk)
+    if health is None:
+        return
+    if health.failing:
+        progress.note(
+            f"SMART: {disk} is failing ({health.describe()}): image it now, before anything "
+            "else; read errors are expected and will be worked around."
+        )
+    else:
+        progress.note(f"SMART: {disk} reports itself healthy.")
 
 
 def _damage(
