@@ -14,8 +14,10 @@ import errno
 import os
 import queue
 import stat
+import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,12 @@ from rescue.image.partclone import (
     block_offset,
     stream_prefix,
 )
-from rescue.image.seekable import SeekableZstdWriter, iter_decompressed, iter_decompressed_gzip
+from rescue.image.seekable import (
+    SeekableZstdWriter,
+    iter_decompressed,
+    iter_decompressed_gzip,
+    walk_frames,
+)
 from rescue.image.volumes import VolumeReader, VolumeWriter, volume_paths
 from rescue.progress import ProgressReporter, check_cancel
 
@@ -57,6 +64,42 @@ class ReadOptions:
     """Go on past unreadable sectors (zeros in the image, listed in the manifest)."""
     retries: int = 1
     """Extra attempts at each sector still unreadable after the splitting passes."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """How far a stream is safely on disk: enough to go on from there after a crash."""
+
+    frames: int
+    """Frames entirely on disk (and synced)."""
+    stream_pos: int
+    """Stream bytes those frames hold."""
+    file_pos: int
+    """Bytes of the (split) stream file those frames take."""
+    raw_frames: tuple[int, ...]
+    skipped: tuple[tuple[int, int], ...]
+    """Unread ranges before the point where a resumed capture starts reading again."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "frames": self.frames, "stream_pos": self.stream_pos, "file_pos": self.file_pos,
+            "raw_frames": list(self.raw_frames), "skipped": [list(r) for r in self.skipped],
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Checkpoint:
+        raw = d.get("raw_frames", [])
+        skipped = d.get("skipped", [])
+        assert isinstance(raw, list) and isinstance(skipped, list)
+        return cls(
+            frames=int(str(d["frames"])), stream_pos=int(str(d["stream_pos"])),
+            file_pos=int(str(d["file_pos"])), raw_frames=tuple(int(x) for x in raw),
+            skipped=tuple((int(a), int(b)) for a, b in skipped),
+        )  # fmt: skip
+
+
+CHECKPOINT_EVERY = float(os.environ.get("RESCUE_CHECKPOINT_SECONDS") or 2.0)
+"""Seconds between checkpoints of a capture (each one syncs the stream file)."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +146,11 @@ class _Reader(threading.Thread):
         cancel: threading.Event | None,
         *,
         keep_going: bool = True,
+        start_block: int = 0,
     ) -> None:
         super().__init__(name="rescue-reader", daemon=True)
         self.keep_going = keep_going
+        self.start_block = start_block
         self.errors = 0
         """Read errors met (each one skipped past)."""
         self._skip = FIRST_SKIP
@@ -152,7 +197,13 @@ class _Reader(threading.Thread):
         bs = self.alloc.block_size
         span_lo = span_hi = -1
         pieces: list[tuple[int, int]] = []  # (offset, length) inside the span
-        for first, count in self.alloc.runs():
+        for run_first, run_count in self.alloc.runs():
+            first, count = run_first, run_count
+            if first + count <= self.start_block:
+                continue  # done before a resumed capture's restart point
+            if first < self.start_block:
+                count -= self.start_block - first
+                first = self.start_block
             lo = first * bs
             hi = min((first + count) * bs, self.alloc.device_size)
             while lo < hi:
@@ -269,6 +320,30 @@ class Extent:
     size: int
 
 
+def _restart(
+    header: PartcloneHeader | None, alloc: Allocation, prefix: bytes, pos: int
+) -> tuple[int, int, int]:
+    """Where a resumed stream starts reading: (rank, block, stream bytes to drop).
+
+    A partclone stream restarts at the first block of the checksum strip holding
+    ``pos`` (so the strip's CRC is computed whole again); a raw stream at the
+    block holding ``pos``. The bytes regenerated before ``pos`` are dropped.
+    """
+    bs = alloc.block_size
+    if header is None:
+        return 0, pos // bs, pos % bs
+    if pos < len(prefix):
+        return 0, 0, 0  # the prefix itself is written again from ``pos`` by the caller
+    per = header.blocks_per_checksum if header.checksum_size else header.used_blocks or 1
+    stride = per * bs + header.checksum_size
+    strip, within = divmod(pos - len(prefix), stride)
+    rank = strip * per
+    block = (
+        BlockRanks(alloc.bitmap).select(rank) if rank < header.used_blocks else alloc.total_blocks
+    )
+    return rank, block, within
+
+
 def write_stream(
     src: Extent,
     alloc: Allocation,
@@ -278,11 +353,16 @@ def write_stream(
     progress: ProgressReporter,
     cancel: threading.Event | None,
     reading: ReadOptions | None = None,
+    resume: Checkpoint | None = None,
+    checkpoint: Callable[[Checkpoint], None] | None = None,
 ) -> StreamResult:
     """Store the used blocks of ``src`` as a stream: partclone, or raw bytes for a dd stream.
 
     Unreadable used bytes become zeros in frames stored raw; after the first pass
     :mod:`rescue.salvage` retries them and patches what it recovers into place.
+    Every few seconds ``checkpoint`` gets the point up to which the stream is
+    safely on disk; ``resume`` goes on from such a point, producing the same
+    stream as an uninterrupted capture.
     """
     reading = reading or ReadOptions()
     raw = alloc.fstype == "dd"
@@ -293,16 +373,45 @@ def write_stream(
         prefix = stream_prefix(alloc)
         header = PartcloneHeader.unpack(prefix[:110])
         encoder = BlockEncoder(header)
-    reader = _Reader(src.fd, src.path, src.base, alloc, cancel, keep_going=reading.keep_going)
-    volumes = VolumeWriter(out_base, options.split)
-    zw = SeekableZstdWriter(
-        binary(volumes), level=options.level, frame_size=options.frame_size, threads=options.threads
-    )
+    rank, start_block, drop = 0, 0, 0
     skipped: list[tuple[int, int]] = []
+    if resume is not None:
+        rank, start_block, drop = _restart(header, alloc, prefix, resume.stream_pos)
+        skipped = list(resume.skipped)
+        volumes = VolumeWriter(out_base, options.split, resume_at=resume.file_pos)
+        entries = _frames_on_disk(out_base, resume.frames)
+        zw = SeekableZstdWriter(
+            binary(volumes), level=options.level, frame_size=options.frame_size,
+            threads=options.threads, resume=(entries, list(resume.raw_frames)),
+        )  # fmt: skip
+    else:
+        volumes = VolumeWriter(out_base, options.split)
+        zw = SeekableZstdWriter(
+            binary(volumes), level=options.level, frame_size=options.frame_size,
+            threads=options.threads,
+        )  # fmt: skip
+    reader = _Reader(
+        src.fd, src.path, src.base, alloc, cancel,
+        keep_going=reading.keep_going, start_block=start_block,
+    )  # fmt: skip
+
+    def emit(pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        nonlocal drop
+        for piece in pieces:
+            if drop:
+                if len(piece) <= drop:
+                    drop -= len(piece)
+                    continue
+                piece = memoryview(piece)[drop:]  # noqa: PLW2901
+                drop = 0
+            zw.write(piece)
+
+    last_checkpoint = time.monotonic()
     reader.start()
     try:
-        zw.write(prefix)
-        rank = 0
+        pos = resume.stream_pos if resume is not None else 0
+        if pos < len(prefix):
+            zw.write(prefix[pos:])
         while (item := reader.out.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
@@ -312,14 +421,19 @@ def write_stream(
                 skipped.append((spot.offset, spot.length))
                 _mark_raw(zw, header, rank, spot)
             if encoder:
-                zw.write_pieces(encoder.encode_pieces(chunk))
+                emit(encoder.encode_pieces(chunk))
                 rank += len(chunk) // alloc.block_size
             else:
-                zw.write(chunk)
+                emit([chunk])
             progress.advance(len(chunk))
+            if checkpoint is not None and time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
+                last_checkpoint = time.monotonic()
+                point = _checkpoint(zw, volumes, skipped, header=header, alloc=alloc, prefix=prefix)
+                if point is not None:
+                    checkpoint(point)
         check_cancel(cancel)
         if encoder:
-            zw.write(encoder.finish())
+            emit([encoder.finish()])
         zw.close()
         volumes.close(fsync=True)
     except BaseException:
@@ -348,13 +462,62 @@ def write_stream(
     )
 
 
+def _frames_on_disk(out_base: Path, count: int) -> list[tuple[int, int, int]]:
+    """(compressed, decompressed, checksum) of the first ``count`` frames of a stream file."""
+    entries: list[tuple[int, int, int]] = []
+    if count == 0:
+        return entries
+    with VolumeReader(volume_paths(out_base)) as v:
+        f = binary(v)
+        for offset, csize, dsize, is_data in walk_frames(f):
+            if not is_data:
+                continue
+            if dsize is None:
+                raise ImageDamagedError(f"{out_base.name}: a frame without its size at {offset}.")
+            f.seek(offset + csize - 4)
+            (checksum,) = struct.unpack("<I", f.read(4))
+            entries.append((csize, dsize, checksum))
+            if len(entries) == count:
+                break
+    if len(entries) != count:
+        raise ImageDamagedError(f"{out_base.name} holds fewer frames than its capture map says.")
+    return entries
+
+
+def _checkpoint(
+    zw: SeekableZstdWriter,
+    volumes: VolumeWriter,
+    skipped: list[tuple[int, int]],
+    *,
+    header: PartcloneHeader | None,
+    alloc: Allocation,
+    prefix: bytes,
+) -> Checkpoint | None:
+    """The last frame boundary that is on disk, after syncing the stream file."""
+    durable = volumes.durable
+    volumes.sync()
+    frames = file_pos = stream_pos = 0
+    for c, d, _x in list(zw.entries):
+        if file_pos + c > durable:
+            break
+        file_pos += c
+        stream_pos += d
+        frames += 1
+    if frames == 0:
+        return None
+    _rank, block, _drop = _restart(header, alloc, prefix, stream_pos)
+    limit = block * alloc.block_size
+    before = tuple((off, min(n, limit - off)) for off, n in skipped if off < limit)
+    raw = tuple(i for i in zw.raw_frames if i < frames)
+    return Checkpoint(frames, stream_pos, file_pos, raw, before)
+
+
 def _mark_raw(
     zw: SeekableZstdWriter, header: PartcloneHeader | None, rank0: int, spot: BadSpot
 ) -> None:
     """Store raw the frames that will take recovered bytes (and their strips' CRCs)."""
-    if header is None:
-        lo = zw.bytes_in + spot.chunk_pos
-        zw.mark_raw(lo, lo + spot.length)
+    if header is None:  # a raw stream holds the partition's bytes at their own offsets
+        zw.mark_raw(spot.offset, spot.offset + spot.length)
         return
     bs = header.block_size
     first = rank0 + spot.chunk_pos // bs

@@ -9,16 +9,20 @@ from typing import Any
 from rescue.cli.progress import reporter
 from rescue.cli.sizes import parse_size
 from rescue.copier import CompressionOptions, ReadOptions
-from rescue.errors import EXIT_UNREADABLE
+from rescue.errors import EXIT_UNREADABLE, BadInputError
 from rescue.operations.capture import capture
+from rescue.operations.capture_map import CaptureMap
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "capture", help="image a disk or partition (only the used blocks)"
     )
-    p.add_argument("source", help="disk, partition, or a file holding a raw disk")
-    p.add_argument("image_dir", type=Path, help="new folder for the image")
+    p.add_argument("source", nargs="?", help="disk, partition, or a file holding a raw disk")
+    p.add_argument("image_dir", nargs="?", type=Path, help="new folder for the image")
+    p.add_argument("--resume", type=Path, metavar="IMAGE_DIR",
+                   help="go on with an interrupted capture in IMAGE_DIR (same source disk)"
+                   )  # fmt: skip
     p.add_argument("--level", type=int, default=3, choices=range(1, 20), metavar="N",
                    help="zstd level 1-19 (default 3)")  # fmt: skip
     p.add_argument("--split", type=parse_size, default=None, metavar="SIZE",
@@ -35,10 +39,17 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     options = CompressionOptions(level=args.level, split=args.split)
     reading = ReadOptions(keep_going=not args.stop_on_error, retries=max(0, args.retries))
+    if args.resume is not None:
+        args.image_dir = args.resume
+        if args.source is None:
+            args.source = CaptureMap.load(args.resume).source["path"]
+    elif args.source is None or args.image_dir is None:
+        raise BadInputError("Give the disk to capture and a new folder for the image.")
     with reporter(args.json) as progress:
         manifest = capture(
-            args.source, args.image_dir, options=options, reading=reading, progress=progress
-        )
+            args.source, args.image_dir, options=options, reading=reading, progress=progress,
+            resume=args.resume is not None,
+        )  # fmt: skip
     lost = [(p.name, off, n) for p in manifest.partitions for off, n in p.unreadable]
     if not args.json:
         print(

@@ -64,6 +64,22 @@ class PartitionRecord:
     """Base64 of the partition's bytes after the filesystem's last whole block (NTFS keeps
     its backup boot sector there), which a partclone stream cannot carry."""
 
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> PartitionRecord:
+        return _record_from_dict(data)
+
+
+def _record_from_dict(p: dict[str, Any]) -> PartitionRecord:
+    return PartitionRecord(
+        **{
+            **p,
+            "files": tuple(StoredFile(**f) for f in p.get("files", ())),
+            "warnings": tuple(p.get("warnings", ())),
+            "unreadable": tuple((int(a), int(b)) for a, b in p.get("unreadable", ())),
+            "damaged_files": tuple(p.get("damaged_files", ())),
+        }
+    )
+
 
 @dataclass(frozen=True)
 class SourceIdentity:
@@ -107,18 +123,7 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         try:
             src = SourceIdentity(**data["source"])
-            parts = tuple(
-                PartitionRecord(
-                    **{
-                        **p,
-                        "files": tuple(StoredFile(**f) for f in p.get("files", ())),
-                        "warnings": tuple(p.get("warnings", ())),
-                        "unreadable": tuple(tuple(r) for r in p.get("unreadable", ())),
-                        "damaged_files": tuple(p.get("damaged_files", ())),
-                    }
-                )
-                for p in data["partitions"]
-            )
+            parts = tuple(PartitionRecord.from_dict(p) for p in data["partitions"])
             return cls(
                 tool=data["tool"],
                 created=data["created"],

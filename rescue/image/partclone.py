@@ -10,6 +10,7 @@ after the final partial strip. We write CRC32 mode with a fresh CRC per strip
 
 from __future__ import annotations
 
+import bisect
 import struct
 import zlib
 from collections.abc import Iterator
@@ -339,6 +340,25 @@ class BlockRanks:
 
     def used(self, block: int) -> bool:
         return bool(self.bitmap[block >> 3] >> (block & 7) & 1)
+
+    def select(self, rank: int) -> int:
+        """The block that is the ``rank``-th used one (the inverse of :meth:`rank`)."""
+        chunk = bisect.bisect_right(self._index, rank) - 1
+        count = self._index[chunk]
+        pos = chunk * (self.STEP // 8)
+        bm = self.bitmap
+        while pos < len(bm) and count + bm[pos].bit_count() <= rank:
+            count += bm[pos].bit_count()
+            pos += 1
+        if pos >= len(bm):
+            return len(bm) * 8
+        byte = bm[pos]
+        for bit in range(8):
+            if byte >> bit & 1:
+                if count == rank:
+                    return pos * 8 + bit
+                count += 1
+        raise AssertionError("unreachable: the byte holds the rank")
 
     def rank(self, block: int) -> int:
         chunk = block // self.STEP

@@ -153,7 +153,9 @@ class SeekableZstdWriter:
         level: int = 3,
         frame_size: int = 4 * MiB,
         threads: int = 0,
+        resume: tuple[list[tuple[int, int, int]], list[int]] | None = None,
     ) -> None:
+        """``resume``: the (entries, raw frame indexes) of frames already in ``out``."""
         self._out = out
         self._level = level
         self._frame_size = frame_size
@@ -175,6 +177,13 @@ class SeekableZstdWriter:
         self.bytes_in = 0
         self.bytes_out = 0
         self._closed = False
+        if resume is not None:
+            entries, raw = resume
+            self.entries = list(entries)
+            self.raw_frames = list(raw)
+            self.bytes_in = self._frame_start = sum(d for _, d, _ in entries)
+            self.bytes_out = sum(c for c, _, _ in entries)
+            self._cut_count = len(entries)
 
     @property
     def frames(self) -> int:
@@ -202,10 +211,9 @@ class SeekableZstdWriter:
     def mark_raw(self, lo: int, hi: int) -> None:
         """Store the frames holding input bytes ``[lo, hi)`` raw, to be rewritten later.
 
-        Only bytes not yet cut into a frame can be marked.
+        Bytes already cut into a frame are left as they were stored.
         """
-        if lo < self._frame_start:
-            raise ValueError("those bytes are already in a written frame")
+        lo = max(lo, self._frame_start)  # earlier bytes are in frames already written
         if hi > lo:
             self._raw_ranges.append((lo, hi))
 

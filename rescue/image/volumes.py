@@ -44,7 +44,16 @@ class VolumeWriter(io.RawIOBase):
     is written normally. Filesystems that refuse O_DIRECT get ordinary writes.
     """
 
-    def __init__(self, base: Path, split_size: int | None, *, direct: bool = True) -> None:
+    def __init__(
+        self,
+        base: Path,
+        split_size: int | None,
+        *,
+        direct: bool = True,
+        resume_at: int | None = None,
+    ) -> None:
+        """Start a new stream, or with ``resume_at`` go on with one whose first
+        ``resume_at`` bytes are on disk (anything after them is dropped)."""
         super().__init__()
         if split_size is not None and split_size <= 0:
             raise ValueError("split size must be positive")
@@ -56,10 +65,55 @@ class VolumeWriter(io.RawIOBase):
         self._index = -1
         self._fd = -1
         self._written = 0
+        self._done_bytes = 0
         self._hash = hashlib.sha256()
         self._done: list[tuple[Path, int, str]] = []
         self._path: Path | None = None
-        self._open_next()
+        self._rehash = resume_at is not None
+        if resume_at is None:
+            self._open_next()
+        else:
+            self._reopen(resume_at)
+
+    def _reopen(self, at: int) -> None:
+        """Truncate the stream to ``at`` bytes and open it for appending there."""
+        k, inner = (0, at) if self.split_size is None else divmod(at, self.split_size)
+        if self.split_size is not None and inner == 0 and k > 0:
+            k, inner = k - 1, self.split_size
+        existing = volume_paths(self.base)
+        for extra in existing[k + 1 :]:
+            extra.unlink()
+        for i in range(k):
+            self._index = i
+            self._done.append((self._name(), self.split_size or 0, ""))
+            self._done_bytes += self.split_size or 0
+        self._index = k
+        self._path = self._name()
+        flags = os.O_RDWR | os.O_CLOEXEC
+        fd = os.open(self._path, flags)
+        try:
+            os.ftruncate(fd, inner)
+            aligned = inner - inner % _ALIGN
+            tail = os.pread(fd, inner - aligned, aligned)
+        finally:
+            os.close(fd)
+        self._fd = os.open(
+            self._path, os.O_WRONLY | os.O_CLOEXEC | (os.O_DIRECT if self._direct else 0)
+        )
+        os.lseek(self._fd, aligned, os.SEEK_SET)
+        self._buf[: len(tail)] = tail
+        self._fill = len(tail)
+        self._written = inner
+
+    @property
+    def durable(self) -> int:
+        """Bytes of the stream written to the files (not those still in the buffer)."""
+        return self._done_bytes + self._written - self._fill
+
+    def sync(self) -> None:
+        """Make :attr:`durable` bytes survive a crash (data and file size)."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
 
     def _name(self) -> Path:
         if self.split_size is None:
@@ -128,6 +182,7 @@ class VolumeWriter(io.RawIOBase):
         os.close(self._fd)
         self._fd = -1
         self._done.append((self._path, self._written, self._hash.hexdigest()))
+        self._done_bytes += self._written
 
     def writable(self) -> bool:
         return True
@@ -171,6 +226,12 @@ class VolumeWriter(io.RawIOBase):
     @property
     def files(self) -> list[tuple[Path, int, str]]:
         """(path, size, sha256 hex) of every volume, once closed."""
+        if self._rehash and self._done:  # a resumed stream: hash what is on disk
+            with VolumeReader([p for p, _, _ in self._done], hashing=True) as v:
+                digests = v.digests()
+            self._done = [(p, size, d) for p, (_, size, d) in zip(
+                [p for p, _, _ in self._done], digests, strict=True)]  # fmt: skip
+            self._rehash = False
         return list(self._done)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import os
 import threading
 import time
@@ -12,16 +13,17 @@ from pathlib import Path
 
 from rescue import __version__, system
 from rescue.blockio import Window, binary
-from rescue.copier import CompressionOptions, Extent, ReadOptions, write_stream
+from rescue.copier import Checkpoint, CompressionOptions, Extent, ReadOptions, write_stream
 from rescue.damage import damaged_files
 from rescue.devices.smart import smart_summary
-from rescue.errors import BadInputError, DeviceError
+from rescue.errors import BadInputError, DeviceError, RefusedError
 from rescue.filesystems.base import Allocation
 from rescue.filesystems.detect import allocation_for
 from rescue.filesystems.probe import probe_fstype
 from rescue.image import layout as layout_mod
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import (
+    MANIFEST_NAME,
     Manifest,
     PartitionRecord,
     SourceIdentity,
@@ -30,6 +32,7 @@ from rescue.image.manifest import (
     write_manifest,
 )
 from rescue.image.names import INCOMPLETE_MARKER, stream_name
+from rescue.operations.capture_map import CaptureMap, bitmap_digest
 from rescue.operations.source import (
     Source,
     refuse_if_mounted_rw,
@@ -102,19 +105,42 @@ def capture(
     reading: ReadOptions | None = None,
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
+    resume: bool = False,
 ) -> Manifest:
-    """Image ``source_path`` into the new folder ``image_dir``; returns the manifest written."""
+    """Image ``source_path`` into the new folder ``image_dir``; returns the manifest written.
+
+    With ``resume``, go on with the capture whose map is in ``image_dir`` (killed,
+    out of room, or the disk unplugged): what is safely on disk is kept, the
+    rest is read again, and the image is the same as an uninterrupted capture's.
+    """
     options = options or CompressionOptions()
     progress = progress or NullProgress()
     src = resolve_source(source_path)
-    _prepare_folder(image_dir, src)
-    split = _split_size(options, image_dir, progress)
-    options = CompressionOptions(options.level, options.frame_size, options.threads, split)
     marker = image_dir / INCOMPLETE_MARKER
-    marker.write_text(
-        f"rescue {__version__} is capturing {src.path} here; "
-        "without rescue.json this image is incomplete.\n"
-    )
+    if resume:
+        state = _resume_state(image_dir, src)
+        options = CompressionOptions(
+            state.options["level"], state.options["frame_size"], options.threads,
+            state.options["split"],
+        )  # fmt: skip
+        progress.note(
+            f"Resuming: {len(state.done)} partition(s) done"
+            + (f", {state.current} in progress" if state.current else "")
+        )
+    else:
+        _prepare_folder(image_dir, src)
+        split = _split_size(options, image_dir, progress)
+        options = CompressionOptions(options.level, options.frame_size, options.threads, split)
+        marker.write_text(
+            f"rescue {__version__} is capturing {src.path} here; "
+            "without rescue.json this image is incomplete.\n"
+        )
+        state = CaptureMap(
+            source={"path": src.path, "size": src.size, "serial": src.serial, "model": src.model},
+            options={"level": options.level, "frame_size": options.frame_size,
+                     "split": options.split},
+        )  # fmt: skip
+        state.save(image_dir)
     _health_note(src, progress)
     fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -124,10 +150,18 @@ def capture(
             if p.alloc is not None:
                 for w in p.alloc.warnings:
                     progress.note(f"{p.name}: {w}")
-        records = _store_all(
-            fd, src, image_dir, plan, options,
-            reading=reading or ReadOptions(), progress=progress, cancel=cancel,
-        )  # fmt: skip
+        try:
+            records = _store_all(
+                fd, src, image_dir, plan, options, state=state,
+                reading=reading or ReadOptions(), progress=progress, cancel=cancel,
+            )  # fmt: skip
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DeviceError(
+                f"The destination of {image_dir} is full: the image is incomplete.",
+                hint=f"Free some space there, then run: rescue capture --resume {image_dir}",
+            ) from exc
         if any(r.unreadable for r in records):
             write_damage_report(image_dir, records)
         layout_files = _layout_files(image_dir, records)
@@ -157,6 +191,7 @@ def capture(
         )
         check_cancel(cancel)
         write_manifest(image_dir, manifest)
+        state.remove(image_dir)
         marker.unlink()
         fsync_dir(image_dir)
         return manifest
@@ -230,6 +265,7 @@ def _store_all(
     plan: list[_Planned],
     options: CompressionOptions,
     *,
+    state: CaptureMap,
     reading: ReadOptions,
     progress: ProgressReporter,
     cancel: threading.Event | None,
@@ -249,10 +285,40 @@ def _store_all(
             label=p.label,
             stored_as="swap",
         )
+        done = next((r for r in state.done if r.name == p.name), None)
+        if done is not None:  # stored before the capture was interrupted
+            records.append(done)
+            progress.advance(p.alloc.used_bytes if p.alloc is not None else 0)
+            continue
         if p.alloc is None:
             records.append(record)
+            state.done.append(record)
+            state.save(image_dir)
             continue
         alloc = p.alloc
+        digest = bitmap_digest(alloc.bitmap)
+        resume_point = None
+        if state.current == p.name and state.checkpoint is not None:
+            if state.current_bitmap != digest:
+                raise RefusedError(
+                    f"{p.name} changed since the interrupted capture (its used blocks differ): "
+                    "it cannot be resumed.",
+                    hint="Capture it again into a new folder.",
+                )
+            resume_point = state.checkpoint
+            progress.advance(min(alloc.used_bytes, resume_point.stream_pos))
+        state.current, state.current_bitmap = p.name, digest
+        state.checkpoint = resume_point
+        state.save(image_dir)
+        if resume_point is None:  # nothing of this stream was kept: drop what a kill left
+            name = stream_name(p.name, alloc.fstype)
+            for leftover in image_dir.glob(f"{name}*"):
+                leftover.unlink()
+
+        def keep(point: Checkpoint) -> None:
+            state.checkpoint = point
+            state.save(image_dir)
+
         raw = alloc.fstype == "dd"
         name = stream_name(p.name, alloc.fstype)
         result = write_stream(
@@ -263,6 +329,8 @@ def _store_all(
             progress=progress,
             cancel=cancel,
             reading=reading,
+            resume=resume_point,
+            checkpoint=keep,
         )
         tail = None
         fs_end = alloc.total_blocks * alloc.block_size
@@ -291,7 +359,28 @@ def _store_all(
                 warnings=alloc.warnings,
             )
         )
+        state.done.append(records[-1])
+        state.current = state.current_bitmap = None
+        state.checkpoint = None
+        state.save(image_dir)
     return records
+
+
+def _resume_state(image_dir: Path, src: Source) -> CaptureMap:
+    """The map of the interrupted capture in ``image_dir``, checked against the source."""
+    if (image_dir / MANIFEST_NAME).exists():
+        raise BadInputError(f"{image_dir} is a complete image: there is nothing to resume.")
+    state = CaptureMap.load(image_dir)
+    was = state.source
+    if src.size != was.get("size") or (was.get("serial") and src.serial != was.get("serial")):
+        raise RefusedError(
+            f"{src.path} is not the disk this capture started from "
+            f"({was.get('path')}, {was.get('model') or ''} {was.get('serial') or ''}, "
+            f"{was.get('size')} bytes).",
+            hint="Resume with the same disk, or start a new capture into a new folder.",
+        )
+    refuse_if_mounted_rw(src)
+    return state
 
 
 def _health_note(src: Source, progress: ProgressReporter) -> None:

@@ -1,0 +1,87 @@
+"""The map of a capture in progress: what is safely on disk, so a killed capture goes on.
+
+Kept in the image folder as ``.rescue-capture-map.json`` (hidden: never part of
+the image's file list) and replaced atomically (write a new file, fsync,
+rename, fsync the folder) at every checkpoint. It records the source's identity,
+the compression options, the partitions already stored (their manifest
+records) and, for the partition being stored, the last checkpoint of its
+stream (:class:`rescue.copier.Checkpoint`) with a digest of its allocation map:
+a resume reads the maps again and refuses to go on if they changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rescue.copier import Checkpoint
+from rescue.errors import BadInputError
+from rescue.image.manifest import PartitionRecord, fsync_dir
+
+MAP_NAME = ".rescue-capture-map.json"
+VERSION = 1
+
+
+def bitmap_digest(bitmap: bytes) -> str:
+    return hashlib.sha256(bitmap).hexdigest()
+
+
+@dataclass
+class CaptureMap:
+    source: dict[str, Any]
+    options: dict[str, Any]
+    done: list[PartitionRecord] = field(default_factory=list)
+    current: str | None = None
+    """Name of the partition being stored."""
+    current_bitmap: str | None = None
+    checkpoint: Checkpoint | None = None
+
+    def save(self, folder: Path) -> None:
+        doc = {
+            "version": VERSION,
+            "source": self.source,
+            "options": self.options,
+            "done": [dataclasses.asdict(r) for r in self.done],
+            "current": self.current,
+            "current_bitmap": self.current_bitmap,
+            "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+        }
+        tmp = folder / (MAP_NAME + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / MAP_NAME)
+        fsync_dir(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> CaptureMap:
+        path = folder / MAP_NAME
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise BadInputError(
+                f"{folder} holds no capture to resume (no {MAP_NAME}).",
+                hint="Start a new capture into an empty folder.",
+            ) from exc
+        except ValueError as exc:
+            raise BadInputError(f"The capture map in {folder} is damaged: {exc}.") from exc
+        if doc.get("version") != VERSION:
+            raise BadInputError(f"The capture map in {folder} is of another rescue version.")
+        point = doc.get("checkpoint")
+        return cls(
+            source=dict(doc["source"]),
+            options=dict(doc["options"]),
+            done=[PartitionRecord.from_dict(r) for r in doc.get("done", [])],
+            current=doc.get("current"),
+            current_bitmap=doc.get("current_bitmap"),
+            checkpoint=Checkpoint.from_dict(point) if point else None,
+        )
+
+    def remove(self, folder: Path) -> None:
+        (folder / MAP_NAME).unlink(missing_ok=True)

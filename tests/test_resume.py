@@ -1,0 +1,108 @@
+"""A capture killed at any moment goes on with --resume and gives the same image."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from capabilities import need
+from conftest import DiskFactory
+from diskbench import PartSpec
+
+from rescue.cli import main
+from rescue.operations.capture_map import MAP_NAME
+
+pytestmark = need("root", "loop")
+
+
+def rescue(*args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RESCUE_CHECKPOINT_SECONDS": "0.1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rescue", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
+def streams(image: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(image.iterdir()) if "-ptcl-img" in p.name}
+
+
+def records(image: Path) -> list[dict[str, object]]:
+    return json.loads((image / "rescue.json").read_text())["partitions"]
+
+
+@pytest.fixture
+def busy_disk(loop_disk_factory: DiskFactory, tmp_path: Path) -> str:
+    """Enough incompressible data that a capture takes a few seconds."""
+    disk = loop_disk_factory(400, "gpt", [PartSpec(250, "ext4"), PartSpec(None)])
+    mnt = disk.mount(0, tmp_path / "fill")
+    rng = random.Random(3)
+    for i in range(6):
+        (mnt / f"data{i}.bin").write_bytes(rng.randbytes(30 << 20))
+    disk.umount(mnt)
+    with open(disk.parts[1], "r+b") as f:  # a partition of no known filesystem: stored raw
+        f.write(rng.randbytes(40 << 20))
+    return disk.path
+
+
+def test_killed_capture_resumes_to_the_same_image(busy_disk: str, tmp_path: Path) -> None:
+    options = ["--level", "12", "--split", "37M", "--json"]
+    clean = tmp_path / "clean"
+    assert main(["capture", busy_disk, str(clean), *options]) == 0
+
+    image = tmp_path / "resumed"
+    rng = random.Random(42)
+    kills = 0
+    started = False
+    for _ in range(30):
+        if started and (image / MAP_NAME).exists():
+            proc = rescue("capture", "--resume", str(image), "--json")
+        else:  # killed before its map existed: nothing to keep, start again
+            shutil.rmtree(image, ignore_errors=True)
+            proc = rescue("capture", busy_disk, str(image), *options)
+            started = True
+        time.sleep(rng.uniform(0.3, 0.8))
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+            break
+        proc.kill()
+        proc.wait()
+        kills += 1
+        if (image / "rescue.json").exists():
+            break  # killed after it wrote the manifest: the capture had finished
+        assert (image / "rescue.incomplete").exists()  # never complete-looking before the end
+    else:
+        proc = rescue("capture", "--resume", str(image), "--json")
+        assert proc.wait(timeout=300) == 0
+    print(f"killed {kills} times")
+    assert kills >= 3, "the capture ended before it could be killed often enough"
+    assert not (image / MAP_NAME).exists()
+    assert streams(image) == streams(clean)
+    assert records(image) == records(clean)
+    assert sorted(p.name for p in image.iterdir()) == sorted(p.name for p in clean.iterdir())
+    assert main(["verify", str(image)]) == 0
+
+
+def test_resume_refuses_another_disk_and_a_finished_image(
+    busy_disk: str, loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    image = tmp_path / "image"
+    proc = rescue("capture", busy_disk, str(image), "--json")
+    deadline = time.monotonic() + 30
+    while not (image / MAP_NAME).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    other = loop_disk_factory(64, None, [])
+    assert main(["capture", other.path, "--resume", str(image)]) == 2
+    assert main(["capture", "--resume", str(tmp_path / "nothing-here")]) == 2
+    assert main(["capture", "--resume", str(image), "--json"]) == 0
+    assert main(["capture", "--resume", str(image)]) == 2  # complete now
