@@ -106,3 +106,23 @@ def test_resume_refuses_another_disk_and_a_finished_image(
     assert main(["capture", "--resume", str(tmp_path / "nothing-here")]) == 2
     assert main(["capture", "--resume", str(image), "--json"]) == 0
     assert main(["capture", "--resume", str(image)]) == 2  # complete now
+
+
+def test_full_destination_stops_clearly_and_resumes_after_room_is_made(
+    busy_disk: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "small"
+    dest.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60M", "tmpfs", str(dest)], check=True)
+    try:
+        image = dest / "image"
+        assert main(["capture", busy_disk, str(image), "--json"]) == 1
+        err = capsys.readouterr().err
+        assert "is full" in err and f"rescue capture --resume {image}" in err
+        assert not (image / "rescue.json").exists()
+        assert (image / "rescue.incomplete").exists()
+        subprocess.run(["mount", "-o", "remount,size=600M", str(dest)], check=True)
+        assert main(["capture", "--resume", str(image), "--json"]) == 0
+        assert main(["verify", str(image)]) == 0
+    finally:
+        subprocess.run(["umount", str(dest)], check=False)
