@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.blockio import binary
-from rescue.errors import DeviceError, ImageDamagedError
+from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.filesystems.base import Allocation
 from rescue.image.manifest import StoredFile
 from rescue.image.partclone import (
@@ -287,10 +287,8 @@ class _Reader(threading.Thread):
                 n = os.preadv(self.fd, [view[got:]], pos)
             except OSError as exc:
                 if exc.errno in GONE_ERRORS:
-                    raise DeviceError(
-                        f"{self.path} disappeared at byte {pos} ({exc.strerror}): "
-                        "was it unplugged?",
-                        hint="Plug it back in and capture again.",
+                    raise DeviceGoneError(
+                        f"{self.path} disappeared at byte {pos} ({exc.strerror}): was it unplugged?"
                     ) from exc
                 if not self.keep_going or exc.errno not in MEDIA_ERRORS:
                     raise _read_error(self.path, pos, exc) from exc
@@ -448,7 +446,8 @@ def write_stream(
     if skipped:
         files, unreadable = _salvage(
             src, alloc, volumes, zw, skipped,
-            header=header, reading=reading, progress=progress, cancel=cancel,
+            errors=reader.errors, header=header, reading=reading, progress=progress,
+            cancel=cancel,
         )  # fmt: skip
     if raw and zw.bytes_in != alloc.device_size:
         raise DeviceError(
@@ -538,6 +537,7 @@ def _salvage(
     zw: SeekableZstdWriter,
     skipped: list[tuple[int, int]],
     *,
+    errors: int,
     header: PartcloneHeader | None,
     reading: ReadOptions,
     progress: ProgressReporter,
@@ -547,7 +547,10 @@ def _salvage(
     from rescue.salvage import patch_stream, retry_passes  # noqa: PLC0415
 
     total = sum(n for _, n in skipped)
-    progress.note(f"{src.path}: {total // 1024} KiB of used data skipped after read errors")
+    progress.note(
+        f"{src.path}: first pass done; {errors} read error(s), {total // 1024} KiB of used "
+        "data skipped around them, to retry now"
+    )
     recovery = retry_passes(
         src.fd, src.path, src.base, skipped,
         retries=reading.retries, progress=progress, cancel=cancel,

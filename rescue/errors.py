@@ -52,6 +52,10 @@ class DeviceError(RescueError):
     """A disk or partition could not be found, opened, read or written."""
 
 
+class DeviceGoneError(DeviceError):
+    """The disk disappeared while it was being read (unplugged, or its controller died)."""
+
+
 class DeviceNotFoundError(DeviceError):
     """The named device does not exist."""
 

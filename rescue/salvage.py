@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from rescue.blockio import binary
 from rescue.copier import GONE_ERRORS, MEDIA_ERRORS
-from rescue.errors import DeviceError, ImageDamagedError
+from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.image.partclone import BlockRanks, PartcloneHeader, block_offset, crc32
 from rescue.image.seekable import SeekTable, content_checksum, raw_frame, raw_frame_content
 from rescue.image.volumes import VolumeReader
@@ -76,7 +76,7 @@ class _DirectReader:
                 data = os.pread(self.fd, length, offset)
         except OSError as exc:
             if exc.errno in GONE_ERRORS:
-                raise DeviceError(
+                raise DeviceGoneError(
                     f"{self.path} disappeared during the retry passes: was it unplugged?"
                 ) from exc
             if exc.errno in MEDIA_ERRORS:

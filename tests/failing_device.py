@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def serve(backing: Path, mountdir: Path, ranges: list[tuple[int, int]]) -> None:
+def serve(
+    backing: Path, mountdir: Path, ranges: list[tuple[int, int]], gone_at: int | None = None
+) -> None:
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
     import mfusepy  # noqa: PLC0415
 
@@ -43,6 +45,8 @@ def serve(backing: Path, mountdir: Path, ranges: list[tuple[int, int]]) -> None:
             return 0
 
         def read(self, path: str, length: int, offset: int, fh: object) -> bytes:
+            if gone_at is not None and offset + length > gone_at:
+                raise mfusepy.FuseOSError(errno.ENODEV)  # as reads of an unplugged disk end
             for a, n in ranges:
                 if offset < a + n and offset + length > a:
                     raise mfusepy.FuseOSError(errno.EIO)
@@ -50,6 +54,34 @@ def serve(backing: Path, mountdir: Path, ranges: list[tuple[int, int]]) -> None:
 
     # direct_io: every read reaches this process (no cached pages of a failing disk)
     mfusepy.FUSE(Failing(), str(mountdir), foreground=True, ro=True, direct_io=True)
+
+
+@contextlib.contextmanager
+def failing_file(
+    backing: Path, ranges: list[tuple[int, int]], work: Path, *, gone_at: int | None = None
+) -> Iterator[Path]:
+    """``backing`` served as a file whose reads fail in ``ranges`` (and end at ``gone_at``)."""
+    mountdir = work / "failing-fuse"
+    mountdir.mkdir(exist_ok=True)
+    spec = ",".join(f"{a}:{n}" for a, n in ranges)
+    argv = [sys.executable, __file__, str(backing), str(mountdir), spec]
+    if gone_at is not None:
+        argv.append(str(gone_at))
+    proc = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 20
+        while not (mountdir / "disk").exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the failing-device FUSE server did not start")
+            time.sleep(0.05)
+        yield mountdir / "disk"
+    finally:
+        subprocess.run(["umount", str(mountdir)], check=False)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
 
 
 @contextlib.contextmanager
@@ -93,4 +125,5 @@ def failing_loop(backing: Path, ranges: list[tuple[int, int]], work: Path) -> It
 
 if __name__ == "__main__":
     spans = [tuple(int(x) for x in r.split(":")) for r in sys.argv[3].split(",") if r]
-    serve(Path(sys.argv[1]), Path(sys.argv[2]), [(a, n) for a, n in spans])
+    gone = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    serve(Path(sys.argv[1]), Path(sys.argv[2]), [(a, n) for a, n in spans], gone)

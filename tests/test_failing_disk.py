@@ -16,7 +16,7 @@ import pytest
 from capabilities import need
 from conftest import DiskFactory
 from diskbench import PartSpec, run
-from failing_device import failing_loop
+from failing_device import failing_file, failing_loop
 
 from rescue.cli import main
 from rescue.errors import EXIT_UNREADABLE
@@ -171,3 +171,29 @@ def test_capture_warns_first_when_smart_says_the_disk_is_failing(
     capture_mod.capture(disk.parts[0], tmp_path / "image", progress=notes)
     assert asked == [disk.path]  # the disk holding the partition
     assert notes.notes[0].startswith(f"SMART: {disk.path} is failing (12 pending sectors)")
+
+
+def test_disk_that_disappears_leaves_a_resumable_image(
+    ext4_with_victim: tuple[Path, dict[str, bytes]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disk file on a share that goes away mid-read (reads end with ENODEV), then returns."""
+    import rescue.copier  # noqa: PLC0415
+
+    monkeypatch.setattr(rescue.copier, "CHECKPOINT_EVERY", 0.0)
+    img, _ = ext4_with_victim
+    clean = tmp_path / "clean"
+    assert main(["capture", str(img), str(clean)]) == 0
+    image = tmp_path / "image"
+    with failing_file(img, [], tmp_path, gone_at=8 << 20) as disk:
+        assert main(["capture", str(disk), str(image)]) == 1
+        err = capsys.readouterr().err
+        assert "disappeared" in err and "--resume" in err
+        assert not (image / "rescue.json").exists()
+    with failing_file(img, [], tmp_path) as disk:  # plugged back in
+        assert main(["capture", str(disk), "--resume", str(image)]) == 0
+    (want,) = clean.glob("*-ptcl-img.zst")
+    (got,) = image.glob("*-ptcl-img.zst")  # named after the file served, "disk"
+    assert got.read_bytes() == want.read_bytes()

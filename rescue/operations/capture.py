@@ -16,7 +16,7 @@ from rescue.blockio import Window, binary
 from rescue.copier import Checkpoint, CompressionOptions, Extent, ReadOptions, write_stream
 from rescue.damage import damaged_files
 from rescue.devices.smart import smart_summary
-from rescue.errors import BadInputError, DeviceError, RefusedError
+from rescue.errors import BadInputError, DeviceError, DeviceGoneError, RefusedError
 from rescue.filesystems.base import Allocation
 from rescue.filesystems.detect import allocation_for
 from rescue.filesystems.probe import probe_fstype
@@ -155,6 +155,12 @@ def capture(
                 fd, src, image_dir, plan, options, state=state,
                 reading=reading or ReadOptions(), progress=progress, cancel=cancel,
             )  # fmt: skip
+        except DeviceGoneError as exc:
+            raise DeviceGoneError(
+                f"{exc.message} The image is incomplete.",
+                hint=f"Plug the disk back in, then: rescue capture DISK --resume {image_dir} "
+                "(DISK may have a new name; its size and serial are checked).",
+            ) from exc
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -22,7 +22,7 @@ from rescue.operations.destination import destination_candidates, mount_destinat
 from rescue.operations.estimate import capture_need, free_bytes
 from rescue.progress import ProgressReporter
 from rescue.tui.home import Services
-from rescue.tui.jobs import JobScreen
+from rescue.tui.jobs import JobScreen, JobWarning
 from rescue.units import human_size
 
 
@@ -173,6 +173,15 @@ class CaptureScreen(Screen[None]):
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
             manifest = capture(source, image, progress=progress, cancel=cancel)
             used = sum(p.used_bytes for p in manifest.partitions)
+            lost = sum(n for p in manifest.partitions for _, n in p.unreadable)
+            if lost:
+                files = [f for p in manifest.partitions for f in p.damaged_files]
+                raise JobWarning(
+                    f"Image written to {image}, but {human_size(lost)} of used data could not be "
+                    f"read from the disk (zeros in the image). Files affected: "
+                    f"{', '.join(files[:5]) or 'unknown'}"
+                    f"{' and more' if len(files) > 5 else ''}. See damage-report.txt."
+                )
             return (
                 f"Image complete: {image} ({len(manifest.partitions)} partition(s), "
                 f"{human_size(used)} of used data)."

@@ -27,6 +27,11 @@ from rescue.units import human_size
 
 Job = Callable[[ProgressReporter, threading.Event], str]
 
+
+class JobWarning(Exception):
+    """The job finished, but with something the technician must know (unreadable sectors)."""
+
+
 _UPDATE_EVERY = 0.1
 
 
@@ -69,6 +74,7 @@ class JobScreen(Screen[str]):
     JobScreen #result.ok { background: $success 30%; }
     JobScreen #result.failed { background: $error 40%; text-style: bold; }
     JobScreen #result.cancelled { background: $warning 30%; }
+    JobScreen #result.warning { background: $warning 50%; text-style: bold; }
     """
 
     def __init__(self, title: str, job: Job) -> None:
@@ -77,7 +83,7 @@ class JobScreen(Screen[str]):
         self._job = job
         self.cancel_event = threading.Event()
         self.outcome: str | None = None
-        """None while running, then "ok", "failed" or "cancelled"."""
+        """None while running, then "ok", "warning", "failed" or "cancelled"."""
         self.message = ""
         self._total: int | None = None
         self._started = time.monotonic()
@@ -100,6 +106,8 @@ class JobScreen(Screen[str]):
             message = self._job(progress, self.cancel_event)
         except CancelledError:
             self.app.call_from_thread(self._finish, "cancelled", "Cancelled: the job stopped.")
+        except JobWarning as exc:
+            self.app.call_from_thread(self._finish, "warning", f"WARNING: {exc}")
         except RescueError as exc:
             self.app.call_from_thread(self._finish, "failed", f"FAILED: {exc}")
         except Exception as exc:  # noqa: BLE001  (shown, never hidden behind a success look)
