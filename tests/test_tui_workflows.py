@@ -330,3 +330,41 @@ def test_capture_onto_a_drive_mounted_from_the_capture_screen(
         assert verify(where / "onto-drive").streams_checked == 1
     finally:
         subprocess.run(["umount", str(where)], check=False)
+
+
+def test_capture_screen_resumes_an_interrupted_capture(
+    source: tuple[LoopDisk, dict[str, str]], tmp_path: Path
+) -> None:
+    disk, _ = source
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    image = dest / "pc-image"
+
+    class Interrupt:
+        def phase(self, name: str, total: int | None) -> None:
+            pass
+
+        def advance(self, done: int) -> None:
+            raise KeyboardInterrupt  # as if the power went out mid-capture
+
+        def note(self, message: str) -> None:
+            pass
+
+    from rescue.operations.capture import capture  # noqa: PLC0415
+
+    with pytest.raises(KeyboardInterrupt):
+        capture(disk.path, image, progress=Interrupt())
+    assert not (image / "rescue.json").exists()
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        select_disk(app, "disks", disk.path)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.query("#dest"))
+        app.screen.query_one("#dest", Input).value = str(dest)
+        app.screen.query_one("#name", Input).value = "pc-image"
+        await pilot.press("ctrl+s")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+
+    run_ui(scenario, make_app())
+    assert verify(image).streams_checked == 1

@@ -18,6 +18,7 @@ from textual.widgets.option_list import Option
 from rescue.devices import Disk, Partition
 from rescue.errors import RescueError
 from rescue.operations.capture import capture
+from rescue.operations.capture_map import MAP_NAME
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
 from rescue.progress import ProgressReporter
@@ -169,9 +170,12 @@ class CaptureScreen(Screen[None]):
             return
         source = self.source_path
         image = Path(dest) / name
+        resume = (image / MAP_NAME).exists()  # an interrupted capture of this name: go on
+        if resume:
+            self.notify(f"{image} holds an interrupted capture: resuming it.")
 
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
-            manifest = capture(source, image, progress=progress, cancel=cancel)
+            manifest = capture(source, image, progress=progress, cancel=cancel, resume=resume)
             used = sum(p.used_bytes for p in manifest.partitions)
             lost = sum(n for p in manifest.partitions for _, n in p.unreadable)
             if lost:
