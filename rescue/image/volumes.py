@@ -8,6 +8,7 @@ parts as one seekable file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -176,11 +177,13 @@ class VolumeWriter(io.RawIOBase):
 
     def _finish_current(self, fsync: bool) -> None:
         assert self._path is not None
-        self._flush()
-        if fsync:
-            os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+        try:
+            self._flush()
+            if fsync:
+                os.fsync(self._fd)
+        finally:  # never leak the descriptor (a full disk must still be unmountable)
+            os.close(self._fd)
+            self._fd = -1
         self._done.append((self._path, self._written, self._hash.hexdigest()))
         self._done_bytes += self._written
 
@@ -210,9 +213,17 @@ class VolumeWriter(io.RawIOBase):
         return total
 
     def close(self, fsync: bool = True) -> None:
-        """Close (and by default fsync) every volume and the folder holding them."""
+        """Close (and by default fsync) every volume and the folder holding them.
+
+        Without ``fsync`` (after an error) a failure to write the last buffered
+        bytes is ignored: they are past the last checkpoint anyway.
+        """
         if self._fd >= 0:
-            self._finish_current(fsync)
+            try:
+                self._finish_current(fsync)
+            except OSError:
+                if fsync:
+                    raise
             if fsync:
                 dfd = os.open(self.base.parent, os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -220,7 +231,9 @@ class VolumeWriter(io.RawIOBase):
                 finally:
                     os.close(dfd)
         if not self._buf.closed:
-            self._buf.close()
+            # a failed write's traceback may still hold a view of the buffer: the GC frees it
+            with contextlib.suppress(BufferError):
+                self._buf.close()
         super().close()
 
     @property
