@@ -162,11 +162,16 @@ def capture(
                 "(DISK may have a new name; its size and serial are checked).",
             ) from exc
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DeviceError(
+                    f"The destination of {image_dir} is full: the image is incomplete.",
+                    hint=f"Free some space there, then run: rescue capture --resume {image_dir}",
+                ) from exc
             raise DeviceError(
-                f"The destination of {image_dir} is full: the image is incomplete.",
-                hint=f"Free some space there, then run: rescue capture --resume {image_dir}",
+                f"Writing the image to {image_dir} failed ({exc.strerror or exc}): "
+                "the image is incomplete.",
+                hint="Check the destination drive (unplugged? read-only?), then run: "
+                f"rescue capture --resume {image_dir}",
             ) from exc
         if any(r.unreadable for r in records):
             write_damage_report(image_dir, records)
