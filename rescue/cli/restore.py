@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rescue.cli.progress import reporter
-from rescue.operations.restore import RestorePlan, plan_restore, restore
+from rescue.operations.restore import LAYOUTS, RestorePlan, plan_restore, restore
 
 
 def add_parser(sub: Any) -> None:
@@ -19,6 +19,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("target", help="disk (whole-disk image) or partition (partition image)")
     p.add_argument("--yes", action="store_true",
                    help="do not ask: for scripts that already chose the target")  # fmt: skip
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="keep the partitions as they were, or grow the last one to fill a "
+                   "larger disk (auto: grow when the disk is larger)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     p.set_defaults(func=run)
 
@@ -32,7 +35,7 @@ def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = plan_restore(args.image_dir, args.target)
+    plan = plan_restore(args.image_dir, args.target, args.layout)
     confirm_on_terminal(plan, yes=args.yes)
     with reporter(args.json) as progress:
         restore(plan, confirmed=True, progress=progress)

@@ -20,7 +20,7 @@ import shlex
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,13 +405,23 @@ def read_image_layout(folder: Path) -> ImageLayout:
 # -- restoring the partition table ---------------------------------------------------
 
 
-def restore_partition_table(folder: Path, disk: str, target: str, target_size: int) -> None:
+def restore_partition_table(
+    folder: Path,
+    disk: str,
+    target: str,
+    target_size: int,
+    *,
+    edit: Callable[[str, int], str] | None = None,
+) -> None:
     """Write the saved table, boot code and MBR gap to ``target`` (disk or disk file).
 
-    The kernel learns the new partitions through BLKPG; call
+    ``edit(script, sector_size)`` may change the sfdisk script first (a partition
+    that grows). The kernel learns the new partitions through BLKPG; call
     :func:`reread_partitions` once all writing is done.
     """
     sf_text = (folder / f"{disk}-pt.sf").read_text(errors="replace")
+    if edit is not None:
+        sf_text = edit(sf_text, _parse_sf(sf_text, disk).sector_size)
     table = _parse_sf(sf_text, disk)
     need = table.size + (33 * table.sector_size if table.table == "gpt" else 0)
     if target_size < need:

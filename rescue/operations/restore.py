@@ -21,6 +21,7 @@ from rescue.copier import (
 )
 from rescue.errors import BadInputError, DeviceError, ImageDamagedError, RefusedError
 from rescue.image import layout as layout_mod
+from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_growth
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
@@ -33,6 +34,8 @@ class RestorePlan:
     target: Source
     summary: str
     """What will be overwritten, for the confirmation."""
+    growth: Growth | None = None
+    """The last partition grows to fill a larger target (layout "grow")."""
 
 
 def describe_target(target: Source) -> str:
@@ -46,8 +49,18 @@ def describe_target(target: Source) -> str:
     return ", ".join(bits)
 
 
-def plan_restore(image_dir: Path, target_path: str) -> RestorePlan:
-    """Check everything that can be checked before writing; raise if the restore must not run."""
+LAYOUTS = ("auto", "keep", "grow")
+
+
+def plan_restore(image_dir: Path, target_path: str, layout: str = "auto") -> RestorePlan:
+    """Check everything that can be checked before writing; raise if the restore must not run.
+
+    ``layout``: "keep" writes the partitions as they were; "grow" (and "auto",
+    the default, on a larger target) extends the last partition and its
+    filesystem to the end of the target.
+    """
+    if layout not in LAYOUTS:
+        raise BadInputError(f"Unknown layout {layout!r}: choose {', '.join(LAYOUTS)}.")
     image = open_image(image_dir)
     check_all_present(image)
     target = resolve_source(target_path)
@@ -70,7 +83,21 @@ def plan_restore(image_dir: Path, target_path: str) -> RestorePlan:
         f"Everything on {describe_target(target)} will be overwritten "
         f"with the image {image_dir} ({what})."
     )
-    return RestorePlan(image=image, target=target, summary=summary)
+    growth = None
+    if image.kind == "disk" and layout != "keep":
+        growth = plan_growth(
+            [(p.name, p.number, p.start, p.size, p.fstype) for p in image.parts],
+            image.table,
+            target.size,
+        )
+    if growth is not None:
+        summary += (
+            f" Partition {growth.number} ({growth.fstype or 'raw'}) grows from "
+            f"{human_size(growth.old_size)} to {human_size(growth.new_size)} to fill the disk."
+        )
+    elif layout == "grow":
+        summary += " The target has no room to grow the last partition: the layout is kept."
+    return RestorePlan(image=image, target=target, summary=summary, growth=growth)
 
 
 def _check_device_safety(target: Source) -> None:
@@ -103,9 +130,11 @@ def restore(
     with disk_lock(target.path):
         if image.kind == "disk":
             assert image.disk_name is not None
+            growth = plan.growth
             layout_mod.restore_partition_table(
-                image.folder, image.disk_name, target.path, target.size
-            )
+                image.folder, image.disk_name, target.path, target.size,
+                edit=(lambda text, sector: grown_script(text, growth, sector)) if growth else None,
+            )  # fmt: skip
             for part in image.parts:
                 check_cancel(cancel)
                 _restore_part(part, target, _part_node(target, part), progress, cancel)
@@ -113,6 +142,12 @@ def restore(
             part = image.parts[0]
             _restore_part(part, target, (target.path, 0), progress, cancel)
     _settle(target, image.kind == "disk")
+    if plan.growth is not None:
+        node = (
+            None if target.is_file else layout_mod.partition_device(target.path, plan.growth.number)
+        )
+        grow_filesystem(plan.growth, disk=target.path, node=node, progress=progress)
+        _settle(target, new_table=False)
 
 
 def _part_node(target: Source, part: ImagePart) -> tuple[str, int]:

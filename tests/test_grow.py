@@ -1,0 +1,88 @@
+"""Bare-metal restore onto a larger disk: the last partition and its filesystem grow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from capabilities import need
+from conftest import DiskFactory
+from diskbench import LoopDisk, PartSpec, fill_tree, run, tree_digest
+
+from rescue.cli import main
+
+pytestmark = need("root", "loop", "udev")
+
+
+def filled(disk: LoopDisk, index: int, mnt: Path, seed: int) -> dict[str, str]:
+    disk.mount(index, mnt)
+    fill_tree(mnt, seed=seed, approx_mib=4)
+    digest = tree_digest(mnt)
+    disk.umount(mnt)
+    return digest
+
+
+def part_size(dev: str) -> int:
+    return int(run("blockdev", "--getsize64", dev).strip())
+
+
+@pytest.mark.parametrize("last_fs", ["ext4", "ntfs", "xfs", "btrfs"])
+def test_restore_onto_a_disk_twice_as_large_grows_the_last_partition(
+    loop_disk_factory: DiskFactory, tmp_path: Path, last_fs: str
+) -> None:
+    parts = [PartSpec(32, "vfat", label="ESP"), PartSpec(64, "ext4"), PartSpec(None, last_fs)]
+    src = loop_disk_factory(400, "gpt", parts)
+    first = filled(src, 1, tmp_path / "m1", seed=1)
+    last = filled(src, 2, tmp_path / "m2", seed=2)
+    image = tmp_path / "image"
+    assert main(["capture", src.path, str(image)]) == 0
+    old_size = part_size(src.parts[2])
+
+    target = loop_disk_factory(800, None, [])
+    assert main(["restore", str(image), target.path, "--yes"]) == 0  # auto: grow
+    target.rescan()
+    assert len(target.parts) == 3
+    new_size = part_size(target.parts[2])
+    assert new_size > 1.9 * old_size  # the last partition took the new room
+    verify = subprocess.run(
+        ["sgdisk", "-v", target.path], check=False, capture_output=True, text=True
+    )
+    assert "No problems found" in verify.stdout, verify.stdout
+    # the filesystem fills the grown partition, checks clean, and holds every file
+    if last_fs == "ext4":
+        run("e2fsck", "-fn", target.parts[2])
+        blocks = run("dumpe2fs", "-h", target.parts[2])
+        count = int(
+            next(ln for ln in blocks.splitlines() if ln.startswith("Block count:")).split()[-1]
+        )
+        assert count * 4096 > 0.98 * new_size
+    elif last_fs == "ntfs":
+        info = run("ntfsresize", "--info", "--force", target.parts[2])
+        assert "Current volume size" in info
+        vol = int(next(ln for ln in info.splitlines() if "Current volume size" in ln).split()[3])
+        assert vol > 0.98 * new_size
+    mnt = tmp_path / "t"
+    target.mount(2, mnt, "ro")
+    try:
+        assert tree_digest(mnt) == last
+        st = os.statvfs(mnt)
+        assert st.f_blocks * st.f_frsize > 0.9 * new_size
+    finally:
+        target.umount(mnt)
+    run("e2fsck", "-fn", target.parts[1])
+    assert tree_digest(target.mount(1, tmp_path / "t1", "ro")) == first
+
+
+def test_keep_layout_leaves_the_partitions_as_they_were(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    src = loop_disk_factory(128, "gpt", [PartSpec(None, "ext4")])
+    image = tmp_path / "image"
+    assert main(["capture", src.path, str(image)]) == 0
+    target = loop_disk_factory(256, None, [])
+    assert main(["restore", str(image), target.path, "--yes", "--layout", "keep"]) == 0
+    target.rescan()
+    assert part_size(target.parts[0]) == part_size(src.parts[0])
+    run("e2fsck", "-fn", target.parts[0])
