@@ -47,7 +47,7 @@ def test_restore_onto_a_disk_twice_as_large_grows_the_last_partition(
     new_size = part_size(target.parts[2])
     assert new_size > 1.9 * old_size  # the last partition took the new room
     verify = subprocess.run(
-        ["sgdisk", "-v", target.path], check=False, capture_output=True, text=True
+        ["sgdisk", "-v", str(target.backing)], check=False, capture_output=True, text=True
     )
     assert "No problems found" in verify.stdout, verify.stdout
     # the filesystem fills the grown partition, checks clean, and holds every file

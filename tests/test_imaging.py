@@ -100,7 +100,7 @@ def test_gpt_disk_round_trip(
 
     for size in (300, 400):  # same size and a larger disk
         target = loop_disk_factory(size, None, [])
-        assert main(["restore", str(image), target.path, "--yes"]) == 0
+        assert main(["restore", str(image), target.path, "--yes", "--layout", "keep"]) == 0
         target.rescan()
         assert sfdisk_dump(target.path) == sfdisk_dump(src.path)
         run("sgdisk", "-v", str(target.backing))  # on the file: sgdisk opens disks read-write
