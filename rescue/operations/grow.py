@@ -11,13 +11,11 @@ resizer is installed); the partition still grows and the restore says so.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from rescue.errors import ExternalToolError
+from rescue.operations.private_mount import private_mount
 from rescue.progress import ProgressReporter
 from rescue.system import output, run
 
@@ -85,19 +83,6 @@ def _node(path: str, start: int, size: int, node: str | None) -> Iterator[str]:
         run(["losetup", "-d", loop], check=False)
 
 
-@contextlib.contextmanager
-def _private_mount(dev: str, fstype: str) -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="rescue-grow-"))
-    try:
-        run(["mount", "-t", fstype, "-o", "nosuid,nodev,noexec", dev, str(folder)])
-        try:
-            yield folder
-        finally:
-            run(["umount", str(folder)])
-    finally:
-        os.rmdir(folder)
-
-
 def grow_filesystem(
     growth: Growth, *, disk: str, node: str | None, progress: ProgressReporter
 ) -> None:
@@ -114,10 +99,10 @@ def grow_filesystem(
         elif fs == "ntfs":
             run(["ntfsresize", "--force", dev], input=b"y\n")
         elif fs == "xfs":
-            with _private_mount(dev, "xfs") as mnt:
+            with private_mount(dev, "xfs", "rw") as mnt:
                 run(["xfs_growfs", str(mnt)])
         elif fs == "btrfs":
-            with _private_mount(dev, "btrfs") as mnt:
+            with private_mount(dev, "btrfs", "rw") as mnt:
                 run(["btrfs", "filesystem", "resize", "max", str(mnt)])
         else:
             progress.note(

@@ -21,6 +21,7 @@ from rescue.copier import (
 )
 from rescue.errors import BadInputError, DeviceError, ImageDamagedError, RefusedError
 from rescue.image import layout as layout_mod
+from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_growth
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
@@ -148,6 +149,31 @@ def restore(
         )
         grow_filesystem(plan.growth, disk=target.path, node=node, progress=progress)
         _settle(target, new_table=False)
+    if image.kind == "disk" and not target.is_file:
+        _check_boot_config(image, target, progress)
+
+
+def _check_boot_config(image: ImageView, target: Source, progress: ProgressReporter) -> None:
+    """Report fstab entries of the restored system that name no filesystem of the target."""
+    nodes = []
+    for part in image.parts:
+        if part.number is None:
+            continue
+        node = layout_mod.partition_device(target.path, part.number, wait=2.0)
+        if node is not None:
+            nodes.append((node, part.fstype))
+    for report in check_fstabs(nodes):
+        if report.missing:
+            progress.note(
+                f"WARNING: the fstab on {report.partition} names filesystems that are not on "
+                f"{target.path}: {', '.join(report.missing)}. The restored system may stop at "
+                "boot waiting for them; edit its fstab or restore them too."
+            )
+        else:
+            progress.note(
+                f"The fstab on {report.partition}: all {report.checked} filesystems it names "
+                f"are on {target.path}."
+            )
 
 
 def _part_node(target: Source, part: ImagePart) -> tuple[str, int]:
