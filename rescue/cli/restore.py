@@ -22,6 +22,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
                    help="keep the partitions as they were, or grow the last one to fill a "
                    "larger disk (auto: grow when the disk is larger)")  # fmt: skip
+    p.add_argument("--new-ids", action="store_true",
+                   help="new disk GUID, partition GUIDs and filesystem UUIDs (fstab updated): "
+                   "for a clone next to the original")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     p.set_defaults(func=run)
 
@@ -35,7 +38,7 @@ def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = plan_restore(args.image_dir, args.target, args.layout)
+    plan = plan_restore(args.image_dir, args.target, args.layout, new_ids=args.new_ids)
     confirm_on_terminal(plan, yes=args.yes)
     with reporter(args.json) as progress:
         restore(plan, confirmed=True, progress=progress)

@@ -24,6 +24,7 @@ from rescue.image import layout as layout_mod
 from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_growth
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
+from rescue.operations.newids import give_new_ids
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 from rescue.units import human_size
@@ -37,6 +38,8 @@ class RestorePlan:
     """What will be overwritten, for the confirmation."""
     growth: Growth | None = None
     """The last partition grows to fill a larger target (layout "grow")."""
+    new_ids: bool = False
+    """Give the restored disk new GUIDs and filesystem UUIDs (and fix its fstab to match)."""
 
 
 def describe_target(target: Source) -> str:
@@ -53,7 +56,9 @@ def describe_target(target: Source) -> str:
 LAYOUTS = ("auto", "keep", "grow")
 
 
-def plan_restore(image_dir: Path, target_path: str, layout: str = "auto") -> RestorePlan:
+def plan_restore(
+    image_dir: Path, target_path: str, layout: str = "auto", *, new_ids: bool = False
+) -> RestorePlan:
     """Check everything that can be checked before writing; raise if the restore must not run.
 
     ``layout``: "keep" writes the partitions as they were; "grow" (and "auto",
@@ -98,7 +103,9 @@ def plan_restore(image_dir: Path, target_path: str, layout: str = "auto") -> Res
         )
     elif layout == "grow":
         summary += " The target has no room to grow the last partition: the layout is kept."
-    return RestorePlan(image=image, target=target, summary=summary, growth=growth)
+    if new_ids:
+        summary += " The restored disk gets new GUIDs and filesystem UUIDs (fstab updated)."
+    return RestorePlan(image=image, target=target, summary=summary, growth=growth, new_ids=new_ids)
 
 
 def _check_device_safety(target: Source) -> None:
@@ -149,12 +156,18 @@ def restore(
         )
         grow_filesystem(plan.growth, disk=target.path, node=node, progress=progress)
         _settle(target, new_table=False)
+    if plan.new_ids:
+        parts = _restored_nodes(image, target)
+        give_new_ids(target.path, image.table, parts, progress)
+        _settle(target, new_table=False)
     if image.kind == "disk" and not target.is_file:
         _check_boot_config(image, target, progress)
 
 
-def _check_boot_config(image: ImageView, target: Source, progress: ProgressReporter) -> None:
-    """Report fstab entries of the restored system that name no filesystem of the target."""
+def _restored_nodes(image: ImageView, target: Source) -> list[tuple[str, str | None]]:
+    """(device node, filesystem) of every restored partition that has a node."""
+    if image.kind != "disk":
+        return [(target.path, image.parts[0].fstype)]
     nodes = []
     for part in image.parts:
         if part.number is None:
@@ -162,7 +175,12 @@ def _check_boot_config(image: ImageView, target: Source, progress: ProgressRepor
         node = layout_mod.partition_device(target.path, part.number, wait=2.0)
         if node is not None:
             nodes.append((node, part.fstype))
-    for report in check_fstabs(nodes):
+    return nodes
+
+
+def _check_boot_config(image: ImageView, target: Source, progress: ProgressReporter) -> None:
+    """Report fstab entries of the restored system that name no filesystem of the target."""
+    for report in check_fstabs(_restored_nodes(image, target)):
         if report.missing:
             progress.note(
                 f"WARNING: the fstab on {report.partition} names filesystems that are not on "
