@@ -8,10 +8,11 @@ VENV=${RESCUE_VENV:-$ROOT/.venv}
 RUNTIME_PACKAGES=(
   python3 python3-venv udev util-linux fdisk gdisk parted e2fsprogs ntfs-3g
   dosfstools exfatprogs xfsprogs btrfs-progs zstd fuse3 libfuse3-3 smartmontools partclone
+  efibootmgr mtools
   fusefat exfat-fuse
 )
 # What the tests add: reference tools to compare against and to fill disks.
-TEST_PACKAGES=(mtools xxhash kmod gzip)
+TEST_PACKAGES=(xxhash kmod gzip)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

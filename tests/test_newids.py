@@ -85,3 +85,37 @@ def test_new_ids_everywhere_and_the_config_follows(
     assert new_root in esp_cfg and root_uuid not in esp_cfg
     # and the check after the restore finds every filesystem the new fstab names
     assert any(n.startswith("The fstab on") and "all 3" in n for n in notes.notes), notes.notes
+
+
+def test_uefi_fallback_loader_is_made_and_firmware_reported_honestly(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """No UEFI firmware variables on this machine: the fallback path is made and it says so."""
+    from rescue.operations.uefi import firmware_writable  # noqa: PLC0415
+
+    src = loop_disk_factory(160, "gpt", [PartSpec(40, "vfat", label="ESP"),
+                                         PartSpec(None, "ext4")])  # fmt: skip
+    shim = tmp_path / "shimx64.efi"
+    shim.write_bytes(b"MZ fake shim " * 100)
+    grub = tmp_path / "grubx64.efi"
+    grub.write_bytes(b"MZ fake grub " * 100)
+    run("mmd", "-i", src.parts[0], "::/EFI", "::/EFI/debian")
+    run("mcopy", "-i", src.parts[0], str(shim), str(grub), "::/EFI/debian/")
+    image = tmp_path / "image"
+    from rescue.cli import main  # noqa: PLC0415
+
+    assert main(["capture", src.path, str(image)]) == 0
+    target = loop_disk_factory(160, None, [])
+    notes = Notes()
+    restore(plan_restore(image, target.path), confirmed=True, progress=notes)
+    target.rescan()
+    out = tmp_path / "copied.efi"
+    run("mcopy", "-i", target.parts[0], "::/EFI/BOOT/BOOTX64.EFI", str(out))
+    assert out.read_bytes() == shim.read_bytes()
+    run("mcopy", "-o", "-i", target.parts[0], "::/EFI/BOOT/grubx64.efi", str(out))
+    assert out.read_bytes() == grub.read_bytes()
+    uefi = [n for n in notes.notes if n.startswith("UEFI boot")]
+    assert any("copied /EFI/debian/shimx64.efi to the fallback path" in n for n in uefi), uefi
+    if not firmware_writable():
+        assert any("cannot be written here" in n for n in uefi), uefi
+    run("fsck.vfat", "-n", target.parts[0])

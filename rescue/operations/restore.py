@@ -26,6 +26,7 @@ from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_g
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.newids import give_new_ids
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
+from rescue.operations.uefi import ESP_TYPES, repair_uefi_boot
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 from rescue.units import human_size
 
@@ -161,7 +162,28 @@ def restore(
         give_new_ids(target.path, image.table, parts, progress)
         _settle(target, new_table=False)
     if image.kind == "disk" and not target.is_file:
+        _repair_uefi(image, target, progress)
         _check_boot_config(image, target, progress)
+
+
+def _repair_uefi(image: ImageView, target: Source, progress: ProgressReporter) -> None:
+    """Make each restored EFI system partition bootable (fallback loader, firmware entry)."""
+    if image.table != "gpt":
+        return
+    for part in image.parts:
+        if part.number is None or part.fstype != "vfat":
+            continue
+        node = layout_mod.partition_device(target.path, part.number, wait=2.0)
+        if node is None:
+            continue
+        kind = system.run(
+            ["blkid", "-p", "-s", "PART_ENTRY_TYPE", "-o", "value", node], check=False
+        )
+        if kind.stdout.decode().strip().lower() in ESP_TYPES:
+            repair_uefi_boot(
+                target.path, node, part.number, label=f"restored {image.folder.name}"[:36],
+                progress=progress,
+            )  # fmt: skip
 
 
 def _restored_nodes(image: ImageView, target: Source) -> list[tuple[str, str | None]]:
