@@ -317,7 +317,7 @@ def test_capture_onto_a_drive_mounted_from_the_capture_screen(
         ids = [dests.get_option_at_index(i).id for i in range(dests.option_count)]
         assert disk.parts[0] not in ids  # the source is never offered as destination
         dests.highlighted = ids.index(drive.parts[0])
-        await pilot.press("ctrl+d")
+        await pilot.press("f2")
         await wait_for(pilot, lambda: app.screen.query_one("#dest", Input).value == str(where))
         app.screen.query_one("#name", Input).value = "onto-drive"
         await pilot.press("ctrl+s")
@@ -368,3 +368,34 @@ def test_capture_screen_resumes_an_interrupted_capture(
 
     run_ui(scenario, make_app())
     assert verify(image).streams_checked == 1
+
+
+def test_restore_options_reach_the_plan(
+    source: tuple[LoopDisk, dict[str, str]], loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """F2 keeps the layout, F3 asks for new identities; the confirmation says so."""
+    disk, _ = source
+    image = tmp_path / "image"
+    assert main(["capture", disk.path, str(image)]) == 0
+    target = loop_disk_factory(256, None, [])  # larger: the default grows the last partition
+    summaries: list[str] = []
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.screen.query("#targets"))
+        app.screen.query_one("#image", Input).value = str(image)
+        select_disk(app, "targets", target.path)
+        for keys in ((), ("f2", "f3")):
+            await pilot.press(*keys, "ctrl+s")
+            await wait_for(pilot, lambda: isinstance(app.screen, TypedConfirmScreen))
+            confirm = app.screen
+            assert isinstance(confirm, TypedConfirmScreen)
+            summaries.append(confirm.summary)
+            await pilot.press("escape")  # nothing is written
+            await wait_for(pilot, lambda: not isinstance(app.screen, TypedConfirmScreen))
+
+    run_ui(scenario, make_app())
+    assert "grows" in summaries[0] and "new GUIDs" not in summaries[0]
+    assert "grows" not in summaries[1] and "new GUIDs" in summaries[1]
+    with open(target.path, "rb") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)

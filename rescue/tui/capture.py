@@ -41,7 +41,7 @@ class CaptureScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "start", "Start capture"),
-        Binding("ctrl+d", "mount_dest", "Mount destination"),
+        Binding("f2", "mount_dest", "Mount destination"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
@@ -75,7 +75,7 @@ class CaptureScreen(Screen[None]):
                 for p in self.disk.partitions
             ]
             yield OptionList(*options, id="sources")
-            yield Label("Destination folder (a mounted drive; Ctrl+D mounts one listed below):")
+            yield Label("Destination folder (a mounted drive; F2 mounts one listed below):")
             yield Input(placeholder="/mnt/usb", id="dest")
             yield OptionList(id="dests")
             yield Label("Image name:")

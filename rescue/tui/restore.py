@@ -121,17 +121,22 @@ class RestoreScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "start", "Restore..."),
+        Binding("f2", "toggle_keep", "Keep/grow layout"),
+        Binding("f3", "toggle_new_ids", "New IDs"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
     RestoreScreen > Vertical { padding: 0 1; }
     RestoreScreen #targets { height: auto; max-height: 8; }
+    RestoreScreen #options { padding: 0 1; color: $text-muted; }
     """
 
     def __init__(self, services: Services) -> None:
         super().__init__()
         self.services = services
         self.disks: list[Disk] = []
+        self.keep_layout = False
+        self.new_ids = False
 
     def compose(self) -> ComposeResult:
         yield Header(icon="*")
@@ -139,12 +144,14 @@ class RestoreScreen(Screen[None]):
             yield ImagePicker(self.services.find_images)
             yield Label("Target disk (Up/Down), everything on it is replaced:")
             yield DataTable(id="targets", cursor_type="row")
+        yield Static("", id="options")
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#targets", DataTable)
         table.add_columns("device", "size", "model / file", "serial", "flags")
         self.disks = self.services.list_disks()
+        self._show_options()
         for d in self.disks:
             table.add_row(
                 d.path,
@@ -155,6 +162,22 @@ class RestoreScreen(Screen[None]):
                 key=d.path,
             )
 
+    def _show_options(self) -> None:
+        layout = (
+            "kept as in the image" if self.keep_layout
+            else "last partition grows on a larger disk"
+        )  # fmt: skip
+        ids = "new GUIDs and UUIDs (a clone)" if self.new_ids else "kept"
+        self.query_one("#options", Static).update(f"Layout: {layout}. Identities: {ids}.")
+
+    def action_toggle_keep(self) -> None:
+        self.keep_layout = not self.keep_layout
+        self._show_options()
+
+    def action_toggle_new_ids(self) -> None:
+        self.new_ids = not self.new_ids
+        self._show_options()
+
     def action_start(self) -> None:
         image = self.query_one(ImagePicker).value
         table = self.query_one("#targets", DataTable)
@@ -163,7 +186,9 @@ class RestoreScreen(Screen[None]):
             return
         target = self.disks[table.cursor_row].path
         try:
-            plan = plan_restore(image, target)
+            plan = plan_restore(
+                image, target, "keep" if self.keep_layout else "auto", new_ids=self.new_ids
+            )
         except RescueError as exc:
             self.notify(f"Refused: {exc}", severity="error", timeout=15)
             return
