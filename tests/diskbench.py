@@ -280,3 +280,19 @@ def without_links(digest: dict[str, str], prefix: str = "") -> dict[str, str]:
         if k.startswith(prefix):
             out[k[len(prefix) :]] = " ".join(w for w in v.split() if not w.startswith("links="))
     return out
+
+
+class RecordingProgress:
+    """A ProgressReporter that keeps the notes, for tests that check what a job said."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def phase(self, name: str, total: int | None) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)

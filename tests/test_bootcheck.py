@@ -6,7 +6,7 @@ from pathlib import Path
 
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import PartSpec, run
+from diskbench import PartSpec, RecordingProgress, run
 
 from rescue.cli import main
 from rescue.operations.bootcheck import fstab_specs
@@ -32,20 +32,6 @@ server:/x /net nfs defaults 0 0
     ]
 
 
-class Notes:
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def phase(self, name: str, total: int | None) -> None:
-        pass
-
-    def advance(self, done: int) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-
 @need("root", "loop", "udev")
 def test_restore_reports_fstab_entries_missing_on_the_target(
     loop_disk_factory: DiskFactory, tmp_path: Path
@@ -66,7 +52,7 @@ def test_restore_reports_fstab_entries_missing_on_the_target(
     image = tmp_path / "image"
     assert main(["capture", src.path, str(image)]) == 0
     target = loop_disk_factory(160, None, [])
-    notes = Notes()
+    notes = RecordingProgress()
     restore(plan_restore(image, target.path), confirmed=True, progress=notes)
     warnings = [n for n in notes.notes if "fstab" in n]
     assert len(warnings) == 1, notes.notes

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import PartSpec, run
+from diskbench import PartSpec, RecordingProgress, run
 from failing_device import failing_file, failing_loop
 
 from rescue.cli import main
@@ -136,20 +136,6 @@ def test_ntfs_damage_report_names_the_file(tmp_path: Path) -> None:
     assert part["damaged_files"] == ["/docs/report.doc"]
 
 
-class Notes:
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def phase(self, name: str, total: int | None) -> None:
-        pass
-
-    def advance(self, done: int) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-
 @need("udev")
 def test_capture_warns_first_when_smart_says_the_disk_is_failing(
     loop_disk_factory: DiskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -167,7 +153,7 @@ def test_capture_warns_first_when_smart_says_the_disk_is_failing(
                             power_on_hours=40000)  # fmt: skip
 
     monkeypatch.setattr(capture_mod, "smart_summary", fake_smart)
-    notes = Notes()
+    notes = RecordingProgress()
     capture_mod.capture(disk.parts[0], tmp_path / "image", progress=notes)
     assert asked == [disk.path]  # the disk holding the partition
     assert notes.notes[0].startswith(f"SMART: {disk.path} is failing (12 pending sectors)")

@@ -6,25 +6,11 @@ from pathlib import Path
 
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import PartSpec, run
+from diskbench import PartSpec, RecordingProgress, run
 
 from rescue.operations.restore import plan_restore, restore
 
 pytestmark = need("root", "loop", "udev")
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def phase(self, name: str, total: int | None) -> None:
-        pass
-
-    def advance(self, done: int) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
 
 
 def ids(dev: str) -> tuple[str, str]:
@@ -63,7 +49,7 @@ def test_new_ids_everywhere_and_the_config_follows(
     assert main(["capture", src.path, str(image)]) == 0
 
     target = loop_disk_factory(520, None, [])
-    notes = Notes()
+    notes = RecordingProgress()
     restore(plan_restore(image, target.path, new_ids=True), confirmed=True, progress=notes)
     target.rescan()
     new_esp, _ = ids(target.parts[0])
@@ -106,7 +92,7 @@ def test_uefi_fallback_loader_is_made_and_firmware_reported_honestly(
 
     assert main(["capture", src.path, str(image)]) == 0
     target = loop_disk_factory(160, None, [])
-    notes = Notes()
+    notes = RecordingProgress()
     restore(plan_restore(image, target.path), confirmed=True, progress=notes)
     target.rescan()
     out = tmp_path / "copied.efi"

@@ -52,6 +52,8 @@ class MountEntry:
     source: str
     fstype: str
     options: tuple[str, ...]
+    devnum: DevNum = (0, 0)
+    """The filesystem's device number (major 0: anonymous, as FUSE and tmpfs have)."""
 
 
 def mount_table(proc: Path = Path("/proc")) -> list[MountEntry]:
@@ -67,12 +69,14 @@ def mount_table(proc: Path = Path("/proc")) -> list[MountEntry]:
         rfields = right.split()
         if len(fields) < 6 or len(rfields) < 2:
             continue
+        major, minor = (int(x) for x in fields[2].split(":"))
         entries.append(
             MountEntry(
                 mountpoint=_unescape(fields[4]),
                 source=_unescape(rfields[1]),
                 fstype=rfields[0],
                 options=tuple(fields[5].split(",")),
+                devnum=(major, minor),
             )
         )
     return entries
@@ -91,19 +95,9 @@ class SystemState:
     @classmethod
     def read(cls, proc: Path = Path("/proc")) -> SystemState:
         state = cls()
-        try:
-            lines = (proc / "self" / "mountinfo").read_text().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            rfields = right.split()
-            if len(fields) < 5 or len(rfields) < 2:
-                continue
-            mountpoint = _unescape(fields[4])
-            major, minor = (int(x) for x in fields[2].split(":"))
-            source = _unescape(rfields[1])
+        for entry in mount_table(proc):
+            mountpoint, source = entry.mountpoint, entry.source
+            major, minor = entry.devnum
             nums = set()
             if major != 0:
                 nums.add((major, minor))
@@ -112,7 +106,7 @@ class SystemState:
                 num = devnum_of(source)
                 if num is not None:
                     nums.add(num)
-            writable = "rw" in fields[5].split(",")
+            writable = "rw" in entry.options
             for num in nums:
                 state.mounts.setdefault(num, []).append(mountpoint)
                 if writable:
