@@ -87,40 +87,22 @@ def failing_file(
 @contextlib.contextmanager
 def failing_loop(backing: Path, ranges: list[tuple[int, int]], work: Path) -> Iterator[str]:
     """A read-only loop device over ``backing`` whose reads fail in ``ranges``."""
-    mountdir = work / "failing-fuse"
-    mountdir.mkdir()
-    spec = ",".join(f"{a}:{n}" for a, n in ranges)
-    proc = subprocess.Popen([sys.executable, __file__, str(backing), str(mountdir), spec])
-    loop = None
-    try:
-        deadline = time.monotonic() + 20
-        while not (mountdir / "disk").exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the failing-device FUSE server did not start")
-            time.sleep(0.05)
+    with failing_file(backing, ranges, work) as disk:
         loop = subprocess.run(
-            ["losetup", "-r", "-f", "--show", str(mountdir / "disk")],
+            ["losetup", "-r", "-f", "--show", str(disk)],
             check=True, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
-        yield loop
-    finally:
-        if loop:
+        try:
+            yield loop
+        finally:
             subprocess.run(["losetup", "-d", loop], check=False)
             for _ in range(50):
-                if (
-                    loop
-                    not in subprocess.run(
-                        ["losetup", "-a"], capture_output=True, text=True, check=False
-                    ).stdout
-                ):
+                attached = subprocess.run(
+                    ["losetup", "-a"], capture_output=True, text=True, check=False
+                ).stdout
+                if loop not in attached:
                     break
                 time.sleep(0.1)
-        subprocess.run(["umount", str(mountdir)], check=False)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
 
 
 if __name__ == "__main__":
