@@ -47,6 +47,17 @@ def is_block_device(path: str | Path) -> bool:
         return False
 
 
+def open_for_writing(path: str, *, read: bool = False) -> int:
+    """A write (``read``: read-write) descriptor for a target; a block device exclusively."""
+    flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_CLOEXEC
+    if is_block_device(path):
+        flags |= os.O_EXCL
+    try:
+        return os.open(path, flags)
+    except OSError as exc:
+        raise DeviceError(f"Cannot open {path} for writing: {exc.strerror}.") from exc
+
+
 def binary(f: io.RawIOBase) -> BinaryIO:
     """Our raw file objects where an API asks for ``BinaryIO`` (read/seek/tell are all it uses)."""
     return cast(BinaryIO, f)

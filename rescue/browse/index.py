@@ -90,7 +90,9 @@ def find_index(stream: Path) -> tuple[str, Path] | None:
     return None
 
 
-def _writable_dir(candidates: list[Path], need: int) -> Path:
+def _writable_dir(
+    candidates: list[Path], need: int, what: str = "the index this image needs"
+) -> Path:
     for folder in candidates:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -103,9 +105,14 @@ def _writable_dir(candidates: list[Path], need: int) -> Path:
             return folder
     places = " or ".join(str(c) for c in candidates)
     raise BadInputError(
-        f"No room to keep the index this image needs ({need // MiB} MiB) in {places}.",
+        f"No room to keep {what} ({need // MiB} MiB) in {places}.",
         hint="Free some space there, or set RESCUE_CACHE_DIR to a folder with room.",
     )
+
+
+def scratch_dir(stream: Path, need: int) -> Path:
+    """A writable folder with ``need`` bytes free near the image (for an overlay's writes)."""
+    return _writable_dir(_candidate_dirs(stream), need, "the scratch space for resizing")
 
 
 def _scan_table(stream: Path) -> SeekTable | None:

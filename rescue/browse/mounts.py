@@ -31,11 +31,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from rescue.browse.index import prepare
-from rescue.browse.spec import PARTITION_FILE, SPEC_NAME
+from rescue.browse.index import prepare, scratch_dir
+from rescue.browse.spec import PARTITION_FILE, SPEC_NAME, ServerSpec
 from rescue.devices.system_state import mount_table
 from rescue.errors import BadInputError, ExternalToolError, RescueError
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
@@ -399,8 +400,9 @@ def _start_server(rec: MountRecord) -> None:
     raise RescueError(f"The image server failed to start (exit {code}): {detail}")
 
 
-def _attach_loop(rec: MountRecord) -> str:
-    loop = output(["losetup", "--read-only", "--find", "--show", str(rec.served_file)]).strip()
+def _attach_loop(rec: MountRecord, *, writable: bool = False) -> str:
+    mode = [] if writable else ["--read-only"]
+    loop = output(["losetup", *mode, "--find", "--show", str(rec.served_file)]).strip()
     if not loop.startswith("/dev/loop"):
         raise ExternalToolError(f"losetup gave no loop device for {rec.served_file}.")
     return loop
@@ -480,8 +482,39 @@ def mount_image(
         mountpoint = mountpoint.absolute()
         _check_mountpoint(mountpoint)
     spec = prepare(part, progress, cancel)
+    rec = _serve(folder, part, spec, mountpoint, writable=False)
+    with _removed_on_failure(rec):
+        assert rec.loop is not None
+        target = rec.mountpoint
+        rec.fstype = _detect_fstype(rec.loop, part.fstype)
+        rec.driver = _mount_fs(rec.loop, rec.fstype, target)
+        rec.mount_source = _wait_mounted(target)
+        rec.complete = True
+        rec.save()
+    return MountedPartition(replace(rec), part)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(rec: MountRecord) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        try:
+            _take_down(rec, stale=True)
+        except RescueError as exc:
+            log.warning("could not remove all pieces of the failed mount: %s", exc)
+        raise
+
+
+def _serve(
+    folder: Path, part: ImagePart, spec: ServerSpec, mountpoint: Path | None, *, writable: bool
+) -> MountRecord:
+    """Start a server for ``part`` and attach a loop device to its file."""
     ident = secrets.token_hex(6)
     state = run_dir() / ident
+    if writable:
+        assert part.stream is not None
+        spec = replace(spec, overlay=scratch_dir(part.stream, part.used_bytes) / f"overlay-{ident}")
     state.mkdir(parents=True, mode=0o700)
     target = mountpoint if mountpoint is not None else state / "root"
     rec = MountRecord(
@@ -492,23 +525,42 @@ def mount_image(
         mounter_pid=os.getpid(),
         private=mountpoint is None,
     )
-    try:
+    with _removed_on_failure(rec):
         if mountpoint is None:
             target.mkdir()
         rec.save()
         spec.save(state)
         _start_server(rec)
-        rec.loop = _attach_loop(rec)
+        rec.loop = _attach_loop(rec, writable=writable)
         rec.save()
-        rec.fstype = _detect_fstype(rec.loop, part.fstype)
-        rec.driver = _mount_fs(rec.loop, rec.fstype, str(target))
-        rec.mount_source = _wait_mounted(str(target))
-        rec.complete = True
-        rec.save()
-    except BaseException:
-        try:
-            _take_down(rec, stale=True)
-        except RescueError as exc:
-            log.warning("could not remove all pieces of the failed mount: %s", exc)
-        raise
-    return MountedPartition(replace(rec), part)
+    return rec
+
+
+@contextlib.contextmanager
+def partition_view(
+    folder: Path,
+    part: ImagePart,
+    *,
+    writable: bool = False,
+    progress: ProgressReporter | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[str]:
+    """The image's partition as a loop device, for as long as the block runs.
+
+    Reads come from the image. A writable view keeps writes in a sparse
+    scratch file beside the image (or in the cache folder) that vanishes with
+    the view: the image is never written. That is what a filesystem resizer
+    needs before the shrunk filesystem is copied out. The record stays
+    unfinished while the view is in use, so only the death of this process
+    makes another command's sweep remove it.
+    """
+    sweep()
+    spec = prepare(part, progress or NullProgress(), cancel)
+    rec = _serve(folder, part, spec, None, writable=writable)
+    assert rec.loop is not None
+    try:
+        yield rec.loop
+    finally:
+        if which("udevadm"):  # udev probes the loop after its last writer closes it
+            run(["udevadm", "settle", "--timeout=30"], check=False)
+        _take_down(rec, stale=False)

@@ -1,4 +1,4 @@
-"""The FUSE server: one image partition as one read-only file.
+"""The FUSE server: one image partition as one file (read-only, or copy-on-write).
 
 Run as its own process (``python -m rescue.browse.server STATE_DIR``) so that
 the mount outlives the command that made it. ``STATE_DIR/spec.json`` says what
@@ -6,6 +6,9 @@ to serve (see :class:`rescue.browse.mounts.ServerSpec`); the server mounts a
 FUSE filesystem on ``STATE_DIR/fuse`` holding the single file ``partition``,
 writes ``ready`` on the file descriptor given by ``--ready-fd`` once the kernel
 has connected, and serves reads until the FUSE mount is unmounted.
+
+With an overlay in the spec (see :mod:`rescue.browse.overlay`) the file can
+be written; the writes go to a scratch file, never to the image.
 
 A read that touches a damaged part of the image fails with EIO and leaves a
 line in ``STATE_DIR/server.log`` naming the partition bytes and the image
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rescue.browse.overlay import Overlay
 from rescue.browse.spec import PARTITION_FILE, ServerSpec
 from rescue.errors import RescueError
 
@@ -40,7 +44,7 @@ _READAHEAD = 1 << 20
 
 
 class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
-    """A directory with one read-only file: the partition."""
+    """A directory with one file: the partition (writable only with an overlay)."""
 
     use_ns = True
 
@@ -49,6 +53,13 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
 
         self._spec = spec
         self._reader = open_reader(spec)
+        self._overlay: Overlay | None = None
+        if spec.overlay is not None:
+            try:
+                self._overlay = Overlay(self._reader, spec.overlay)
+            except OSError as exc:
+                self._reader.close()
+                raise RescueError(f"Cannot make the scratch file {spec.overlay}: {exc}.") from exc
         self._ready_fd = ready_fd
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -81,7 +92,7 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         if path == "/" + PARTITION_FILE:
             return {
                 **base,
-                "st_mode": stat.S_IFREG | 0o400,
+                "st_mode": stat.S_IFREG | (0o600 if self._overlay else 0o400),
                 "st_nlink": 1,
                 "st_size": self._reader.size,
                 "st_blocks": (self._reader.size + 511) // 512,
@@ -96,12 +107,36 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
     def open(self, path: str, flags: int) -> int:
         if path != "/" + PARTITION_FILE:
             raise mfusepy.FuseOSError(errno.ENOENT)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        if flags & (os.O_TRUNC | os.O_APPEND) or (
+            flags & (os.O_WRONLY | os.O_RDWR) and self._overlay is None
+        ):
             raise mfusepy.FuseOSError(errno.EROFS)
         return 0
 
+    def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
+        if self._overlay is None:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        try:
+            return self._overlay.pwrite(offset, data)
+        except RescueError as exc:  # the image under a partly written block is damaged
+            log.error("write at partition byte %d: %s", offset, exc.message)
+            raise mfusepy.FuseOSError(errno.EIO) from exc
+        except OSError as exc:
+            log.error("write at partition byte %d: %s", offset, exc)
+            raise mfusepy.FuseOSError(exc.errno or errno.EIO) from exc
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        if length != self._reader.size:
+            raise mfusepy.FuseOSError(errno.EPERM)  # the partition keeps its size
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: Any) -> int:
+        return 0  # scratch data: it only has to outlive the job, not a power cut
+
     def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
         try:
+            if self._overlay is not None:
+                return self._overlay.pread(offset, size)
             return self._reader.pread(offset, size)
         except RescueError as exc:
             with self._errors_lock:
@@ -122,8 +157,12 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0}
 
     def destroy(self, path: str) -> None:
+        if self._overlay is not None:
+            log.info("unmounted; %d blocks were written", self._overlay.written_blocks)
+            self._overlay.close()
+        else:
+            self._reader.close()
         log.info("unmounted; %d read errors served", self._errors)
-        self._reader.close()
 
 
 def serve(state_dir: Path, ready_fd: int | None) -> int:
@@ -138,7 +177,7 @@ def serve(state_dir: Path, ready_fd: int | None) -> int:
         ops,
         str(state_dir / "fuse"),
         foreground=True,
-        ro=True,
+        ro=spec.overlay is None,
         fsname=f"rescue-image:{spec.stream.name}",
         subtype="rescue",
         default_permissions=True,

@@ -28,6 +28,8 @@ class ServerSpec:
     """A seekable copy of a stream that cannot be read at random (an index built for it)."""
     tail: bytes | None = None
     tail_offset: int = 0
+    overlay: Path | None = None
+    """Serve the partition writable: writes go to this scratch file (created, then unlinked)."""
 
     def save(self, state_dir: Path) -> None:
         doc = {
@@ -38,6 +40,7 @@ class ServerSpec:
             "copy": str(self.copy) if self.copy else None,
             "tail": base64.b64encode(self.tail).decode() if self.tail else None,
             "tail_offset": self.tail_offset,
+            "overlay": str(self.overlay) if self.overlay else None,
         }
         tmp = state_dir / (SPEC_NAME + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
@@ -54,4 +57,5 @@ class ServerSpec:
             copy=Path(doc["copy"]) if doc.get("copy") else None,
             tail=base64.b64decode(doc["tail"]) if doc.get("tail") else None,
             tail_offset=int(doc.get("tail_offset", 0)),
+            overlay=Path(doc["overlay"]) if doc.get("overlay") else None,
         )

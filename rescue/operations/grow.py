@@ -52,28 +52,35 @@ def plan_growth(
     return Growth(name, number, start, size, end - start, fstype)
 
 
-def grown_script(sf_text: str, growth: Growth, sector: int) -> str:
-    """The saved sfdisk script with the growing partition's size changed."""
+def resized_script(sf_text: str, sector: int, places: dict[str, tuple[int, int]]) -> str:
+    """The saved sfdisk script with a new (start, size), in bytes, for the named partitions."""
     out = []
     for line in sf_text.splitlines():
         head, _, rest = line.partition(":")
-        if not (rest and head.strip().endswith(growth.name) and "size=" in rest):
+        place = places.get(head.strip().rsplit("/", 1)[-1])
+        if place is None or "size=" not in rest:
             out.append(line)
             continue
-        fields = [f.strip() for f in rest.split(",")]
-        sized = [
-            f"size={growth.new_size // sector}" if f.startswith("size=") else f for f in fields
-        ]
-        out.append(f"{head}: {', '.join(sized)}")
+        fields = []
+        for field in (f.strip() for f in rest.split(",")):
+            if field.startswith("start="):
+                fields.append(f"start={place[0] // sector}")
+            elif field.startswith("size="):
+                fields.append(f"size={place[1] // sector}")
+            else:
+                fields.append(field)
+        out.append(f"{head}: {', '.join(fields)}")
     return "\n".join(out) + "\n"
 
 
+def grown_script(sf_text: str, growth: Growth, sector: int) -> str:
+    """The saved sfdisk script with the growing partition's size changed."""
+    return resized_script(sf_text, sector, {growth.name: (growth.start, growth.new_size)})
+
+
 @contextlib.contextmanager
-def _node(path: str, start: int, size: int, node: str | None) -> Iterator[str]:
-    """The partition as a device: its own node, or a loop device over a disk file's range."""
-    if node is not None:
-        yield node
-        return
+def range_device(path: str, start: int, size: int) -> Iterator[str]:
+    """A loop device over ``size`` bytes at ``start`` of a disk file."""
     loop = output(
         ["losetup", "--find", "--show", "--offset", str(start), "--sizelimit", str(size), path]
     ).strip()
@@ -83,12 +90,22 @@ def _node(path: str, start: int, size: int, node: str | None) -> Iterator[str]:
         run(["losetup", "-d", loop], check=False)
 
 
+@contextlib.contextmanager
+def partition_device(path: str, start: int, size: int, node: str | None) -> Iterator[str]:
+    """The partition as a device: its own node, or a loop device over a disk file's range."""
+    if node is not None:
+        yield node
+        return
+    with range_device(path, start, size) as loop:
+        yield loop
+
+
 def grow_filesystem(
     growth: Growth, *, disk: str, node: str | None, progress: ProgressReporter
 ) -> None:
     """Grow the filesystem on the grown partition to fill it."""
     fs = growth.fstype or ""
-    with _node(disk, growth.start, growth.new_size, node) as dev:
+    with partition_device(disk, growth.start, growth.new_size, node) as dev:
         if fs in ("ext2", "ext3", "ext4"):
             fsck = run(["e2fsck", "-f", "-y", dev], check=False)
             if fsck.returncode > 1:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue import system
-from rescue.blockio import device_size, is_block_device
+from rescue.blockio import device_size, is_block_device, open_for_writing
 from rescue.copier import (
     Extent,
     open_stream_chunks,
@@ -25,6 +25,16 @@ from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_growth
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.newids import give_new_ids
+from rescue.operations.shrink import (
+    Fit,
+    Placement,
+    TooSmallError,
+    can_shrink,
+    minimum_size,
+    plan_fit,
+    restore_shrunk,
+    set_ntfs_hidden_sectors,
+)
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.operations.uefi import ESP_TYPES, repair_uefi_boot
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
@@ -41,6 +51,8 @@ class RestorePlan:
     """The last partition grows to fill a larger target (layout "grow")."""
     new_ids: bool = False
     """Give the restored disk new GUIDs and filesystem UUIDs (and fix its fstab to match)."""
+    fit: Fit | None = None
+    """Partitions shrink (and move) to fit a smaller target (layout "fit")."""
 
 
 def describe_target(target: Source) -> str:
@@ -54,17 +66,25 @@ def describe_target(target: Source) -> str:
     return ", ".join(bits)
 
 
-LAYOUTS = ("auto", "keep", "grow")
+LAYOUTS = ("auto", "keep", "grow", "fit")
 
 
 def plan_restore(
-    image_dir: Path, target_path: str, layout: str = "auto", *, new_ids: bool = False
+    image_dir: Path,
+    target_path: str,
+    layout: str = "auto",
+    *,
+    new_ids: bool = False,
+    progress: ProgressReporter | None = None,
+    cancel: threading.Event | None = None,
 ) -> RestorePlan:
     """Check everything that can be checked before writing; raise if the restore must not run.
 
     ``layout``: "keep" writes the partitions as they were; "grow" (and "auto",
     the default, on a larger target) extends the last partition and its
-    filesystem to the end of the target.
+    filesystem to the end of the target; "fit" (and "auto" on a smaller
+    target) shrinks partitions and filesystems so the used data fits, after
+    asking each filesystem's tool how small it can be (this reads the image).
     """
     if layout not in LAYOUTS:
         raise BadInputError(f"Unknown layout {layout!r}: choose {', '.join(LAYOUTS)}.")
@@ -79,19 +99,24 @@ def plan_restore(
     if not target.is_file:
         _check_device_safety(target)
     refuse_if_on_device(image_dir, target.path, "the image would overwrite itself")
-    need = image.required_size
+    need = image.required_size if image.kind == "disk" else image.parts[0].size
+    fit = None
     if target.size < need:
-        raise RefusedError(
-            f"{target.path} is too small: it has {target.size} bytes ({human_size(target.size)}), "
-            f"the image needs {need} bytes ({human_size(need)})."
-        )
+        if layout in ("keep", "grow"):
+            raise RefusedError(
+                f"{target.path} is too small for the layout as it was: it has {target.size} bytes "
+                f"({human_size(target.size)}), the partitions need {need} bytes "
+                f"({human_size(need)}).",
+                hint="Use --layout fit to shrink the partitions so the used data fits.",
+            )
+        fit = _plan_fit(image, target, progress or NullProgress(), cancel)
     what = ", ".join(f"{p.name} ({p.fstype or 'raw'}, {human_size(p.size)})" for p in image.parts)
     summary = (
         f"Everything on {describe_target(target)} will be overwritten "
         f"with the image {image_dir} ({what})."
     )
     growth = None
-    if image.kind == "disk" and layout != "keep":
+    if image.kind == "disk" and layout != "keep" and fit is None:
         growth = plan_growth(
             [(p.name, p.number, p.start, p.size, p.fstype) for p in image.parts],
             image.table,
@@ -104,9 +129,59 @@ def plan_restore(
         )
     elif layout == "grow":
         summary += " The target has no room to grow the last partition: the layout is kept."
+    if fit is not None:
+        summary += f" The target is smaller than the source: {fit.describe()}."
+    elif layout == "fit":
+        summary += " The image fits the target as it is: the layout is kept."
     if new_ids:
         summary += " The restored disk gets new GUIDs and filesystem UUIDs (fstab updated)."
-    return RestorePlan(image=image, target=target, summary=summary, growth=growth, new_ids=new_ids)
+    return RestorePlan(
+        image=image, target=target, summary=summary, growth=growth, new_ids=new_ids, fit=fit
+    )
+
+
+def _plan_fit(
+    image: ImageView, target: Source, progress: ProgressReporter, cancel: threading.Event | None
+) -> Fit:
+    """How the image fits a smaller target; refuses (before any write) when it cannot."""
+    parts = [p for p in image.parts if p.stored_as != "none" or p.number is not None]
+    if image.kind == "disk":
+        if image.table not in ("gpt", "dos") or any(p.number is None for p in parts):
+            raise RefusedError(
+                f"{target.path} is smaller than the image's disk, and its layout cannot be "
+                f"shrunk (no partition table): the target needs {image.required_size} bytes."
+            )
+        if image.table == "dos" and any((p.number or 0) > 4 for p in parts):
+            raise RefusedError(
+                "The image's MBR table has logical partitions; shrinking it is not supported: "
+                f"the target needs at least {image.required_size} bytes "
+                f"({human_size(image.required_size)}).",
+                hint="Restore onto a disk at least as large as the source.",
+            )
+    progress.phase("Working out how small each filesystem can be", None)
+    minimums = {}
+    for part in parts:
+        check_cancel(cancel)
+        if can_shrink(part):
+            minimums[part.name] = minimum_size(image.folder, part, progress, cancel)
+    if image.kind != "disk":
+        part = parts[0]
+        least = minimums.get(part.name, part.size)
+        if not can_shrink(part) or least > target.size:
+            what = part.fstype or "raw"
+            raise TooSmallError(
+                f"{target.path} is too small: it has {target.size} bytes "
+                f"({human_size(target.size)}); the {what} filesystem needs at least "
+                f"{least} bytes ({human_size(least)}).",
+                hint="Choose a larger target partition.",
+            )
+        return Fit((Placement(part.name, 0, 0, target.size, 0, part.size, part.fstype, least),))
+    return plan_fit(
+        [(p.name, p.number or 0, p.start, p.size, p.fstype) for p in parts],
+        minimums,
+        image.table,
+        target.size,
+    )
 
 
 def _check_device_safety(target: Source) -> None:
@@ -139,17 +214,34 @@ def restore(
     with disk_lock(target.path):
         if image.kind == "disk":
             assert image.disk_name is not None
-            growth = plan.growth
+            growth, fit = plan.growth, plan.fit
+            edit = None
+            if growth is not None:
+                edit = lambda text, sector: grown_script(text, growth, sector)  # noqa: E731
+            elif fit is not None:
+                edit = fit.script
             layout_mod.restore_partition_table(
-                image.folder, image.disk_name, target.path, target.size,
-                edit=(lambda text, sector: grown_script(text, growth, sector)) if growth else None,
-            )  # fmt: skip
+                image.folder, image.disk_name, target.path, target.size, edit=edit
+            )
             for part in image.parts:
                 check_cancel(cancel)
-                _restore_part(part, target, _part_node(target, part), progress, cancel)
+                place = fit.get(part.name) if fit else None
+                where = _part_node(target, part, place.start if place else part.start)
+                if place is not None and place.shrinks:
+                    restore_shrunk(image.folder, part, place.size, where, progress=progress,
+                                   cancel=cancel)  # fmt: skip
+                else:
+                    _restore_part(part, target, where, progress, cancel)
+                if place is not None and place.moves and part.fstype == "ntfs":
+                    _moved_ntfs(where, place.size, place.start // 512)
         else:
             part = image.parts[0]
-            _restore_part(part, target, (target.path, 0), progress, cancel)
+            if plan.fit is not None:
+                where = (target.path, 0)
+                restore_shrunk(image.folder, part, target.size, where, progress=progress,
+                               cancel=cancel)  # fmt: skip
+            else:
+                _restore_part(part, target, (target.path, 0), progress, cancel)
     _settle(target, image.kind == "disk")
     if plan.growth is not None:
         node = (
@@ -216,14 +308,22 @@ def _check_boot_config(image: ImageView, target: Source, progress: ProgressRepor
             )
 
 
-def _part_node(target: Source, part: ImagePart) -> tuple[str, int]:
-    """Where to write a partition: its own node on a disk, its offset in a file."""
+def _part_node(target: Source, part: ImagePart, start: int) -> tuple[str, int]:
+    """Where to write a partition: its own node on a disk, its offset (``start``) in a file."""
     if target.is_file or part.number is None:
-        return target.path, part.start
+        return target.path, start
     node = layout_mod.partition_device(target.path, part.number)
     if node is None:
-        return target.path, part.start
+        return target.path, start
     return node, 0
+
+
+def _moved_ntfs(where: tuple[str, int], size: int, start_sector: int) -> None:
+    fd = open_for_writing(where[0], read=True)
+    try:
+        set_ntfs_hidden_sectors(fd, where[1], size, start_sector)
+    finally:
+        os.close(fd)
 
 
 def _restore_part(
@@ -239,13 +339,7 @@ def _restore_part(
         return
     if part.stored_as not in ("partclone", "dd") or part.stream is None:
         return
-    flags = os.O_WRONLY | os.O_CLOEXEC
-    if is_block_device(path):
-        flags |= os.O_EXCL
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise DeviceError(f"Cannot open {path} for writing: {exc.strerror}.") from exc
+    fd = open_for_writing(path)
     try:
         chunks = open_stream_chunks(part.stream, part.compression)
         room = part.size if base else device_size(path)

@@ -1,0 +1,109 @@
+"""A copy-on-write view of an image partition: the image underneath, a scratch file on top.
+
+Shrinking a filesystem needs the whole filesystem on a writable device, and an
+image is read-only (and compressed). The overlay serves the partition's bytes
+from the image until a block is written; a written 4 KiB block lives in a
+sparse scratch file from then on. The image is never written, and the scratch
+file only grows by what the resizing tool actually writes.
+
+The scratch file is unlinked as soon as it is open: nothing is left behind
+whatever happens to the process serving it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+BLOCK = 4096
+
+
+class Readable(Protocol):
+    size: int
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Overlay:
+    """``base`` with writes kept in a scratch file at ``path`` (created, then unlinked)."""
+
+    def __init__(self, base: Readable, path: Path) -> None:
+        self._base = base
+        self.size = base.size
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+        self._blocks = (self.size + BLOCK - 1) // BLOCK
+        self._written = bytearray((self._blocks + 7) // 8)
+        self._lock = threading.Lock()
+        self.written_blocks = 0
+
+    def _is_written(self, block: int) -> bool:
+        return bool(self._written[block >> 3] >> (block & 7) & 1)
+
+    def _mark(self, block: int) -> None:
+        if not self._is_written(block):
+            self._written[block >> 3] |= 1 << (block & 7)
+            self.written_blocks += 1
+
+    def _any_written(self, first: int, last: int) -> bool:
+        return any(self._written[first >> 3 : (last >> 3) + 1])
+
+    def pread(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        if length == 0:
+            return b""
+        first, last = offset // BLOCK, (offset + length - 1) // BLOCK
+        with self._lock:
+            if not self._any_written(first, last):
+                runs = [(False, offset, offset + length)]
+            else:
+                runs = self._runs(offset, offset + length, first, last)
+            parts = [
+                os.pread(self._fd, b - a, a) if top else b"" for top, a, b in runs
+            ]  # overlay bytes are read under the lock: a concurrent write cannot tear them
+        out = bytearray()
+        for (top, a, b), data in zip(runs, parts, strict=True):
+            out += data if top else self._base.pread(a, b - a)
+        return bytes(out)
+
+    def _runs(self, start: int, end: int, first: int, last: int) -> list[tuple[bool, int, int]]:
+        """(written?, from, to) pieces of ``start..end``, split where the block state changes."""
+        runs: list[tuple[bool, int, int]] = []
+        for block in range(first, last + 1):
+            a, b = max(start, block * BLOCK), min(end, (block + 1) * BLOCK)
+            top = self._is_written(block)
+            if runs and runs[-1][0] == top:
+                runs[-1] = (top, runs[-1][1], b)
+            else:
+                runs.append((top, a, b))
+        return runs
+
+    def pwrite(self, offset: int, data: bytes) -> int:
+        if offset + len(data) > self.size:
+            raise OSError(errno.ENOSPC, "write past the end of the partition")
+        if not data:
+            return 0
+        first, last = offset // BLOCK, (offset + len(data) - 1) // BLOCK
+        with self._lock:
+            # a block written in part takes the rest of its bytes from the image first
+            for block in {first, last}:
+                lo, hi = block * BLOCK, min((block + 1) * BLOCK, self.size)
+                covered = offset <= lo and offset + len(data) >= hi
+                if not covered and not self._is_written(block):
+                    os.pwrite(self._fd, self._base.pread(lo, hi - lo), lo)
+                    self._mark(block)
+            done = os.pwrite(self._fd, data, offset)
+            if done != len(data):
+                raise OSError(errno.ENOSPC, "the scratch file is full")
+            for block in range(first, last + 1):
+                self._mark(block)
+        return done
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self._base.close()

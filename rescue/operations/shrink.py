@@ -1,0 +1,462 @@
+"""Restore onto a smaller target: partitions and filesystems shrink so the used data fits.
+
+A filesystem can only be shrunk whole, and the image is read-only and
+compressed. So each partition that must shrink is served as a copy-on-write
+device (:func:`rescue.browse.mounts.partition_view`: the image underneath,
+writes in a sparse scratch file), its own tool shrinks it there (resize2fs
+after e2fsck, ntfsresize, ``btrfs filesystem resize`` through a private
+mount), and the used blocks of the shrunk filesystem are copied to the target
+partition. Nothing is written to the target before every minimum is known and
+the plan fits.
+
+XFS cannot shrink. A smaller XFS partition gets a fresh XFS with the same
+UUID, label and on-disk features, and the files are copied into it with
+``cp`` keeping owners, modes, times (to the nanosecond), extended attributes,
+ACLs and hard links; XFS-only inode flags (chattr) and project quota ids are
+not carried over.
+
+The minimum of each filesystem comes from its own tool, run on a read-only
+view of the image: ``resize2fs -P``, ``ntfsresize --info``, ``btrfs
+inspect-internal min-dev-size``; for XFS the used space plus room for a new
+log and metadata (and never below the 300 MiB mkfs.xfs needs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue.blockio import is_block_device, open_for_writing
+from rescue.errors import ExternalToolError, RefusedError
+from rescue.filesystems.detect import allocation_for
+from rescue.operations.grow import GPT_BACKUP, MiB, partition_device, resized_script
+from rescue.operations.image_view import ImagePart
+from rescue.operations.private_mount import private_mount
+from rescue.progress import ProgressReporter, check_cancel
+from rescue.system import output, run
+from rescue.units import human_size
+
+XFS_SMALLEST = 301 * MiB
+"""mkfs.xfs refuses filesystems of 300 MiB or less."""
+SHRINKABLE = ("ext2", "ext3", "ext4", "ntfs", "btrfs", "xfs")
+_COPY_CHUNK = 8 * MiB
+_TAIL_MAX = MiB
+
+
+def _align_up(n: int, unit: int = MiB) -> int:
+    return -(-n // unit) * unit
+
+
+def _align_down(n: int, unit: int = MiB) -> int:
+    return n - n % unit
+
+
+# --- how small each filesystem can be --------------------------------------------------
+
+
+def _ext_minimum(dev: str) -> int:
+    text = output(["resize2fs", "-P", dev])
+    m = re.search(r"minimum size of the filesystem:\s*(\d+)", text)
+    if m is None:
+        raise ExternalToolError(f"resize2fs -P gave no minimum size for {dev}: {text.strip()}")
+    b = re.search(r"^Block size:\s*(\d+)", output(["dumpe2fs", "-h", dev]), re.M)
+    if b is None:
+        raise ExternalToolError(f"dumpe2fs gave no block size for {dev}.")
+    return int(m.group(1)) * int(b.group(1))
+
+
+def _ntfs_minimum(dev: str) -> int:
+    res = run(["ntfsresize", "--info", "--force", "--no-action", dev], check=False)
+    text = res.stdout.decode(errors="replace")
+    m = re.search(r"You might resize at (\d+) bytes", text)
+    if m is None:
+        raise ExternalToolError(
+            f"ntfsresize cannot tell how small {dev} can be: "
+            f"{(text + res.stderr.decode(errors='replace')).strip().splitlines()[-1:]}"
+        )
+    return int(m.group(1)) + MiB  # room for the backup boot sector and rounding
+
+
+def _btrfs_minimum(dev: str) -> int:
+    with private_mount(dev, "btrfs", "ro,rescue=nologreplay") as mnt:
+        text = output(["btrfs", "inspect-internal", "min-dev-size", str(mnt)])
+    m = re.match(r"\s*(\d+)", text)
+    if m is None:
+        raise ExternalToolError(f"btrfs gave no minimum size for {dev}: {text.strip()}")
+    return int(m.group(1))
+
+
+def _xfs_minimum(dev: str) -> int:
+    with private_mount(dev, "xfs", "ro,norecovery,nouuid") as mnt:
+        st = os.statvfs(mnt)
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    # a new log (up to 64 MiB), allocation group headers and free-space slack
+    return max(XFS_SMALLEST, math.ceil(used * 1.15) + 96 * MiB)
+
+
+_MINIMUM = {
+    "ext2": _ext_minimum,
+    "ext3": _ext_minimum,
+    "ext4": _ext_minimum,
+    "ntfs": _ntfs_minimum,
+    "btrfs": _btrfs_minimum,
+    "xfs": _xfs_minimum,
+}
+
+
+def can_shrink(part: ImagePart) -> bool:
+    return part.stored_as == "partclone" and part.fstype in SHRINKABLE
+
+
+def minimum_size(
+    folder: Path, part: ImagePart, progress: ProgressReporter, cancel: threading.Event | None
+) -> int:
+    """Smallest partition (MiB aligned) that holds ``part``'s filesystem; its size if fixed."""
+    if not can_shrink(part):
+        return part.size
+    from rescue.browse.mounts import partition_view  # noqa: PLC0415
+
+    assert part.fstype is not None
+    with partition_view(folder, part, progress=progress, cancel=cancel) as dev:
+        least = _MINIMUM[part.fstype](dev)
+    return min(part.size, _align_up(least))
+
+
+# --- the layout -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    number: int
+    start: int
+    size: int
+    old_start: int
+    old_size: int
+    fstype: str | None
+    minimum: int
+
+    @property
+    def shrinks(self) -> bool:
+        return self.size < self.old_size
+
+    @property
+    def moves(self) -> bool:
+        return self.start != self.old_start
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Where every partition goes on a smaller target, and how large it becomes."""
+
+    placements: tuple[Placement, ...]
+
+    def get(self, name: str) -> Placement | None:
+        return next((p for p in self.placements if p.name == name), None)
+
+    def script(self, sf_text: str, sector: int) -> str:
+        """The saved sfdisk script with the new starts and sizes."""
+        return resized_script(sf_text, sector, {p.name: (p.start, p.size) for p in self.placements})
+
+    def describe(self) -> str:
+        bits = []
+        for p in self.placements:
+            if p.shrinks:
+                bits.append(
+                    f"partition {p.number} ({p.fstype}) shrinks from {human_size(p.old_size)} "
+                    f"to {human_size(p.size)}"
+                )
+            elif p.moves:
+                bits.append(f"partition {p.number} ({p.fstype or 'raw'}) moves")
+        return "; ".join(bits)
+
+
+class TooSmallError(RefusedError):
+    """Even with every filesystem at its minimum, the partitions do not fit."""
+
+
+def _pack(
+    parts: list[tuple[str, int, int, int, str | None]], sizes: list[int]
+) -> list[tuple[int, int]]:
+    """(start, size) of the partitions in their order: first where it was, then 1 MiB aligned."""
+    placed: list[tuple[int, int]] = []
+    for i, size in enumerate(sizes):
+        start = parts[0][2] if i == 0 else _align_up(placed[-1][0] + placed[-1][1])
+        placed.append((start, size))
+    return placed
+
+
+def plan_fit(
+    parts: list[tuple[str, int, int, int, str | None]],
+    minimums: dict[str, int],
+    table: str | None,
+    target_size: int,
+) -> Fit:
+    """Sizes and places for ``parts`` (name, number, start, size, fstype) on the target.
+
+    Each shrinkable partition gets its minimum plus a share of the spare room in
+    proportion to how much it could shrink; no partition grows. Partitions keep
+    their order; the first keeps its start, the others follow 1 MiB aligned.
+    """
+    parts = sorted(parts, key=lambda p: p[2])
+    end = _align_down(target_size - (GPT_BACKUP if table == "gpt" else 0))
+    floor = [minimums.get(p[0], p[3]) for p in parts]
+    packed = _pack(parts, floor)
+    least_end = packed[-1][0] + packed[-1][1]
+    if least_end > end:
+        need = _align_up(least_end + (GPT_BACKUP if table == "gpt" else 0))
+        raise TooSmallError(
+            f"The target is too small even for the used data: it has {target_size} bytes "
+            f"({human_size(target_size)}); with every filesystem shrunk as far as it goes the "
+            f"partitions need a disk of at least {need} bytes ({human_size(need)}).",
+            hint="Choose a larger target disk.",
+        )
+    spare = end - least_end
+    room = [p[3] - f for p, f in zip(parts, floor, strict=True)]
+    total_room = sum(room)
+    sizes = []
+    for p, f, r in zip(parts, floor, room, strict=True):
+        extra = _align_down(spare * r // total_room) if total_room else 0
+        sizes.append(min(p[3], f + extra) if r else p[3])
+    placed = _pack(parts, sizes)
+    return Fit(
+        tuple(
+            Placement(p[0], p[1], start, size, p[2], p[3], p[4], floor[i])
+            for i, (p, (start, size)) in enumerate(zip(parts, placed, strict=True))
+        )
+    )
+
+
+# --- shrinking and copying ---------------------------------------------------------------
+
+
+def shrink_filesystem(dev: str, fstype: str, size: int) -> None:
+    """Shrink the filesystem on ``dev`` (a writable view) to at most ``size`` bytes."""
+    if fstype in ("ext2", "ext3", "ext4"):
+        fsck = run(["e2fsck", "-f", "-y", dev], check=False)
+        if fsck.returncode > 1:
+            raise ExternalToolError(
+                f"e2fsck found problems in the image's filesystem that it could not mend "
+                f"(exit {fsck.returncode}); it cannot be shrunk.",
+                hint="Restore onto a disk at least as large as the source instead.",
+            )
+        run(["resize2fs", dev, f"{size // 512}s"])
+    elif fstype == "ntfs":
+        run(["ntfsresize", "--force", "--size", str(size), dev], input=b"y\n")
+    elif fstype == "btrfs":
+        with private_mount(dev, "btrfs", "rw") as mnt:
+            run(["btrfs", "filesystem", "resize", str(size), str(mnt)])
+    else:
+        raise RefusedError(f"A {fstype} filesystem cannot be shrunk.")
+
+
+def copy_used(
+    dev: str,
+    fstype: str,
+    *,
+    dst_fd: int,
+    dst_base: int,
+    size: int,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> int:
+    """Copy the used blocks of the (shrunk) filesystem on ``dev`` into ``size`` bytes at the target.
+
+    Also copies the few bytes after the last block (NTFS keeps its backup boot
+    sector there). Returns the bytes copied.
+    """
+    copied = 0
+    with open(dev, "rb", buffering=0) as src:
+        alloc = allocation_for(src, os.fstat(src.fileno()).st_size or size, fstype)
+        fs_end = alloc.total_blocks * alloc.block_size
+        if fs_end > size:
+            raise ExternalToolError(
+                f"The shrunk {fstype} filesystem still ends at byte {fs_end}, past the "
+                f"{size} bytes of its new partition; nothing of it was copied."
+            )
+        ranges = [(a * alloc.block_size, n * alloc.block_size) for a, n in alloc.runs()]
+        tail = min(size, fs_end + _TAIL_MAX) - fs_end
+        if tail > 0:
+            ranges.append((fs_end, tail))
+        for offset, length in ranges:
+            done = 0
+            while done < length:
+                check_cancel(cancel)
+                n = min(_COPY_CHUNK, length - done)
+                data = os.pread(src.fileno(), n, offset + done)
+                if len(data) != n:
+                    raise ExternalToolError(f"Short read from {dev} at byte {offset + done}.")
+                os.pwrite(dst_fd, data, dst_base + offset + done)
+                done += n
+                copied += n
+                progress.advance(n)
+    os.fsync(dst_fd)
+    return copied
+
+
+def check_filesystem(dev: str, fstype: str) -> None:
+    """A read-only check of a restored filesystem; raise when it is not clean."""
+    if fstype in ("ext2", "ext3", "ext4"):
+        argv = ["e2fsck", "-f", "-n", dev]
+    elif fstype == "ntfs":
+        argv = ["ntfsfix", "--no-action", dev]
+    elif fstype == "btrfs":
+        argv = ["btrfs", "check", "--readonly", dev]
+    elif fstype == "xfs":
+        argv = ["xfs_repair", "-n", dev]
+    else:
+        return
+    res = run(argv, check=False)
+    if res.returncode != 0:
+        detail = (res.stdout + res.stderr).decode(errors="replace").strip().splitlines()[-3:]
+        raise ExternalToolError(
+            f"The shrunk {fstype} filesystem on {dev} does not check clean "
+            f"({argv[0]} exit {res.returncode}): {' / '.join(detail)}"
+        )
+
+
+# --- XFS: a fresh filesystem and a file copy ------------------------------------------------
+
+_XFS_FEATURES = {
+    "crc": "-m",
+    "finobt": "-m",
+    "rmapbt": "-m",
+    "reflink": "-m",
+    "bigtime": "-m",
+    "inobtcount": "-m",
+    "sparse": "-i",
+    "ftype": "-n",
+}
+
+
+def xfs_format_options(info: str) -> list[str]:
+    """mkfs.xfs options that give a new XFS the on-disk features of the one ``info`` describes.
+
+    ``info`` is what ``xfs_db -c info`` (the xfs_info layout) prints. A restored
+    system's kernel must understand the new filesystem, so it gets the same
+    features, not this system's defaults.
+    """
+    found = dict(re.findall(r"\b(\w+)=(\d+)", info))
+    groups: dict[str, list[str]] = {}
+    crc = found.get("crc", "1")
+    for name, flag in _XFS_FEATURES.items():
+        if name not in found:
+            continue
+        if crc == "0" and name not in ("crc", "ftype"):
+            continue  # v4 filesystems take none of the v5 features
+        groups.setdefault(flag, []).append(f"{name}={found[name]}")
+    args = [a for flag, values in groups.items() for a in (flag, ",".join(values))]
+    m = re.search(r"^data\s*=\s*bsize=(\d+)", info, re.M)
+    if m:
+        args += ["-b", f"size={m.group(1)}"]
+    return args
+
+
+def copy_xfs(
+    src_dev: str, dst_dev: str, progress: ProgressReporter, cancel: threading.Event | None
+) -> None:
+    """A new XFS on ``dst_dev`` like the one on ``src_dev`` (UUID, label, features); copy files."""
+    check_cancel(cancel)
+    options = xfs_format_options(output(["xfs_db", "-r", "-c", "info", src_dev]))
+    ident = dict(
+        line.split("=", 1)
+        for line in output(["blkid", "-p", "-o", "export", src_dev]).splitlines()
+        if "=" in line
+    )
+    if ident.get("UUID"):
+        if "-m" in options:
+            options[options.index("-m") + 1] += f",uuid={ident['UUID']}"
+        else:
+            options += ["-m", f"uuid={ident['UUID']}"]
+    if ident.get("LABEL"):
+        options += ["-L", ident["LABEL"]]
+    run(["mkfs.xfs", "-f", "-q", *options, dst_dev])
+    progress.note(
+        "XFS cannot shrink: a new XFS was made with the same UUID, label and features; "
+        "copying the files into it."
+    )
+    with (
+        private_mount(src_dev, "xfs", "ro,norecovery,nouuid") as src,
+        private_mount(dst_dev, "xfs", "rw,nouuid") as dst,
+    ):
+        res = run(
+            [
+                "cp",
+                "--no-dereference",
+                "--recursive",
+                "--preserve=mode,ownership,timestamps,links,xattr",
+                "--sparse=always",
+                "--no-target-directory",
+                f"{src}/.",
+                str(dst),
+            ],
+            check=False,
+        )
+        if res.returncode != 0:
+            detail = res.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            raise ExternalToolError(
+                f"Copying the files of the XFS partition failed: {' / '.join(detail)}"
+            )
+        run(["sync", "-f", str(dst)], check=False)
+
+
+def restore_shrunk(
+    folder: Path,
+    part: ImagePart,
+    size: int,
+    where: tuple[str, int],
+    *,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> None:
+    """Put ``part`` into ``size`` bytes at ``where`` (path, offset): shrunk, or copied file by file.
+
+    The filesystem shrinks on a scratch view of the image, then its used blocks
+    are copied; the result is checked with the filesystem's own checker.
+    """
+    from rescue.browse.mounts import partition_view  # noqa: PLC0415
+
+    path, base = where
+    fstype = part.fstype or ""
+    node = None if base or not is_block_device(path) else path
+    if fstype == "xfs":
+        with (
+            partition_view(folder, part, progress=progress, cancel=cancel) as src,
+            partition_device(path, base, size, node) as dst,
+        ):
+            copy_xfs(src, dst, progress, cancel)
+            check_filesystem(dst, fstype)
+        progress.advance(part.used_bytes)
+        return
+    progress.note(
+        f"{part.name}: shrinking its {fstype} filesystem to {human_size(size)} on a scratch "
+        "copy of the image (the image itself is not changed)."
+    )
+    with partition_view(folder, part, writable=True, progress=progress, cancel=cancel) as dev:
+        shrink_filesystem(dev, fstype, size)
+        check_cancel(cancel)
+        fd = open_for_writing(path)
+        try:
+            copy_used(dev, fstype, dst_fd=fd, dst_base=base, size=size,
+                      progress=progress, cancel=cancel)  # fmt: skip
+        finally:
+            os.close(fd)
+    with partition_device(path, base, size, node) as dst:
+        check_filesystem(dst, fstype)
+    progress.note(f"{part.name}: {fstype} shrunk to {human_size(size)}, copied and checked clean.")
+
+
+def set_ntfs_hidden_sectors(fd: int, base: int, size: int, start_sector: int) -> None:
+    """Record a moved partition's new start in both NTFS boot sectors (Windows boots by it).
+
+    The backup boot sector is the last sector of the partition (``size`` bytes at ``base``).
+    """
+    value = start_sector.to_bytes(4, "little") if start_sector < 1 << 32 else bytes(4)
+    for offset in (base, base + size - 512):
+        if os.pread(fd, 11, offset)[3:11] == b"NTFS    ":
+            os.pwrite(fd, value, offset + 0x1C)
+    os.fsync(fd)
