@@ -289,9 +289,10 @@ def test_restore_refusals(
     capture(gpt_source.path, image)
     capsys.readouterr()
     small = loop_disk_factory(200, None, [])
-    assert main(["restore", str(image), small.path, "--yes"]) == EXIT_REFUSED
+    # (the default layout would shrink the partitions into it: tests/test_shrink.py)
+    assert main(["restore", str(image), small.path, "--yes", "--layout", "keep"]) == EXIT_REFUSED
     err = capsys.readouterr().err
-    assert str(200 << 20) in err and "too small" in err
+    assert str(200 << 20) in err and "too small" in err and "--layout fit" in err
     # mounted target
     busy = loop_disk_factory(320, "gpt", [PartSpec(None, "ext4")])
     busy.mount(0, tmp_path / "busy")

@@ -159,9 +159,8 @@ def test_restore_refuses_a_mounted_disk(
         app.screen.query_one("#image", Input).value = str(image)
         select_disk(app, "targets", disk.path)
         await pilot.press("ctrl+s")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: any("Refused" in str(n.message) for n in app._notifications))
         assert not isinstance(app.screen, TypedConfirmScreen)  # refused before any question
-        assert any("Refused" in str(n.message) for n in app._notifications)
 
     run_ui(scenario, make_app())
 

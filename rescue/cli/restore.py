@@ -20,8 +20,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--yes", action="store_true",
                    help="do not ask: for scripts that already chose the target")  # fmt: skip
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
-                   help="keep the partitions as they were, or grow the last one to fill a "
-                   "larger disk (auto: grow when the disk is larger)")  # fmt: skip
+                   help="keep: the partitions as they were; grow: the last one fills a larger "
+                   "disk; fit: partitions and filesystems shrink onto a smaller disk "
+                   "(auto: grow on a larger disk, fit on a smaller one)")  # fmt: skip
     p.add_argument("--new-ids", action="store_true",
                    help="new disk GUID, partition GUIDs and filesystem UUIDs (fstab updated): "
                    "for a clone next to the original")  # fmt: skip
@@ -38,7 +39,10 @@ def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = plan_restore(args.image_dir, args.target, args.layout, new_ids=args.new_ids)
+    with reporter(args.json) as progress:
+        plan = plan_restore(
+            args.image_dir, args.target, args.layout, new_ids=args.new_ids, progress=progress
+        )
     confirm_on_terminal(plan, yes=args.yes)
     with reporter(args.json) as progress:
         restore(plan, confirmed=True, progress=progress)

@@ -121,7 +121,7 @@ class RestoreScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "start", "Restore..."),
-        Binding("f2", "toggle_keep", "Keep/grow layout"),
+        Binding("f2", "toggle_keep", "Keep/fit layout"),
         Binding("f3", "toggle_new_ids", "New IDs"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
@@ -165,7 +165,7 @@ class RestoreScreen(Screen[None]):
     def _show_options(self) -> None:
         layout = (
             "kept as in the image" if self.keep_layout
-            else "last partition grows on a larger disk"
+            else "fitted to the disk (last partition grows, or partitions shrink)"
         )  # fmt: skip
         ids = "new GUIDs and UUIDs (a clone)" if self.new_ids else "kept"
         self.query_one("#options", Static).update(f"Layout: {layout}. Identities: {ids}.")
@@ -185,13 +185,25 @@ class RestoreScreen(Screen[None]):
             self.notify("Choose an image and a target disk.", severity="warning")
             return
         target = self.disks[table.cursor_row].path
+        layout = "keep" if self.keep_layout else "auto"
+        new_ids = self.new_ids
+        # planning reads the image (how small each filesystem can get): not on the UI thread
+        self.notify(f"Checking {image} against {target}...", timeout=3)
+        self.run_worker(
+            lambda: self._plan(image, target, layout, new_ids),
+            thread=True, exclusive=True, group="plan",
+        )  # fmt: skip
+
+    def _plan(self, image: Path, target: str, layout: str, new_ids: bool) -> None:
+        """Runs in a worker thread; hands the plan (or the refusal) back to the UI."""
         try:
-            plan = plan_restore(
-                image, target, "keep" if self.keep_layout else "auto", new_ids=self.new_ids
-            )
+            plan = plan_restore(image, target, layout, new_ids=new_ids)
         except RescueError as exc:
-            self.notify(f"Refused: {exc}", severity="error", timeout=15)
+            self.app.call_from_thread(self.notify, f"Refused: {exc}", severity="error", timeout=15)
             return
+        self.app.call_from_thread(self._ask, plan)
+
+    def _ask(self, plan: RestorePlan) -> None:
         name = plan.target.path.rsplit("/", 1)[-1]
 
         def confirmed(ok: bool | None) -> None:
