@@ -86,3 +86,73 @@ def test_keep_layout_leaves_the_partitions_as_they_were(
     target.rescan()
     assert part_size(target.parts[0]) == part_size(src.parts[0])
     run("e2fsck", "-fn", target.parts[0])
+
+
+@pytest.mark.parametrize("fat", ["32", "16"])
+def test_fat_as_last_partition_grows_in_place(
+    loop_disk_factory: DiskFactory, tmp_path: Path, fat: str
+) -> None:
+    src = loop_disk_factory(200, "gpt", [PartSpec(16, "ext4"), PartSpec(None, None)])
+    run("mkfs.vfat", "-F", fat, "-n", "GROWME", src.parts[1])
+    tree = tmp_path / "tree"
+    fill_tree(tree, seed=5, approx_mib=6)
+    for p in tree.rglob("*"):  # FAT keeps plain files and folders only
+        if p.is_symlink() or p.name in ("hardlink0", "sparse.img"):
+            p.unlink()
+    run("mcopy", "-s", "-i", src.parts[1], *map(str, tree.iterdir()), "::/")
+    run("mdel", "-i", src.parts[1], "::/docs/note0001.txt")  # a hole among the used clusters
+    (tree / "docs" / "note0001.txt").unlink()
+    image = tmp_path / "image"
+    assert main(["capture", src.path, str(image)]) == 0
+
+    target = loop_disk_factory(400, None, [])
+    assert main(["restore", str(image), target.path, "--yes"]) == 0
+    target.rescan()
+    new_size = part_size(target.parts[1])
+    run("fsck.vfat", "-n", target.parts[1])
+    with open(target.parts[1], "rb") as f:
+        boot = f.read(512)
+    total = int.from_bytes(boot[0x13:0x15], "little") or int.from_bytes(boot[0x20:0x24], "little")
+    if fat == "32":
+        assert total * 512 > 0.98 * new_size  # fills the grown partition
+    else:
+        assert total * 512 > 120 << 20  # FAT16 grows up to its 65524-cluster limit
+    out = tmp_path / "out"
+    out.mkdir()
+    run("mcopy", "-s", "-n", "-i", target.parts[1], "::/*", str(out))
+    for p in tree.rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(tree)).read_bytes() == p.read_bytes(), p
+    assert {p.relative_to(out) for p in out.rglob("*")} == {
+        p.relative_to(tree) for p in tree.rglob("*")
+    }
+    label = run("blkid", "-p", "-s", "LABEL", "-o", "value", target.parts[1]).strip()
+    assert label == "GROWME"
+
+
+def test_a_chosen_partition_grows_and_the_ones_after_it_move(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    parts = [PartSpec(32, "vfat", label="ESP"), PartSpec(100, "ext4"), PartSpec(None, "ntfs")]
+    src = loop_disk_factory(300, "gpt", parts)
+    root = filled(src, 1, tmp_path / "m1", seed=7)
+    data = filled(src, 2, tmp_path / "m2", seed=8)
+    image = tmp_path / "image"
+    assert main(["capture", src.path, str(image)]) == 0
+    target = loop_disk_factory(600, None, [])
+    assert main(["restore", str(image), target.path, "--yes", "--grow", "2"]) == 0
+    target.rescan()
+    assert part_size(target.parts[1]) > 390 << 20  # took the 300 MiB of new room
+    assert part_size(target.parts[2]) == part_size(src.parts[2])  # moved, same size
+    verify = subprocess.run(
+        ["sgdisk", "-v", str(target.backing)], check=False, capture_output=True, text=True
+    )
+    assert "No problems found" in verify.stdout, verify.stdout
+    start = int(Path(f"/sys/class/block/{Path(target.parts[2]).name}/start").read_text())
+    with open(target.parts[2], "rb") as f:
+        assert int.from_bytes(f.read(512)[0x1C:0x20], "little") == start
+    run("e2fsck", "-fn", target.parts[1])
+    run("ntfsfix", "--no-action", target.parts[2])
+    assert tree_digest(target.mount(1, tmp_path / "t1", "ro")) == root
+    assert tree_digest(target.mount(2, tmp_path / "t2", "ro")) == data
+    assert main(["restore", str(image), target.path, "--yes", "--grow", "9"]) == 2

@@ -23,6 +23,9 @@ def add_parser(sub: Any) -> None:
                    help="keep: the partitions as they were; grow: the last one fills a larger "
                    "disk; fit: partitions and filesystems shrink onto a smaller disk "
                    "(auto: grow on a larger disk, fit on a smaller one)")  # fmt: skip
+    p.add_argument("--grow", type=int, metavar="N",
+                   help="on a larger disk, partition N takes the new room instead of the last "
+                   "one (the partitions after it move to the end of the disk)")  # fmt: skip
     p.add_argument("--new-ids", action="store_true",
                    help="new disk GUID, partition GUIDs and filesystem UUIDs (fstab updated): "
                    "for a clone next to the original")  # fmt: skip
@@ -41,7 +44,12 @@ def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     with reporter(args.json) as progress:
         plan = plan_restore(
-            args.image_dir, args.target, args.layout, new_ids=args.new_ids, progress=progress
+            args.image_dir,
+            args.target,
+            args.layout,
+            new_ids=args.new_ids,
+            grow=args.grow,
+            progress=progress,
         )
     confirm_on_terminal(plan, yes=args.yes)
     with reporter(args.json) as progress:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import struct
 import sys
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from rescue.errors import FilesystemError
@@ -39,9 +40,38 @@ def _used_clusters(fat: bytes, kind: str, clusters: int) -> list[int]:
     return [c for c in range(2, min(last, len(entries))) if entries[c] & mask]
 
 
-def read_allocation(f: BinaryIO, size: int) -> Allocation:
-    """The used sectors of the FAT filesystem in ``f`` (a partition of ``size`` bytes)."""
-    b = read_at(f, 0, 512, "fat")
+@dataclass(frozen=True)
+class Geometry:
+    """Where things are in a FAT filesystem, from its boot sector (sizes in sectors)."""
+
+    bps: int
+    spc: int
+    reserved: int
+    nfats: int
+    root_sectors: int
+    total: int
+    fatsz: int
+    media: int
+    kind: str
+    """FAT12, FAT16 or FAT32."""
+
+    @property
+    def first_data(self) -> int:
+        return self.reserved + self.nfats * self.fatsz + self.root_sectors
+
+    @property
+    def clusters(self) -> int:
+        return (self.total - self.first_data) // self.spc
+
+
+def fat_kind(clusters: int) -> str:
+    if clusters < FAT12_MAX_CLUSTERS:
+        return "FAT12"
+    return "FAT16" if clusters < FAT16_MAX_CLUSTERS else "FAT32"
+
+
+def geometry(b: bytes, size: int) -> Geometry:
+    """The layout boot sector ``b`` describes; raise when it is impossible for ``size`` bytes."""
     if b[510:512] != b"\x55\xaa":
         raise FilesystemError("No FAT boot sector (no 55AA signature).")
     bps, spc, reserved, nfats, root_entries, total16, media, fatsz16 = struct.unpack_from(
@@ -63,14 +93,20 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
         )
     if fatsz == 0 or first_data >= total:
         raise FilesystemError("FAT boot sector has impossible FAT sizes.")
-    clusters = (total - first_data) // spc
-    kind = (
-        "FAT12"
-        if clusters < FAT12_MAX_CLUSTERS
-        else "FAT16"
-        if clusters < FAT16_MAX_CLUSTERS
-        else "FAT32"
-    )
+    kind = fat_kind((total - first_data) // spc)
+    return Geometry(bps, spc, reserved, nfats, root_sectors, total, fatsz, media, kind)
+
+
+def used_clusters(fat: bytes, g: Geometry) -> list[int]:
+    return _used_clusters(fat, g.kind, g.clusters)
+
+
+def read_allocation(f: BinaryIO, size: int) -> Allocation:
+    """The used sectors of the FAT filesystem in ``f`` (a partition of ``size`` bytes)."""
+    b = read_at(f, 0, 512, "fat")
+    g = geometry(b, size)
+    bps, spc, reserved, media, fatsz, total = g.bps, g.spc, g.reserved, g.media, g.fatsz, g.total
+    first_data, clusters, kind = g.first_data, g.clusters, g.kind
     need = {"FAT12": (clusters + 2) * 3 // 2 + 1, "FAT16": (clusters + 2) * 2}.get(
         kind, (clusters + 2) * 4
     )

@@ -4,8 +4,9 @@ The partition table is written for the target (GPT backup at its real end) with
 the last partition extended to the end of the disk (1 MiB aligned); after the
 data is back, the filesystem grows to fill it: ext2/3/4 with resize2fs (after
 an e2fsck), NTFS with ntfsresize, XFS and btrfs online through a private
-temporary mount (their tools need one). FAT and exFAT keep their size (no
-resizer is installed); the partition still grows and the restore says so.
+temporary mount (their tools need one), FAT16/32 in place by our own code
+(:mod:`rescue.operations.fatgrow`). exFAT keeps its size (no resizer for it
+exists); the partition still grows and the restore says so.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rescue.errors import ExternalToolError
+from rescue.errors import BadInputError, ExternalToolError, RefusedError
+from rescue.operations.fatgrow import grow_fat
 from rescue.operations.private_mount import private_mount
 from rescue.progress import ProgressReporter
 from rescue.system import output, run
@@ -31,25 +33,56 @@ class Growth:
     old_size: int
     new_size: int
     fstype: str | None
+    moved: tuple[tuple[str, int, int], ...] = ()
+    """(name, new start, size) of the partitions after a growing one that is not the last."""
+
+    def starts(self) -> dict[str, int]:
+        """New starts of the partitions that move."""
+        return {name: start for name, start, _ in self.moved}
 
 
 def plan_growth(
-    parts: list[tuple[str, int | None, int, int, str | None]], table: str | None, target_size: int
+    parts: list[tuple[str, int | None, int, int, str | None]],
+    table: str | None,
+    target_size: int,
+    number: int | None = None,
 ) -> Growth | None:
-    """How the last partition grows on a target of ``target_size`` bytes (None: it does not).
+    """How a partition grows on a target of ``target_size`` bytes (None: it does not).
 
     ``parts`` are (name, number, start, size, fstype) of the image's partitions.
+    The partition ``number`` (default: the last) takes the new room; the
+    partitions after it move to the end of the disk, keeping their sizes.
     """
-    numbered = [p for p in parts if p[1] is not None]
+    numbered = sorted((p for p in parts if p[1] is not None), key=lambda p: p[2])
     if not numbered or table not in ("gpt", "dos"):
+        if number is not None:
+            raise BadInputError("The image has no partition table: no partition can grow.")
         return None
-    name, number, start, size, fstype = max(numbered, key=lambda p: p[2])
-    assert number is not None
+    index = len(numbered) - 1
+    if number is not None:
+        found = [i for i, p in enumerate(numbered) if p[1] == number]
+        if not found:
+            have = ", ".join(str(p[1]) for p in numbered)
+            raise BadInputError(f"The image has no partition {number} (it has {have}).")
+        index = found[0]
+    name, num, start, size, fstype = numbered[index]
+    assert num is not None
+    after = numbered[index + 1 :]
+    if table == "dos" and any((p[1] or 0) > 4 for p in after):
+        raise RefusedError(
+            f"Partition {num} cannot grow: logical partitions after it would have to move.",
+            hint="Grow the last partition instead (the default).",
+        )
     end = target_size - (GPT_BACKUP if table == "gpt" else 0)
     end -= end % MiB
-    if end - start <= size + MiB:  # not worth it (or no room)
+    last = numbered[-1]
+    extra = end - (last[2] + last[3])
+    if after:
+        extra -= extra % MiB  # the partitions that move keep their alignment
+    if extra <= MiB:  # not worth it (or no room)
         return None
-    return Growth(name, number, start, size, end - start, fstype)
+    moved = tuple((p[0], p[2] + extra, p[3]) for p in after)
+    return Growth(name, num, start, size, size + extra, fstype, moved)
 
 
 def resized_script(sf_text: str, sector: int, places: dict[str, tuple[int, int]]) -> str:
@@ -75,7 +108,9 @@ def resized_script(sf_text: str, sector: int, places: dict[str, tuple[int, int]]
 
 def grown_script(sf_text: str, growth: Growth, sector: int) -> str:
     """The saved sfdisk script with the growing partition's size changed."""
-    return resized_script(sf_text, sector, {growth.name: (growth.start, growth.new_size)})
+    places = {growth.name: (growth.start, growth.new_size)}
+    places.update({name: (start, size) for name, start, size in growth.moved})
+    return resized_script(sf_text, sector, places)
 
 
 @contextlib.contextmanager
@@ -121,6 +156,9 @@ def grow_filesystem(
         elif fs == "btrfs":
             with private_mount(dev, "btrfs", "rw") as mnt:
                 run(["btrfs", "filesystem", "resize", "max", str(mnt)])
+        elif fs == "vfat":
+            progress.note(f"{growth.name}: {grow_fat(dev, growth.new_size)}.")
+            return
         else:
             progress.note(
                 f"{growth.name}: the partition grew, its {fs or 'unknown'} filesystem keeps its "

@@ -25,16 +25,7 @@ from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_growth
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.newids import give_new_ids
-from rescue.operations.shrink import (
-    Fit,
-    Placement,
-    TooSmallError,
-    can_shrink,
-    minimum_size,
-    plan_fit,
-    restore_shrunk,
-    set_ntfs_hidden_sectors,
-)
+from rescue.operations.shrink import Fit, fit_image, restore_shrunk, set_ntfs_hidden_sectors
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.operations.uefi import ESP_TYPES, repair_uefi_boot
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
@@ -75,6 +66,7 @@ def plan_restore(
     layout: str = "auto",
     *,
     new_ids: bool = False,
+    grow: int | None = None,
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
 ) -> RestorePlan:
@@ -85,9 +77,13 @@ def plan_restore(
     filesystem to the end of the target; "fit" (and "auto" on a smaller
     target) shrinks partitions and filesystems so the used data fits, after
     asking each filesystem's tool how small it can be (this reads the image).
+    ``grow`` picks the partition that takes a larger target's room (default:
+    the last); the partitions after it move to the end.
     """
     if layout not in LAYOUTS:
         raise BadInputError(f"Unknown layout {layout!r}: choose {', '.join(LAYOUTS)}.")
+    if grow is not None and layout in ("keep", "fit"):
+        raise BadInputError(f"Choosing the partition that grows needs layout grow, not {layout}.")
     image = open_image(image_dir)
     check_all_present(image)
     target = resolve_source(target_path)
@@ -109,7 +105,11 @@ def plan_restore(
                 f"({human_size(need)}).",
                 hint="Use --layout fit to shrink the partitions so the used data fits.",
             )
-        fit = _plan_fit(image, target, progress or NullProgress(), cancel)
+        if grow is not None:
+            raise BadInputError(
+                f"{target.path} is smaller than the image's disk: no partition can grow."
+            )
+        fit = fit_image(image, target.path, target.size, progress or NullProgress(), cancel)
     what = ", ".join(f"{p.name} ({p.fstype or 'raw'}, {human_size(p.size)})" for p in image.parts)
     summary = (
         f"Everything on {describe_target(target)} will be overwritten "
@@ -121,12 +121,15 @@ def plan_restore(
             [(p.name, p.number, p.start, p.size, p.fstype) for p in image.parts],
             image.table,
             target.size,
+            grow,
         )
     if growth is not None:
         summary += (
             f" Partition {growth.number} ({growth.fstype or 'raw'}) grows from "
             f"{human_size(growth.old_size)} to {human_size(growth.new_size)} to fill the disk."
         )
+        if growth.moved:
+            summary += " The partitions after it move to the end of the disk."
     elif layout == "grow":
         summary += " The target has no room to grow the last partition: the layout is kept."
     if fit is not None:
@@ -137,50 +140,6 @@ def plan_restore(
         summary += " The restored disk gets new GUIDs and filesystem UUIDs (fstab updated)."
     return RestorePlan(
         image=image, target=target, summary=summary, growth=growth, new_ids=new_ids, fit=fit
-    )
-
-
-def _plan_fit(
-    image: ImageView, target: Source, progress: ProgressReporter, cancel: threading.Event | None
-) -> Fit:
-    """How the image fits a smaller target; refuses (before any write) when it cannot."""
-    parts = [p for p in image.parts if p.stored_as != "none" or p.number is not None]
-    if image.kind == "disk":
-        if image.table not in ("gpt", "dos") or any(p.number is None for p in parts):
-            raise RefusedError(
-                f"{target.path} is smaller than the image's disk, and its layout cannot be "
-                f"shrunk (no partition table): the target needs {image.required_size} bytes."
-            )
-        if image.table == "dos" and any((p.number or 0) > 4 for p in parts):
-            raise RefusedError(
-                "The image's MBR table has logical partitions; shrinking it is not supported: "
-                f"the target needs at least {image.required_size} bytes "
-                f"({human_size(image.required_size)}).",
-                hint="Restore onto a disk at least as large as the source.",
-            )
-    progress.phase("Working out how small each filesystem can be", None)
-    minimums = {}
-    for part in parts:
-        check_cancel(cancel)
-        if can_shrink(part):
-            minimums[part.name] = minimum_size(image.folder, part, progress, cancel)
-    if image.kind != "disk":
-        part = parts[0]
-        least = minimums.get(part.name, part.size)
-        if not can_shrink(part) or least > target.size:
-            what = part.fstype or "raw"
-            raise TooSmallError(
-                f"{target.path} is too small: it has {target.size} bytes "
-                f"({human_size(target.size)}); the {what} filesystem needs at least "
-                f"{least} bytes ({human_size(least)}).",
-                hint="Choose a larger target partition.",
-            )
-        return Fit((Placement(part.name, 0, 0, target.size, 0, part.size, part.fstype, least),))
-    return plan_fit(
-        [(p.name, p.number or 0, p.start, p.size, p.fstype) for p in parts],
-        minimums,
-        image.table,
-        target.size,
     )
 
 
@@ -223,17 +182,19 @@ def restore(
             layout_mod.restore_partition_table(
                 image.folder, image.disk_name, target.path, target.size, edit=edit
             )
+            moved = growth.starts() if growth else {}
             for part in image.parts:
                 check_cancel(cancel)
                 place = fit.get(part.name) if fit else None
-                where = _part_node(target, part, place.start if place else part.start)
+                start = place.start if place else moved.get(part.name, part.start)
+                where = _part_node(target, part, start)
                 if place is not None and place.shrinks:
                     restore_shrunk(image.folder, part, place.size, where, progress=progress,
                                    cancel=cancel)  # fmt: skip
                 else:
                     _restore_part(part, target, where, progress, cancel)
-                if place is not None and place.moves and part.fstype == "ntfs":
-                    _moved_ntfs(where, place.size, place.start // 512)
+                if start != part.start and part.fstype == "ntfs":
+                    _moved_ntfs(where, place.size if place else part.size, start // 512)
         else:
             part = image.parts[0]
             if plan.fit is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from rescue.blockio import is_block_device, open_for_writing
 from rescue.errors import ExternalToolError, RefusedError
 from rescue.filesystems.detect import allocation_for
 from rescue.operations.grow import GPT_BACKUP, MiB, partition_device, resized_script
-from rescue.operations.image_view import ImagePart
+from rescue.operations.image_view import ImagePart, ImageView
 from rescue.operations.private_mount import private_mount
 from rescue.progress import ProgressReporter, check_cancel
 from rescue.system import output, run
@@ -231,7 +232,106 @@ def plan_fit(
     )
 
 
+def fit_image(
+    image: ImageView,
+    target: str,
+    target_size: int,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> Fit:
+    """How ``image`` fits a smaller target; refuses (before any write) when it cannot."""
+    parts = list(image.parts)
+    if image.kind == "disk":
+        if image.table not in ("gpt", "dos") or any(p.number is None for p in parts):
+            raise RefusedError(
+                f"{target} is smaller than the image's disk, and its layout cannot be "
+                f"shrunk (no partition table): the target needs {image.required_size} bytes."
+            )
+        if image.table == "dos" and any((p.number or 0) > 4 for p in parts):
+            raise RefusedError(
+                "The image's MBR table has logical partitions; shrinking it is not supported: "
+                f"the target needs at least {image.required_size} bytes "
+                f"({human_size(image.required_size)}).",
+                hint="Restore onto a disk at least as large as the source.",
+            )
+    progress.phase("Working out how small each filesystem can be", None)
+    minimums = {}
+    for part in parts:
+        check_cancel(cancel)
+        if can_shrink(part):
+            minimums[part.name] = minimum_size(image.folder, part, progress, cancel)
+    if image.kind != "disk":
+        part = parts[0]
+        least = minimums.get(part.name, part.size)
+        if not can_shrink(part) or least > target_size:
+            what = part.fstype or "raw"
+            raise TooSmallError(
+                f"{target} is too small: it has {target_size} bytes "
+                f"({human_size(target_size)}); the {what} filesystem needs at least "
+                f"{least} bytes ({human_size(least)}).",
+                hint="Choose a larger target partition.",
+            )
+        return Fit((Placement(part.name, 0, 0, target_size, 0, part.size, part.fstype, least),))
+    return plan_fit(
+        [(p.name, p.number or 0, p.start, p.size, p.fstype) for p in parts],
+        minimums,
+        image.table,
+        target_size,
+    )
+
+
 # --- shrinking and copying ---------------------------------------------------------------
+
+
+def _folder_times(dev: str) -> dict[str, tuple[int, int, int]]:
+    """Every folder of the ext filesystem on ``dev``: path -> (inode, mtime ns, ctime ns)."""
+    found: dict[str, tuple[int, int, int]] = {}
+    with private_mount(dev, "ext4", "ro,noload") as mnt:
+        st = os.stat(mnt)
+        found[""] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            with os.scandir(os.path.join(mnt, rel)) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        path = os.path.join(rel, entry.name)
+                        found[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+                        stack.append(path)
+    return found
+
+
+def _ext_time(field: str, inode: int, ns: int) -> list[str]:
+    """debugfs commands setting ``field`` (mtime, ctime) of ``inode`` to ``ns`` since the epoch."""
+    seconds, nanos = divmod(ns, 10**9)
+    low = seconds & 0xFFFFFFFF
+    signed = low - (1 << 32) if low >= 1 << 31 else low
+    epoch = ((seconds - signed) >> 32) & 3  # ext4 keeps times past 2038 in two extra bits
+    return [
+        f"set_inode_field <{inode}> {field} @{seconds}",
+        f"set_inode_field <{inode}> {field}_extra {nanos << 2 | epoch}",
+    ]
+
+
+def _put_back_folder_times(dev: str, before: dict[str, tuple[int, int, int]]) -> int:
+    """Give back the folder times resize2fs changed; returns how many folders it touched.
+
+    resize2fs renumbers the inodes it moves out of the removed block groups and
+    stamps the folders holding them with the current time (on purpose, so that
+    incremental backups see them). A restore must leave them as they were.
+    """
+    commands = []
+    for path, (inode, mtime, ctime) in _folder_times(dev).items():
+        old = before.get(path)
+        if old is not None and (old[1], old[2]) != (mtime, ctime):
+            commands += _ext_time("mtime", inode, old[1]) + _ext_time("ctime", inode, old[2])
+    if commands:
+        with tempfile.NamedTemporaryFile("w", prefix="rescue-debugfs-", suffix=".txt") as f:
+            f.write("\n".join(commands) + "\n")
+            f.flush()
+            run(["debugfs", "-w", "-f", f.name, dev])
+    return len(commands) // 4
 
 
 def shrink_filesystem(dev: str, fstype: str, size: int) -> None:
@@ -244,7 +344,9 @@ def shrink_filesystem(dev: str, fstype: str, size: int) -> None:
                 f"(exit {fsck.returncode}); it cannot be shrunk.",
                 hint="Restore onto a disk at least as large as the source instead.",
             )
+        before = _folder_times(dev)
         run(["resize2fs", dev, f"{size // 512}s"])
+        _put_back_folder_times(dev, before)
     elif fstype == "ntfs":
         run(["ntfsresize", "--force", "--size", str(size), dev], input=b"y\n")
     elif fstype == "btrfs":
