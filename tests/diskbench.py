@@ -296,3 +296,17 @@ class RecordingProgress:
 
     def note(self, message: str) -> None:
         self.notes.append(message)
+
+
+def clonezilla_copy(image: Path, dest: Path, compress: str) -> Path:
+    """The same partition image as Clonezilla writes it: one plain stream, no rescue.json."""
+    dest.mkdir()
+    (stream,) = image.glob("*-ptcl-img.zst")
+    for f in image.iterdir():
+        if "ptcl-img" not in f.name and f.name != "rescue.json":
+            (dest / f.name).write_bytes(f.read_bytes())
+    (dest / "clonezilla-img").write_text("Starting /usr/sbin/ocs-sr at 2026-11-24\n")
+    suffix = "gz" if compress.startswith("gzip") else "zst"
+    out = dest / stream.name.replace(".zst", f".{suffix}")
+    subprocess.run(f"zstd -q -d -c {stream} | {compress} -c > {out}", shell=True, check=True)
+    return out

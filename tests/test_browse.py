@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, fill_tree, run, tree_digest, without_links
+from diskbench import (
+    LoopDisk,
+    PartSpec,
+    clonezilla_copy,
+    fill_tree,
+    run,
+    tree_digest,
+    without_links,
+)
 
 from rescue.browse import mounts
 from rescue.browse.session import BrowseSession
@@ -313,20 +321,6 @@ def test_damaged_frame_fails_only_its_file(
     assert tree_digest(out / "good").keys() == digest.keys()
     assert main(["verify", str(image)]) == 1
     assert stream.name in capsys.readouterr().err
-
-
-def clonezilla_copy(image: Path, dest: Path, compress: str) -> Path:
-    """The same partition image as Clonezilla writes it: one plain stream, no rescue.json."""
-    dest.mkdir()
-    (stream,) = image.glob("*-ptcl-img.zst")
-    for f in image.iterdir():
-        if "ptcl-img" not in f.name and f.name != "rescue.json":
-            (dest / f.name).write_bytes(f.read_bytes())
-    (dest / "clonezilla-img").write_text("Starting /usr/sbin/ocs-sr at 2026-11-24\n")
-    suffix = "gz" if compress.startswith("gzip") else "zst"
-    out = dest / stream.name.replace(".zst", f".{suffix}")
-    subprocess.run(f"zstd -q -d -c {stream} | {compress} -c > {out}", shell=True, check=True)
-    return out
 
 
 @pytest.mark.parametrize("compress", ["zstd -q -T0 -3", "gzip -1"])

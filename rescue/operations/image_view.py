@@ -6,10 +6,12 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageError
+from rescue.copier import open_stream_chunks
+from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageError, RescueError
 from rescue.image import layout as layout_mod
 from rescue.image.manifest import MANIFEST_NAME, Manifest, StoredFile, read_manifest
 from rescue.image.names import INCOMPLETE_MARKER
+from rescue.image.partclone import HEADER_SIZE, PartcloneHeader
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,17 @@ def _from_layout(folder: Path) -> ImageView:
             stored_as, fstype = "swap", "swap"
         else:
             stored_as, fstype = "none", None
+        size = entry.size if entry else 0
+        used = 0
+        if entry is None and stream is not None and stream.kind == "partclone":
+            size, used = _sizes_from_header(stream.base, stream.compression)
         parts.append(
             ImagePart(
                 name=name,
                 number=entry.number if entry else None,
                 start=entry.start if entry else 0,
-                size=entry.size if entry else 0,
+                size=size,
+                used_bytes=used,
                 fstype=fstype,
                 stored_as=stored_as,
                 stream=stream.base if stream else None,
@@ -179,6 +186,30 @@ def _from_layout(folder: Path) -> ImageView:
         manifest=None,
         table=layout.table.table if layout.table else None,
     )
+
+
+def _sizes_from_header(stream: Path, compression: str) -> tuple[int, int]:
+    """(partition size, used bytes) from a stream's partclone header; (0, 0) if unreadable.
+
+    A partition image written by Clonezilla records no partition table: its
+    stream's header is the only place that knows how large the partition was.
+    """
+    head = b""
+    try:
+        chunks = open_stream_chunks(stream, compression)
+        try:
+            for chunk in chunks:
+                head += chunk
+                if len(head) >= HEADER_SIZE:
+                    break
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        header = PartcloneHeader.unpack(head[:HEADER_SIZE])
+    except (RescueError, OSError):
+        return 0, 0
+    return header.device_size, header.used_blocks * header.block_size
 
 
 def looks_like_image(folder: Path) -> bool:

@@ -124,7 +124,7 @@ def minimum_size(
     assert part.fstype is not None
     with partition_view(folder, part, progress=progress, cancel=cancel) as dev:
         least = _MINIMUM[part.fstype](dev)
-    return min(part.size, _align_up(least))
+    return min(part.size, _align_up(least)) if part.size else _align_up(least)
 
 
 # --- the layout -----------------------------------------------------------------------
