@@ -19,7 +19,7 @@ from capabilities import need
 from conftest import DiskFactory
 from diskbench import LoopDisk, PartSpec, fill_tree, tree_digest, without_links
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, OptionList
+from textual.widgets import DataTable, Input, OptionList, Static
 
 from rescue.browse import mounts
 from rescue.cli import main
@@ -398,3 +398,44 @@ def test_restore_options_reach_the_plan(
     assert "grows" not in summaries[1] and "new GUIDs" in summaries[1]
     with open(target.path, "rb") as f:
         assert f.read(1 << 20) == bytes(1 << 20)
+
+
+def test_restore_plans_a_chosen_growing_partition_and_a_fit(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    disk = loop_disk_factory(200, "gpt", [PartSpec(60, "ext4"), PartSpec(None, "ext4")])
+    image = tmp_path / "image"
+    assert main(["capture", disk.path, str(image)]) == 0
+    larger = loop_disk_factory(400, None, [])
+    smaller = loop_disk_factory(120, None, [])
+    summaries: list[str] = []
+
+    async def plan_for(pilot: Pilot[int], app: RescueApp, target: str) -> None:
+        select_disk(app, "targets", target)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, TypedConfirmScreen))
+        confirm = app.screen
+        assert isinstance(confirm, TypedConfirmScreen)
+        summaries.append(confirm.summary)
+        await pilot.press("escape")  # not confirmed: nothing written
+        await wait_for(pilot, lambda: not isinstance(app.screen, TypedConfirmScreen))
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.screen.query("#targets"))
+        app.screen.query_one("#image", Input).value = str(image)
+        await pilot.press("f4")
+        options = app.screen.query_one("#options", Static)
+        assert "partition 1 takes" in str(options.render())
+        await plan_for(pilot, app, larger.path)
+        await pilot.press("f4")  # back to the default: the last partition
+        assert "fitted to the disk" in str(options.render())
+        await plan_for(pilot, app, smaller.path)
+
+    run_ui(scenario, make_app())
+    assert "Partition 1 (ext4) grows" in summaries[0]
+    assert "move to the end of the disk" in summaries[0]
+    assert "shrinks" in summaries[1]
+    for target in (larger, smaller):
+        with open(target.path, "rb") as f:
+            assert f.read(1 << 20) == bytes(1 << 20)

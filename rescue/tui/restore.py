@@ -123,6 +123,7 @@ class RestoreScreen(Screen[None]):
         Binding("ctrl+s", "start", "Restore..."),
         Binding("f2", "toggle_keep", "Keep/fit layout"),
         Binding("f3", "toggle_new_ids", "New IDs"),
+        Binding("f4", "next_grow", "Which grows"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
@@ -137,6 +138,8 @@ class RestoreScreen(Screen[None]):
         self.disks: list[Disk] = []
         self.keep_layout = False
         self.new_ids = False
+        self.grow: int | None = None
+        """The partition that takes a larger disk's room (None: the last)."""
 
     def compose(self) -> ComposeResult:
         yield Header(icon="*")
@@ -163,15 +166,34 @@ class RestoreScreen(Screen[None]):
             )
 
     def _show_options(self) -> None:
-        layout = (
-            "kept as in the image" if self.keep_layout
-            else "fitted to the disk (last partition grows, or partitions shrink)"
-        )  # fmt: skip
+        if self.keep_layout:
+            layout = "kept as in the image"
+        elif self.grow is not None:
+            layout = f"partition {self.grow} takes a larger disk's room (the ones after it move)"
+        else:
+            layout = "fitted to the disk (last partition grows, or partitions shrink)"
         ids = "new GUIDs and UUIDs (a clone)" if self.new_ids else "kept"
         self.query_one("#options", Static).update(f"Layout: {layout}. Identities: {ids}.")
 
     def action_toggle_keep(self) -> None:
         self.keep_layout = not self.keep_layout
+        self._show_options()
+
+    def action_next_grow(self) -> None:
+        """Cycle through the image's partitions as the one that grows (then back to the last)."""
+        folder = self.query_one(ImagePicker).value
+        try:
+            image = open_image(folder) if folder is not None else None
+        except RescueError as exc:
+            self.notify(f"{exc}", severity="warning")
+            return
+        numbers = sorted(p.number for p in image.parts if p.number is not None) if image else []
+        if not numbers:
+            self.notify("Choose a whole-disk image first.", severity="warning")
+            return
+        later = [n for n in numbers if self.grow is None or n > self.grow]
+        self.grow = later[0] if later and later[0] != numbers[-1] else None
+        self.keep_layout = False
         self._show_options()
 
     def action_toggle_new_ids(self) -> None:
@@ -186,18 +208,18 @@ class RestoreScreen(Screen[None]):
             return
         target = self.disks[table.cursor_row].path
         layout = "keep" if self.keep_layout else "auto"
-        new_ids = self.new_ids
+        new_ids, grow = self.new_ids, None if self.keep_layout else self.grow
         # planning reads the image (how small each filesystem can get): not on the UI thread
         self.notify(f"Checking {image} against {target}...", timeout=3)
         self.run_worker(
-            lambda: self._plan(image, target, layout, new_ids),
+            lambda: self._plan(image, target, layout, new_ids, grow),
             thread=True, exclusive=True, group="plan",
         )  # fmt: skip
 
-    def _plan(self, image: Path, target: str, layout: str, new_ids: bool) -> None:
+    def _plan(self, image: Path, target: str, layout: str, new_ids: bool, grow: int | None) -> None:
         """Runs in a worker thread; hands the plan (or the refusal) back to the UI."""
         try:
-            plan = plan_restore(image, target, layout, new_ids=new_ids)
+            plan = plan_restore(image, target, layout, new_ids=new_ids, grow=grow)
         except RescueError as exc:
             self.app.call_from_thread(self.notify, f"Refused: {exc}", severity="error", timeout=15)
             return
