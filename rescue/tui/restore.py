@@ -121,9 +121,9 @@ class RestoreScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "start", "Restore..."),
-        Binding("f2", "toggle_keep", "Keep/fit layout"),
+        Binding("f2", "toggle_keep", "Keep layout"),
         Binding("f3", "toggle_new_ids", "New IDs"),
-        Binding("f4", "next_grow", "Which grows"),
+        Binding("f4", "next_grow", "Grows"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
