@@ -24,7 +24,7 @@ from diskbench import (
 
 from rescue.browse.overlay import Overlay
 from rescue.cli import main
-from rescue.errors import RefusedError
+from rescue.errors import RefusedError, RescueError
 from rescue.operations.restore import plan_restore, restore
 
 MiB = 1 << 20
@@ -259,3 +259,33 @@ def test_keep_layout_on_a_smaller_disk_is_refused_with_the_way_out(
     with pytest.raises(RefusedError) as refused:
         plan_restore(image, target.path, "keep")
     assert refused.value.hint is not None and "--layout fit" in refused.value.hint
+
+
+@pytestmark_root
+def test_no_room_for_the_scratch_space_is_refused_before_any_write(
+    loop_disk_factory: DiskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = loop_disk_factory(300, "gpt", [PartSpec(None, "ext4")])
+    filled(src, 0, tmp_path / "m", seed=41, mib=16)
+    image = tmp_path / "image"
+    assert main(["capture", src.path, str(image)]) == 0
+    ro = tmp_path / "ro"  # the image on a read-only share: the scratch must go elsewhere
+    ro.mkdir()
+    small = tmp_path / "small"  # and elsewhere is a tiny RAM disk
+    small.mkdir()
+    run("mount", "--bind", "-o", "ro", str(image), str(ro))
+    try:
+        run("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small))
+        try:
+            monkeypatch.setenv("RESCUE_CACHE_DIR", str(small))
+            target = loop_disk_factory(200, None, [])
+            before = file_hash(target.backing)
+            with pytest.raises(RescueError) as refused:
+                plan_restore(ro, target.path)
+            assert "No room to keep the scratch space for resizing" in refused.value.message
+            assert refused.value.hint is not None and "RESCUE_CACHE_DIR" in refused.value.hint
+            assert file_hash(target.backing) == before
+        finally:
+            run("umount", str(small))
+    finally:
+        run("umount", str(ro))

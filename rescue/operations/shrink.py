@@ -271,13 +271,27 @@ def fit_image(
                 f"{least} bytes ({human_size(least)}).",
                 hint="Choose a larger target partition.",
             )
-        return Fit((Placement(part.name, 0, 0, target_size, 0, part.size, part.fstype, least),))
-    return plan_fit(
-        [(p.name, p.number or 0, p.start, p.size, p.fstype) for p in parts],
-        minimums,
-        image.table,
-        target_size,
-    )
+        fit = Fit((Placement(part.name, 0, 0, target_size, 0, part.size, part.fstype, least),))
+    else:
+        fit = plan_fit(
+            [(p.name, p.number or 0, p.start, p.size, p.fstype) for p in parts],
+            minimums,
+            image.table,
+            target_size,
+        )
+    _check_scratch_room(image, fit)
+    return fit
+
+
+def _check_scratch_room(image: ImageView, fit: Fit) -> None:
+    """Refuse now, not halfway, when the scratch space for a shrink has no room."""
+    from rescue.browse.index import scratch_dir  # noqa: PLC0415
+
+    for part in image.parts:
+        place = fit.get(part.name)
+        if place is None or not place.shrinks or part.fstype == "xfs" or part.stream is None:
+            continue
+        scratch_dir(part.stream, part.used_bytes)  # one at a time: the largest must fit
 
 
 # --- shrinking and copying ---------------------------------------------------------------
