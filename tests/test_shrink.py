@@ -71,7 +71,7 @@ class _Bytes:
 def test_overlay_keeps_writes_apart_and_fills_partial_blocks(tmp_path: Path) -> None:
     # the copy-on-write logic alone; the shrink tests below run it under FUSE and a loop device
     base = _Bytes(bytes(range(256)) * 64)  # 16 KiB: four blocks
-    ov = Overlay(base, tmp_path / "scratch")
+    ov = Overlay.create(base, tmp_path / "scratch")
     assert not (tmp_path / "scratch").exists()  # unlinked at once: nothing left behind
     assert ov.pread(0, ov.size) == base.data
     ov.pwrite(4090, b"X" * 10)  # straddles blocks 0 and 1, covers neither
@@ -83,6 +83,7 @@ def test_overlay_keeps_writes_apart_and_fills_partial_blocks(tmp_path: Path) -> 
     expected[8192:12288] = b"Y" * 4096
     assert ov.pread(0, ov.size) == bytes(expected)
     assert ov.written_blocks == 3
+    assert ov.written_map() == bytes([0b0111])
     with pytest.raises(OSError):
         ov.pwrite(ov.size - 1, b"ZZ")
     assert base.data == bytes(range(256)) * 64  # the layer below is never written

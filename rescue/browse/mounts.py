@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rescue.browse.index import prepare, scratch_dir
-from rescue.browse.spec import PARTITION_FILE, SPEC_NAME, ServerSpec
+from rescue.browse.spec import PARTITION_FILE, SPEC_NAME, WRITTEN_FILE, ServerSpec
 from rescue.devices.system_state import mount_table
 from rescue.errors import BadInputError, ExternalToolError, RescueError
 from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
@@ -536,6 +536,20 @@ def _serve(
     return rec
 
 
+@dataclass(frozen=True)
+class PartitionView:
+    """An image partition served as a loop device (see :func:`partition_view`)."""
+
+    loop: str
+    spec: ServerSpec
+    """What the server serves (the image stream, its index, the overlay)."""
+    fuse_dir: Path
+
+    def written_map(self) -> bytes:
+        """Which 4 KiB blocks were written since the view was made (a writable view only)."""
+        return (self.fuse_dir / WRITTEN_FILE).read_bytes()
+
+
 @contextlib.contextmanager
 def partition_view(
     folder: Path,
@@ -544,7 +558,7 @@ def partition_view(
     writable: bool = False,
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
-) -> Iterator[str]:
+) -> Iterator[PartitionView]:
     """The image's partition as a loop device, for as long as the block runs.
 
     Reads come from the image. A writable view keeps writes in a sparse
@@ -559,7 +573,7 @@ def partition_view(
     rec = _serve(folder, part, spec, None, writable=writable)
     assert rec.loop is not None
     try:
-        yield rec.loop
+        yield PartitionView(rec.loop, ServerSpec.load(rec.state_dir), rec.fuse_dir)
     finally:
         if which("udevadm"):  # udev probes the loop after its last writer closes it
             run(["udevadm", "settle", "--timeout=30"], check=False)

@@ -30,17 +30,28 @@ class Readable(Protocol):
 
 
 class Overlay:
-    """``base`` with writes kept in a scratch file at ``path`` (created, then unlinked)."""
+    """``base`` with the blocks marked in ``written`` read from the file ``fd`` instead."""
 
-    def __init__(self, base: Readable, path: Path) -> None:
+    def __init__(self, base: Readable, fd: int, written: bytearray | None = None) -> None:
         self._base = base
         self.size = base.size
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.unlink(path)
-        self._blocks = (self.size + BLOCK - 1) // BLOCK
-        self._written = bytearray((self._blocks + 7) // 8)
+        self._fd = fd
+        blocks = (self.size + BLOCK - 1) // BLOCK
+        self._written = written if written is not None else bytearray((blocks + 7) // 8)
         self._lock = threading.Lock()
         self.written_blocks = 0
+
+    @classmethod
+    def create(cls, base: Readable, path: Path) -> Overlay:
+        """A writable overlay whose writes go to a new scratch file at ``path`` (then unlinked)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+        return cls(base, fd)
+
+    def written_map(self) -> bytes:
+        """Which 4 KiB blocks were written (bit ``n & 7`` of byte ``n >> 3``)."""
+        with self._lock:
+            return bytes(self._written)
 
     def _is_written(self, block: int) -> bool:
         return bool(self._written[block >> 3] >> (block & 7) & 1)

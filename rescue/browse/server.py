@@ -8,7 +8,8 @@ writes ``ready`` on the file descriptor given by ``--ready-fd`` once the kernel
 has connected, and serves reads until the FUSE mount is unmounted.
 
 With an overlay in the spec (see :mod:`rescue.browse.overlay`) the file can
-be written; the writes go to a scratch file, never to the image.
+be written; the writes go to a scratch file, never to the image, and a second
+file, ``written``, holds the map of the 4 KiB blocks written so far.
 
 A read that touches a damaged part of the image fails with EIO and leaves a
 line in ``STATE_DIR/server.log`` naming the partition bytes and the image
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rescue.browse.overlay import Overlay
-from rescue.browse.spec import PARTITION_FILE, ServerSpec
+from rescue.browse.spec import PARTITION_FILE, WRITTEN_FILE, ServerSpec
 from rescue.errors import RescueError
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy picks libfuse 2 without this
@@ -56,7 +57,7 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         self._overlay: Overlay | None = None
         if spec.overlay is not None:
             try:
-                self._overlay = Overlay(self._reader, spec.overlay)
+                self._overlay = Overlay.create(self._reader, spec.overlay)
             except OSError as exc:
                 self._reader.close()
                 raise RescueError(f"Cannot make the scratch file {spec.overlay}: {exc}.") from exc
@@ -97,14 +98,21 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
                 "st_size": self._reader.size,
                 "st_blocks": (self._reader.size + 511) // 512,
             }
+        if path == "/" + WRITTEN_FILE and self._overlay is not None:
+            size = len(self._overlay.written_map())
+            return {**base, "st_mode": stat.S_IFREG | 0o400, "st_nlink": 1, "st_size": size}
         raise mfusepy.FuseOSError(errno.ENOENT)
 
     def readdir(self, path: str, fh: Any) -> list[str]:
         if path != "/":
             raise mfusepy.FuseOSError(errno.ENOTDIR)
-        return [".", "..", PARTITION_FILE]
+        return [".", "..", PARTITION_FILE, *([WRITTEN_FILE] if self._overlay else [])]
 
     def open(self, path: str, flags: int) -> int:
+        if path == "/" + WRITTEN_FILE and self._overlay is not None:
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+                raise mfusepy.FuseOSError(errno.EROFS)
+            return 0
         if path != "/" + PARTITION_FILE:
             raise mfusepy.FuseOSError(errno.ENOENT)
         if flags & (os.O_TRUNC | os.O_APPEND) or (
@@ -134,6 +142,8 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         return 0  # scratch data: it only has to outlive the job, not a power cut
 
     def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
+        if path == "/" + WRITTEN_FILE and self._overlay is not None:
+            return self._overlay.written_map()[offset : offset + size]
         try:
             if self._overlay is not None:
                 return self._overlay.pread(offset, size)

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PARTITION_FILE = "partition"
-"""The one file in a server's FUSE folder."""
+"""The file in a server's FUSE folder that is the partition."""
+WRITTEN_FILE = "written"
+"""Beside it when it is writable: which 4 KiB blocks were written (one bit each)."""
 
 SPEC_NAME = "spec.json"
 

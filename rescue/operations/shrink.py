@@ -30,8 +30,10 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rescue.blockio import is_block_device, open_for_writing
+from rescue.browse.overlay import Overlay
 from rescue.errors import ExternalToolError, RefusedError
 from rescue.filesystems.detect import allocation_for
 from rescue.operations.grow import GPT_BACKUP, MiB, partition_device, resized_script
@@ -41,11 +43,16 @@ from rescue.progress import ProgressReporter, check_cancel
 from rescue.system import output, run
 from rescue.units import human_size
 
+if TYPE_CHECKING:
+    from rescue.browse.mounts import PartitionView
+
 XFS_SMALLEST = 301 * MiB
 """mkfs.xfs refuses filesystems of 300 MiB or less."""
 SHRINKABLE = ("ext2", "ext3", "ext4", "ntfs", "btrfs", "xfs")
 _COPY_CHUNK = 8 * MiB
 _TAIL_MAX = MiB
+_GAP = 256 << 10
+"""Free space shorter than this between used runs is copied rather than skipped."""
 
 
 def _align_up(n: int, unit: int = MiB) -> int:
@@ -122,8 +129,8 @@ def minimum_size(
     from rescue.browse.mounts import partition_view  # noqa: PLC0415
 
     assert part.fstype is not None
-    with partition_view(folder, part, progress=progress, cancel=cancel) as dev:
-        least = _MINIMUM[part.fstype](dev)
+    with partition_view(folder, part, progress=progress, cancel=cancel) as view:
+        least = _MINIMUM[part.fstype](view.loop)
     return min(part.size, _align_up(least)) if part.size else _align_up(least)
 
 
@@ -374,6 +381,7 @@ def copy_used(
     dev: str,
     fstype: str,
     *,
+    source: Overlay | None = None,
     dst_fd: int,
     dst_base: int,
     size: int,
@@ -383,7 +391,8 @@ def copy_used(
     """Copy the used blocks of the (shrunk) filesystem on ``dev`` into ``size`` bytes at the target.
 
     Also copies the few bytes after the last block (NTFS keeps its backup boot
-    sector there). Returns the bytes copied.
+    sector there). The filesystem's maps are read from ``dev``, the data from
+    ``source`` when given (the same bytes, read faster). Returns the bytes copied.
     """
     copied = 0
     with open(dev, "rb", buffering=0) as src:
@@ -394,7 +403,14 @@ def copy_used(
                 f"The shrunk {fstype} filesystem still ends at byte {fs_end}, past the "
                 f"{size} bytes of its new partition; nothing of it was copied."
             )
-        ranges = [(a * alloc.block_size, n * alloc.block_size) for a, n in alloc.runs()]
+        ranges: list[tuple[int, int]] = []
+        for first, count in alloc.runs():
+            offset, length = first * alloc.block_size, count * alloc.block_size
+            if ranges and offset - sum(ranges[-1]) <= _GAP:
+                # a small hole between used runs is copied along: fewer, larger reads
+                ranges[-1] = (ranges[-1][0], offset + length - ranges[-1][0])
+            else:
+                ranges.append((offset, length))
         tail = min(size, fs_end + _TAIL_MAX) - fs_end
         if tail > 0:
             ranges.append((fs_end, tail))
@@ -403,7 +419,10 @@ def copy_used(
             while done < length:
                 check_cancel(cancel)
                 n = min(_COPY_CHUNK, length - done)
-                data = os.pread(src.fileno(), n, offset + done)
+                if source is not None:
+                    data = source.pread(offset + done, n)
+                else:
+                    data = os.pread(src.fileno(), n, offset + done)
                 if len(data) != n:
                     raise ExternalToolError(f"Short read from {dev} at byte {offset + done}.")
                 os.pwrite(dst_fd, data, dst_base + offset + done)
@@ -544,7 +563,7 @@ def restore_shrunk(
             partition_view(folder, part, progress=progress, cancel=cancel) as src,
             partition_device(path, base, size, node) as dst,
         ):
-            copy_xfs(src, dst, progress, cancel)
+            copy_xfs(src.loop, dst, progress, cancel)
             check_filesystem(dst, fstype)
         progress.advance(part.used_bytes)
         return
@@ -552,18 +571,39 @@ def restore_shrunk(
         f"{part.name}: shrinking its {fstype} filesystem to {human_size(size)} on a scratch "
         "copy of the image (the image itself is not changed)."
     )
-    with partition_view(folder, part, writable=True, progress=progress, cancel=cancel) as dev:
-        shrink_filesystem(dev, fstype, size)
+    with partition_view(folder, part, writable=True, progress=progress, cancel=cancel) as view:
+        shrink_filesystem(view.loop, fstype, size)
         check_cancel(cancel)
         fd = open_for_writing(path)
+        source = _direct_reader(view)
         try:
-            copy_used(dev, fstype, dst_fd=fd, dst_base=base, size=size,
+            copy_used(view.loop, fstype, source=source, dst_fd=fd, dst_base=base, size=size,
                       progress=progress, cancel=cancel)  # fmt: skip
         finally:
+            source.close()
             os.close(fd)
     with partition_device(path, base, size, node) as dst:
         check_filesystem(dst, fstype)
     progress.note(f"{part.name}: {fstype} shrunk to {human_size(size)}, copied and checked clean.")
+
+
+def _direct_reader(view: PartitionView) -> Overlay:
+    """The shrunk partition's bytes without the FUSE round trip for what the shrink left alone.
+
+    Blocks the resizer wrote come from the view (the loop device); every other
+    block is decompressed from the image in this process, about three times
+    faster than through the server. Read once the resizer has finished.
+    """
+    from rescue.browse.index import open_reader  # noqa: PLC0415
+
+    written = bytearray(view.written_map())
+    base = open_reader(view.spec)
+    try:
+        top = os.open(view.loop, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        base.close()
+        raise
+    return Overlay(base, top, written)
 
 
 def set_ntfs_hidden_sectors(fd: int, base: int, size: int, start_sector: int) -> None:
