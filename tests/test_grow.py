@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -156,3 +157,47 @@ def test_a_chosen_partition_grows_and_the_ones_after_it_move(
     assert tree_digest(target.mount(1, tmp_path / "t1", "ro")) == root
     assert tree_digest(target.mount(2, tmp_path / "t2", "ro")) == data
     assert main(["restore", str(image), target.path, "--yes", "--grow", "9"]) == 2
+
+
+def test_a_logical_partition_grows_with_its_extended_partition(tmp_path: Path) -> None:
+    # an MBR disk file: primary 1, extended 2 holding logical 5 (the last partition)
+    src = tmp_path / "src.img"
+    with src.open("wb") as f:
+        f.truncate(300 << 20)
+    run("sfdisk", "-q", str(src), input=(
+        "label: dos\n"
+        f"{src}1 : start=2048, size=122880, type=83\n"
+        f"{src}2 : start=124928, size=409600, type=5\n"
+        f"{src}5 : start=126976, size=163840, type=83\n"
+    ))  # fmt: skip
+    loop = run("losetup", "-f", "--show", "--offset", str(126976 * 512),
+               "--sizelimit", str(163840 * 512), str(src)).strip()  # fmt: skip
+    try:
+        run("mkfs.ext4", "-q", loop)
+        run("debugfs", "-w", "-R", "mkdir kept", loop)
+    finally:
+        run("losetup", "-d", loop)
+    image = tmp_path / "image"
+    assert main(["capture", str(src), str(image)]) == 0
+    target = tmp_path / "target.img"
+    with target.open("wb") as f:
+        f.truncate(600 << 20)
+    assert main(["restore", str(image), str(target), "--yes"]) == 0
+    table = {
+        p["node"][-1]: p
+        for p in json.loads(run("sfdisk", "-J", str(target)))["partitiontable"]["partitions"]
+    }
+    logical, extended = table["5"], table["2"]
+    assert logical["start"] + logical["size"] == extended["start"] + extended["size"]
+    assert logical["size"] * 512 > 500 << 20  # took the new room, inside its extended partition
+    loop = run("losetup", "-f", "--show", "--offset", str(logical["start"] * 512),
+               "--sizelimit", str(logical["size"] * 512), str(target)).strip()  # fmt: skip
+    try:
+        run("e2fsck", "-fn", loop)
+        head = dict(
+            ln.split(":", 1) for ln in run("dumpe2fs", "-h", loop).splitlines() if ":" in ln
+        )
+        assert int(head["Block count"]) * int(head["Block size"]) > 0.98 * logical["size"] * 512
+        assert "kept" in run("debugfs", "-R", "ls /", loop)
+    finally:
+        run("losetup", "-d", loop)

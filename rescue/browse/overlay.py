@@ -21,7 +21,7 @@ from typing import Protocol
 BLOCK = 4096
 
 
-class Readable(Protocol):
+class RandomAccess(Protocol):
     size: int
 
     def pread(self, offset: int, length: int) -> bytes: ...
@@ -32,7 +32,7 @@ class Readable(Protocol):
 class Overlay:
     """``base`` with the blocks marked in ``written`` read from the file ``fd`` instead."""
 
-    def __init__(self, base: Readable, fd: int, written: bytearray | None = None) -> None:
+    def __init__(self, base: RandomAccess, fd: int, written: bytearray | None = None) -> None:
         self._base = base
         self.size = base.size
         self._fd = fd
@@ -42,7 +42,7 @@ class Overlay:
         self.written_blocks = 0
 
     @classmethod
-    def create(cls, base: Readable, path: Path) -> Overlay:
+    def create(cls, base: RandomAccess, path: Path) -> Overlay:
         """A writable overlay whose writes go to a new scratch file at ``path`` (then unlinked)."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.unlink(path)

@@ -75,9 +75,9 @@ def plan_growth(
         )
     end = target_size - (GPT_BACKUP if table == "gpt" else 0)
     end -= end % MiB
-    last = numbered[-1]
-    extra = end - (last[2] + last[3])
+    extra = end - start - size
     if after:
+        extra = end - max(p[2] + p[3] for p in numbered)
         extra -= extra % MiB  # the partitions that move keep their alignment
     if extra <= MiB:  # not worth it (or no room)
         return None
@@ -110,7 +110,29 @@ def grown_script(sf_text: str, growth: Growth, sector: int) -> str:
     """The saved sfdisk script with the growing partition's size changed."""
     places = {growth.name: (growth.start, growth.new_size)}
     places.update({name: (start, size) for name, start, size in growth.moved})
+    if growth.number > 4:  # a logical partition: the extended partition holding it grows too
+        for name, start, size, kind in _script_entries(sf_text, sector):
+            inside = start <= growth.start and start + size >= growth.start + growth.old_size
+            if kind.lower().removeprefix("0x") in _EXTENDED and inside:
+                places[name] = (start, growth.start + growth.new_size - start)
     return resized_script(sf_text, sector, places)
+
+
+_EXTENDED = ("5", "f", "85")
+"""MBR types of an extended partition."""
+
+
+def _script_entries(sf_text: str, sector: int) -> list[tuple[str, int, int, str]]:
+    """(name, start, size, type) of every partition line of an sfdisk script, in bytes."""
+    out = []
+    for line in sf_text.splitlines():
+        head, _, rest = line.partition(":")
+        fields = dict(f.strip().partition("=")[::2] for f in rest.split(",") if "=" in f)
+        if "start" in fields and "size" in fields:
+            name = head.strip().rsplit("/", 1)[-1]
+            start, size = int(fields["start"]) * sector, int(fields["size"]) * sector
+            out.append((name, start, size, fields.get("type", "").strip()))
+    return out
 
 
 @contextlib.contextmanager

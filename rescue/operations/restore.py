@@ -95,7 +95,7 @@ def plan_restore(
     if not target.is_file:
         _check_device_safety(target)
     refuse_if_on_device(image_dir, target.path, "the image would overwrite itself")
-    need = image.required_size if image.kind == "disk" else image.parts[0].size
+    need = image.required_size
     fit = None
     if target.size < need:
         if layout in ("keep", "grow"):
