@@ -574,14 +574,16 @@ def restore_shrunk(
     with partition_view(folder, part, writable=True, progress=progress, cancel=cancel) as view:
         shrink_filesystem(view.loop, fstype, size)
         check_cancel(cancel)
-        fd = open_for_writing(path)
         source = _direct_reader(view)
         try:
-            copy_used(view.loop, fstype, source=source, dst_fd=fd, dst_base=base, size=size,
-                      progress=progress, cancel=cancel)  # fmt: skip
+            fd = open_for_writing(path)
+            try:
+                copy_used(view.loop, fstype, source=source, dst_fd=fd, dst_base=base,
+                          size=size, progress=progress, cancel=cancel)  # fmt: skip
+            finally:
+                os.close(fd)
         finally:
             source.close()
-            os.close(fd)
     with partition_device(path, base, size, node) as dst:
         check_filesystem(dst, fstype)
     progress.note(f"{part.name}: {fstype} shrunk to {human_size(size)}, copied and checked clean.")
