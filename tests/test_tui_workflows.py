@@ -59,6 +59,17 @@ def select_disk(app: RescueApp, table_id: str, path: str) -> None:
     table.move_cursor(row=keys.index(path))
 
 
+async def capture_from_home(pilot: Pilot[int], app: RescueApp, disk: str, dest: Path) -> JobScreen:
+    """From the disks screen: capture ``disk`` into ``dest``/pc-image; the finished job."""
+    select_disk(app, "disks", disk)
+    await pilot.press("c")
+    await wait_for(pilot, lambda: app.screen.query("#dest"))
+    app.screen.query_one("#dest", Input).value = str(dest)
+    app.screen.query_one("#name", Input).value = "pc-image"
+    await pilot.press("ctrl+s")
+    return await finish_job(pilot, app)
+
+
 def run_ui(scenario: Callable[[Pilot[int], RescueApp], Awaitable[None]], app: RescueApp) -> None:
     async def go() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -87,13 +98,7 @@ def test_capture_from_the_home_screen(
     dest.mkdir()
 
     async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
-        select_disk(app, "disks", disk.path)
-        await pilot.press("c")
-        await wait_for(pilot, lambda: app.screen.query("#dest"))
-        app.screen.query_one("#dest", Input).value = str(dest)
-        app.screen.query_one("#name", Input).value = "pc-image"
-        await pilot.press("ctrl+s")
-        job = await finish_job(pilot, app)
+        job = await capture_from_home(pilot, app, disk.path, dest)
         assert job.outcome == "ok", job.message
         assert "Image complete" in job.message
         await pilot.press("enter")
@@ -356,13 +361,7 @@ def test_capture_screen_resumes_an_interrupted_capture(
     assert not (image / "rescue.json").exists()
 
     async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
-        select_disk(app, "disks", disk.path)
-        await pilot.press("c")
-        await wait_for(pilot, lambda: app.screen.query("#dest"))
-        app.screen.query_one("#dest", Input).value = str(dest)
-        app.screen.query_one("#name", Input).value = "pc-image"
-        await pilot.press("ctrl+s")
-        job = await finish_job(pilot, app)
+        job = await capture_from_home(pilot, app, disk.path, dest)
         assert job.outcome == "ok", job.message
 
     run_ui(scenario, make_app())
