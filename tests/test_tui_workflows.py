@@ -70,6 +70,13 @@ async def capture_from_home(pilot: Pilot[int], app: RescueApp, disk: str, dest: 
     return await finish_job(pilot, app)
 
 
+async def open_restore(pilot: Pilot[int], app: RescueApp, image: Path) -> None:
+    """From the disks screen: the restore screen, with ``image`` typed in."""
+    await pilot.press("r")
+    await wait_for(pilot, lambda: app.screen.query("#targets"))
+    app.screen.query_one("#image", Input).value = str(image)
+
+
 def run_ui(scenario: Callable[[Pilot[int], RescueApp], Awaitable[None]], app: RescueApp) -> None:
     async def go() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -121,9 +128,7 @@ def test_restore_needs_the_disk_name_typed(
     name = target.path.rsplit("/", 1)[-1]
 
     async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
-        await pilot.press("r")
-        await wait_for(pilot, lambda: app.screen.query("#targets"))
-        app.screen.query_one("#image", Input).value = str(image)
+        await open_restore(pilot, app, image)
         select_disk(app, "targets", target.path)
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: isinstance(app.screen, TypedConfirmScreen))
@@ -159,9 +164,7 @@ def test_restore_refuses_a_mounted_disk(
     disk.mount(0, tmp_path / "busy")
 
     async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
-        await pilot.press("r")
-        await wait_for(pilot, lambda: app.screen.query("#targets"))
-        app.screen.query_one("#image", Input).value = str(image)
+        await open_restore(pilot, app, image)
         select_disk(app, "targets", disk.path)
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: any("Refused" in str(n.message) for n in app._notifications))
@@ -379,9 +382,7 @@ def test_restore_options_reach_the_plan(
     summaries: list[str] = []
 
     async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
-        await pilot.press("r")
-        await wait_for(pilot, lambda: app.screen.query("#targets"))
-        app.screen.query_one("#image", Input).value = str(image)
+        await open_restore(pilot, app, image)
         select_disk(app, "targets", target.path)
         for keys in ((), ("f2", "f3")):
             await pilot.press(*keys, "ctrl+s")
@@ -420,9 +421,7 @@ def test_restore_plans_a_chosen_growing_partition_and_a_fit(
         await wait_for(pilot, lambda: not isinstance(app.screen, TypedConfirmScreen))
 
     async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
-        await pilot.press("r")
-        await wait_for(pilot, lambda: app.screen.query("#targets"))
-        app.screen.query_one("#image", Input).value = str(image)
+        await open_restore(pilot, app, image)
         await pilot.press("f4")
         options = app.screen.query_one("#options", Static)
         assert "partition 1 takes" in str(options.render())
