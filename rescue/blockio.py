@@ -6,6 +6,7 @@ and a regular file holding a raw disk are read the same way.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -13,6 +14,11 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from rescue.errors import DeviceError, DeviceNotFoundError
+
+MEDIA_ERRORS = frozenset({errno.EIO, errno.ENODATA, errno.EILSEQ, errno.EBADMSG})
+"""Errors of an unreadable sector: the capture goes on around them."""
+GONE_ERRORS = frozenset({errno.ENODEV, errno.ENXIO, errno.ENOMEDIUM})
+"""Errors of a device that disappeared: the capture stops."""
 
 
 def device_size(path: str | Path) -> int:

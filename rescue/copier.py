@@ -10,7 +10,6 @@ with one ``pwrite``.
 
 from __future__ import annotations
 
-import errno
 import os
 import queue
 import stat
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.blockio import binary
+from rescue.blockio import GONE_ERRORS, MEDIA_ERRORS, binary
 from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.filesystems.base import Allocation
 from rescue.image.manifest import StoredFile
@@ -35,12 +34,12 @@ from rescue.image.partclone import (
 )
 from rescue.image.seekable import (
     SeekableZstdWriter,
-    iter_decompressed,
-    iter_decompressed_gzip,
     walk_frames,
 )
+from rescue.image.streams import ChunkFile
 from rescue.image.volumes import VolumeReader, VolumeWriter, volume_paths
 from rescue.progress import ProgressReporter, check_cancel
+from rescue.salvage import patch_stream, retry_passes
 
 MiB = 1 << 20
 READ_SPAN = 8 * MiB
@@ -115,10 +114,6 @@ def _read_error(path: str, offset: int, exc: OSError) -> DeviceError:
     return DeviceError(f"Read error on {path} at byte {offset}: {exc.strerror or exc}.")
 
 
-MEDIA_ERRORS = frozenset({errno.EIO, errno.ENODATA, errno.EILSEQ, errno.EBADMSG})
-"""Errors of an unreadable sector: the capture goes on around them."""
-GONE_ERRORS = frozenset({errno.ENODEV, errno.ENXIO, errno.ENOMEDIUM})
-"""Errors of a device that disappeared: the capture stops."""
 FIRST_SKIP = 64 * 1024
 MAX_SKIP = 64 * MiB
 
@@ -544,7 +539,6 @@ def _salvage(
     cancel: threading.Event | None,
 ) -> tuple[tuple[StoredFile, ...], tuple[tuple[int, int], ...]]:
     """Retry passes over what the first pass skipped; recovered bytes go into the stream."""
-    from rescue.salvage import patch_stream, retry_passes  # noqa: PLC0415
 
     total = sum(n for _, n in skipped)
     progress.note(
@@ -568,86 +562,6 @@ def _salvage(
     with VolumeReader(paths, hashing=True) as v:
         files = tuple(StoredFile(name, size, digest) for name, size, digest in v.digests())
     return files, tuple(recovery.unreadable)
-
-
-class ChunkFile:
-    """A minimal readable file over an iterator of byte chunks (for StreamReader)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-        self._pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            rest = [bytes(self._buf), *self._chunks]
-            self._buf = memoryview(b"")
-            data = b"".join(rest)
-            self._pos += len(data)
-            return data
-        if len(self._buf) >= n:
-            out = bytes(self._buf[:n])
-            self._buf = self._buf[n:]
-            self._pos += n
-            return out
-        parts = [bytes(self._buf)]
-        have = len(self._buf)
-        self._buf = memoryview(b"")
-        for chunk in self._chunks:
-            if have + len(chunk) >= n:
-                need = n - have
-                parts.append(chunk[:need])
-                self._buf = memoryview(chunk)[need:]
-                have = n
-                break
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        self._pos += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self._pos
-
-
-def open_stream_chunks(
-    out_base: Path, compression: str, *, threads: int = 0, reader: VolumeReader | None = None
-) -> Iterator[bytes]:
-    """Decompressed chunks of a stored stream (split or not, any supported compression)."""
-    owned = reader is None
-    reader = reader or VolumeReader(volume_paths(out_base))
-    chunks: Iterator[bytes]
-    if compression == "zst":
-        chunks = iter_decompressed(binary(reader), threads=threads)
-    elif compression == "gz":
-        chunks = iter_decompressed_gzip(binary(reader))
-    elif compression == "uncomp":
-        chunks = iter(lambda: reader.read(4 * MiB), b"")
-    else:
-        raise ImageDamagedError(f"{out_base.name}: compression {compression!r} is not supported.")
-    return _named_errors(chunks, out_base.name, reader, close=owned)
-
-
-def _named_errors(
-    chunks: Iterator[bytes], name: str, reader: VolumeReader, *, close: bool
-) -> Iterator[bytes]:
-    """Say which stream (and which split volume) a decoding error is in."""
-    try:
-        yield from chunks
-    except ImageDamagedError as exc:
-        volume = reader.volume_at(exc.offset) if exc.offset is not None else None
-        raise stream_error(name, exc, volume or reader.current_volume()) from exc
-    finally:
-        if close:
-            reader.close()
-
-
-def stream_error(name: str, exc: ImageDamagedError, volume: str | None = None) -> ImageDamagedError:
-    """``exc`` with the stream's file name in front, once."""
-    if name in exc.message:
-        return exc
-    where = f"{name} (volume {volume})" if volume and volume != name else name
-    return ImageDamagedError(f"{where}: {exc.message}", hint=exc.hint)
 
 
 def restore_partclone_stream(

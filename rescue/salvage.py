@@ -26,11 +26,16 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from rescue.blockio import binary
-from rescue.copier import GONE_ERRORS, MEDIA_ERRORS
+from rescue.blockio import GONE_ERRORS, MEDIA_ERRORS, binary
 from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.image.partclone import BlockRanks, PartcloneHeader, block_offset, crc32
-from rescue.image.seekable import SeekTable, content_checksum, raw_frame, raw_frame_content
+from rescue.image.seekable import (
+    SeekableZstdReader,
+    SeekTable,
+    content_checksum,
+    raw_frame,
+    raw_frame_content,
+)
 from rescue.image.volumes import VolumeReader
 from rescue.progress import ProgressReporter, check_cancel
 
@@ -180,7 +185,6 @@ class StreamPatcher:
 
     def read(self, offset: int, length: int) -> bytes:
         """Stream bytes, with the patches made so far (any frame, raw or not)."""
-        from rescue.image.seekable import SeekableZstdReader  # noqa: PLC0415
 
         out = bytearray()
         reader = SeekableZstdReader(binary(self._v), self.table, cache_frames=2)

@@ -84,21 +84,3 @@ def run(
 def output(argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = None) -> str:
     """Run ``argv`` and return its standard output as text."""
     return run(argv, input=input, timeout=timeout).stdout.decode(errors="replace")
-
-
-def kernel_supports(fstype: str) -> bool:
-    """The running kernel mounts ``fstype`` (after loading its module, where one exists)."""
-
-    def listed() -> bool:
-        try:
-            with open("/proc/filesystems") as f:
-                text = f.read()
-        except OSError:
-            return False
-        return any(line.split()[-1] == fstype for line in text.splitlines() if line.split())
-
-    if listed():
-        return True
-    if which("modprobe"):
-        run(["modprobe", "-q", fstype], check=False)
-    return listed()

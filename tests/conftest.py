@@ -25,7 +25,8 @@ def pytest_report_header() -> str:
     return f"rescue test bench capabilities: {have}"
 
 
-NOWATCH_RULE = Path("/run/udev/rules.d/99-rescue-tests-nowatch.rules")
+# one rule file per test run, so runs side by side do not remove each other's rule
+NOWATCH_RULE = Path(f"/run/udev/rules.d/99-rescue-tests-nowatch-{os.getpid()}.rules")
 
 
 @contextlib.contextmanager

@@ -60,7 +60,7 @@ def leftovers(run_dir: Path, server_pids: list[int]) -> list[str]:
     if str(run_dir) in loops:
         found.append(f"a loop device: {loops}")
     for pid in server_pids:
-        if Path(f"/proc/{pid}").exists() and "rescue.browse.server" in Path(
+        if Path(f"/proc/{pid}").exists() and "rescue.imagedev.server" in Path(
             f"/proc/{pid}/cmdline"
         ).read_text(errors="replace"):
             state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]

@@ -16,7 +16,7 @@ from conftest import DiskFactory
 from diskbench import PartSpec
 
 from rescue.cli import main
-from rescue.operations.capture_map import MAP_NAME
+from rescue.image.names import CAPTURE_MAP as MAP_NAME
 
 pytestmark = need("root", "loop")
 

@@ -22,9 +22,9 @@ from diskbench import (
     tree_digest,
 )
 
-from rescue.browse.overlay import Overlay
 from rescue.cli import main
 from rescue.errors import RefusedError, RescueError
+from rescue.imagedev.overlay import Overlay
 from rescue.operations.restore import plan_restore, restore
 
 MiB = 1 << 20

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from rescue.operations.image_view import open_image
+from rescue.image.view import open_image
 from rescue.units import human_size
 
 

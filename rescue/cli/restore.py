@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rescue.cli.progress import reporter
+from rescue.devices.safety import confirm
 from rescue.operations.restore import LAYOUTS, RestorePlan, plan_restore, restore
 
 
@@ -35,7 +36,6 @@ def add_parser(sub: Any) -> None:
 
 def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
     """Ask the technician to type the target's name; ``--yes`` answers for scripts."""
-    from rescue.devices.safety import confirm  # noqa: PLC0415
 
     print(plan.summary, file=sys.stderr)
     confirm(plan.target.path, yes=yes)

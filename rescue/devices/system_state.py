@@ -12,27 +12,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DevNum = tuple[int, int]
+from rescue.kernel import DevNum, mount_table, unescape
 
 # Where the running system lives: the root filesystem and Debian live's medium
 LIVE_MEDIUM_MOUNTPOINTS = ("/run/live/medium", "/lib/live/mount/medium", "/run/initramfs/live")
 BOOT_MOUNTPOINTS = ("/", *LIVE_MEDIUM_MOUNTPOINTS)
-
-
-def _unescape(text: str) -> str:
-    """Undo /proc's octal escapes (a space in a mountpoint is written \\040)."""
-    if "\\" not in text:
-        return text
-    out = []
-    i = 0
-    while i < len(text):
-        if text[i] == "\\" and i + 4 <= len(text) and text[i + 1 : i + 4].isdigit():
-            out.append(chr(int(text[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 def devnum_of(path: str) -> DevNum | None:
@@ -44,42 +28,6 @@ def devnum_of(path: str) -> DevNum | None:
     if not stat.S_ISBLK(st.st_mode):
         return None
     return os.major(st.st_rdev), os.minor(st.st_rdev)
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    mountpoint: str
-    source: str
-    fstype: str
-    options: tuple[str, ...]
-    devnum: DevNum = (0, 0)
-    """The filesystem's device number (major 0: anonymous, as FUSE and tmpfs have)."""
-
-
-def mount_table(proc: Path = Path("/proc")) -> list[MountEntry]:
-    """Every mount this process sees, in mount order."""
-    try:
-        lines = (proc / "self" / "mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    entries = []
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        rfields = right.split()
-        if len(fields) < 6 or len(rfields) < 2:
-            continue
-        major, minor = (int(x) for x in fields[2].split(":"))
-        entries.append(
-            MountEntry(
-                mountpoint=_unescape(fields[4]),
-                source=_unescape(rfields[1]),
-                fstype=rfields[0],
-                options=tuple(fields[5].split(",")),
-                devnum=(major, minor),
-            )
-        )
-    return entries
 
 
 @dataclass
@@ -123,7 +71,7 @@ class SystemState:
         for line in swaps:
             parts = line.split()
             if parts:
-                num = devnum_of(_unescape(parts[0]))
+                num = devnum_of(unescape(parts[0]))
                 if num is not None:
                     state.swaps.add(num)
         return state

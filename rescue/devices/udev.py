@@ -13,6 +13,7 @@ from typing import Any
 
 import pyudev
 
+from rescue import system
 from rescue.blockio import sysfs_text
 from rescue.devices.model import (
     FLAG_BOOT_MEDIUM,
@@ -23,8 +24,9 @@ from rescue.devices.model import (
     Disk,
     Partition,
 )
-from rescue.devices.system_state import DevNum, SystemState
+from rescue.devices.system_state import SystemState
 from rescue.filesystems.probe import probe_fstype
+from rescue.kernel import DevNum
 
 # Kernel names that are never a disk a technician means
 _HIDDEN_PREFIXES = ("ram", "zram", "fd", "dm-", "md", "nbd")
@@ -244,7 +246,6 @@ def list_disks(*, use_udev_properties: bool = True) -> list[Disk]:
 
 def udev_running() -> bool:
     """A udev daemon answers on its control socket (the socket file may be stale)."""
-    from rescue import system  # noqa: PLC0415
 
     if system.which("udevadm") is None:
         return False

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue import __version__, system
-from rescue.blockio import is_block_device
+from rescue import __version__, kernel, system
+from rescue.blockio import device_size, is_block_device
 from rescue.errors import ImageDamagedError, NotAnImageError, RefusedError
+from rescue.image import names
 from rescue.units import human_size
 
 HIDDEN_DATA_MAX = 1 << 20
@@ -90,29 +91,17 @@ def part_name(disk: str, number: int) -> str:
     return f"{disk}p{number}" if disk[-1:].isdigit() else f"{disk}{number}"
 
 
-def _probe_fs(path: str, offset: int, size: int) -> dict[str, str]:
-    out = system.run(
-        ["blkid", "-p", "-o", "export", "-O", str(offset), "-S", str(size), path], check=False
-    )
-    info = {}
-    for line in out.stdout.decode(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        info[key] = value
-    return info
-
-
 def _whole_disk_filesystem(path: str, size: int) -> bool:
     """A filesystem written straight onto the disk (a "superfloppy" USB stick)?
 
     A FAT or NTFS boot sector ends in 55AA like an MBR, and sfdisk reads it as
     one; blkid tells a filesystem from a partition table.
     """
-    return "TYPE" in _probe_fs(path, 0, size)
+    return "TYPE" in kernel.blkid(path, offset=0, size=size)
 
 
 def read_source_layout(path: str, name: str) -> DiskLayout:
     """The partition table of a disk or disk file, with each partition's filesystem."""
-    from rescue.blockio import device_size  # noqa: PLC0415
 
     size = device_size(path)
     res = system.run(["sfdisk", "-J", path], check=False)
@@ -125,7 +114,7 @@ def read_source_layout(path: str, name: str) -> DiskLayout:
         m = re.search(r"(\d+)$", p["node"])
         number = int(m.group(1)) if m else len(parts) + 1
         start, psize = int(p["start"]) * sector, int(p["size"]) * sector
-        fs = _probe_fs(path, start, psize)
+        fs = kernel.blkid(path, offset=start, size=psize)
         parts.append(
             PartitionEntry(
                 name=part_name(name, number),
@@ -188,17 +177,17 @@ def _common_files(
         attrs = " ".join(f'{k}="{v}"' for k, v in ids.items() if v)
         blkid.append(f"/dev/{part}: {attrs}")
         blkdev.append(f"{part} {part} {human_size(size).replace(' ', '')} part {fstype or ''}")
-    _write(folder, "dev-fs.list", "\n".join(devfs) + "\n")
-    _write(folder, "blkid.list", "\n".join(blkid) + "\n")
-    _write(folder, "blkdev.list", "\n".join(blkdev) + "\n")
+    _write(folder, names.DEV_FS_LIST, "\n".join(devfs) + "\n")
+    _write(folder, names.BLKID_LIST, "\n".join(blkid) + "\n")
+    _write(folder, names.BLKDEV_LIST, "\n".join(blkdev) + "\n")
     log = f"{LOG_SIGNATURE} {__version__} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n{command}\n"
-    _write(folder, "clonezilla-img", log)
-    _write(folder, "Info-img-id.txt", f"IMG_ID={hashlib.sha512(log.encode()).hexdigest()}\n")
-    _write(folder, "Info-saved-by-cmd.txt", command + "\n")
+    _write(folder, names.CLONEZILLA_LOG, log)
+    _write(folder, names.IMG_ID_FILE, f"IMG_ID={hashlib.sha512(log.encode()).hexdigest()}\n")
+    _write(folder, names.SAVED_BY_CMD_FILE, command + "\n")
 
 
 def _swap_info(folder: Path, part: str, uuid: str | None, label: str | None) -> None:
-    _write(folder, f"swappt-{part}.info", f'UUID="{uuid or ""}"\nLABEL="{label or ""}"\n')
+    _write(folder, names.swap_info_file(part), f'UUID="{uuid or ""}"\nLABEL="{label or ""}"\n')
 
 
 @contextlib.contextmanager
@@ -237,33 +226,35 @@ def save_layout(
 ) -> None:
     """Write every layout file of a whole-disk image (streams are written by the copier)."""
     name = layout.name
-    _write(folder, "disk", name + "\n")
-    _write(folder, "parts", " ".join(parts) + "\n")
-    _write(folder, f"{name}-pt.sf", _sfdisk_dump(source_path, name))
+    _write(folder, names.DISK_FILE, name + "\n")
+    _write(folder, names.PARTS_FILE, " ".join(parts) + "\n")
+    _write(folder, names.sfdisk_dump(name), _sfdisk_dump(source_path, name))
     cyl = max(1, layout.size // (255 * 63 * 512))
-    _write(folder, f"{name}-chs.sf", f"cylinders={cyl}\nheads=255\nsectors=63\n")
+    _write(folder, names.chs_file(name), f"cylinders={cyl}\nheads=255\nsectors=63\n")
     sector = layout.sector_size
     with _table_copy(source_path, layout) as copy:
         # parted and sgdisk open their disk read-write: give them a copy, never the source
-        for suffix, unit in (("pt.parted", "s"), ("pt.parted.compact", "compact")):
+        for compact, unit in ((False, "s"), (True, "compact")):
             res = system.run(["parted", "-s", copy, "unit", unit, "print"], check=False)
             _write(
                 folder,
-                f"{name}-{suffix}",
+                names.parted_file(name, compact=compact),
                 res.stdout.replace(copy.encode(), b"/dev/" + name.encode()),
             )
         if layout.table == "gpt":
-            system.run(["sgdisk", "-b", str(folder / f"{name}-gpt.gdisk"), copy])
-    _write(folder, f"{name}-mbr", _read_at(source_path, 0, 512))
+            system.run(["sgdisk", "-b", str(folder / names.gdisk_backup_file(name)), copy])
+    _write(folder, names.mbr_file(name), _read_at(source_path, 0, 512))
     if layout.table == "gpt":
-        _write(folder, f"{name}-gpt-1st", _read_at(source_path, 0, 34 * sector))
+        _write(folder, names.gpt_primary_file(name), _read_at(source_path, 0, 34 * sector))
         _write(
-            folder, f"{name}-gpt-2nd", _read_at(source_path, layout.size - 33 * sector, 33 * sector)
+            folder,
+            names.gpt_backup_file(name),
+            _read_at(source_path, layout.size - 33 * sector, 33 * sector),
         )
     else:
         first = min((p.start for p in layout.partitions), default=512)
         gap = min(max(first - 512, 0), HIDDEN_DATA_MAX)
-        _write(folder, f"{name}-hidden-data-after-mbr", _read_at(source_path, 512, gap))
+        _write(folder, names.hidden_data_file(name), _read_at(source_path, 512, gap))
     entries: list[tuple[str, str | None, int, dict[str, str | None]]] = []
     for p in layout.partitions:
         if p.name not in parts:
@@ -287,7 +278,7 @@ def save_partition_only(
     label: str | None = None,
 ) -> None:
     """A single-partition image, as Clonezilla's "saveparts" writes it (no ``disk`` file)."""
-    _write(folder, "parts", part + "\n")
+    _write(folder, names.PARTS_FILE, part + "\n")
     if fstype == "swap":
         _swap_info(folder, part, uuid, label)
     ids = {"LABEL": label, "UUID": uuid, "TYPE": fstype}
@@ -297,7 +288,9 @@ def save_partition_only(
 # -- reading an image folder ---------------------------------------------------------
 
 _STREAM_RE = re.compile(
-    r"^(?P<part>.+?)\.(?P<fs>[A-Za-z0-9_+]+)-ptcl-img\.(?P<comp>[a-z0-9]+)(?P<split>\.[a-z]{2})?$"
+    r"^(?P<part>.+?)\.(?P<fs>[A-Za-z0-9_+]+)"
+    + re.escape(names.STREAM_SUFFIX)
+    + r"\.(?P<comp>[a-z0-9]+)(?P<split>\.[a-z]{2})?$"
 )
 _SF_PART_RE = re.compile(r"^/dev/(?P<name>\S+)\s*:\s*(?P<rest>.*)$")
 
@@ -324,7 +317,9 @@ def _parse_sf(text: str, disk: str) -> DiskLayout:
             start = int(fields["start"]) * sector
             size = int(fields["size"]) * sector
         except (KeyError, ValueError) as exc:
-            raise ImageDamagedError(f"{disk}-pt.sf has a malformed line for {name}.") from exc
+            raise ImageDamagedError(
+                f"{names.sfdisk_dump(disk)} has a malformed line for {name}."
+            ) from exc
         entries.append(
             PartitionEntry(
                 name=name.replace("/", "-"),
@@ -353,7 +348,7 @@ def _parse_info(path: Path) -> dict[str, str]:
 
 def read_image_layout(folder: Path) -> ImageLayout:
     """Parse an image folder written by rescue or by Clonezilla."""
-    parts_file = folder / "parts"
+    parts_file = folder / names.PARTS_FILE
     if not parts_file.exists():
         raise NotAnImageError(
             f"{folder} is not an image folder (it has no 'parts' file).",
@@ -364,7 +359,7 @@ def read_image_layout(folder: Path) -> ImageLayout:
         raise ImageDamagedError(f"{parts_file} lists no partitions.")
     disk = None
     table = None
-    disk_file = folder / "disk"
+    disk_file = folder / names.DISK_FILE
     if disk_file.exists():
         disks = disk_file.read_text().split()
         if len(disks) != 1:
@@ -372,7 +367,7 @@ def read_image_layout(folder: Path) -> ImageLayout:
                 f"{folder} holds {len(disks)} disks; rescue restores one at a time."
             )
         disk = disks[0]
-        sf = folder / f"{disk}-pt.sf"
+        sf = folder / names.sfdisk_dump(disk)
         if not sf.exists():
             raise ImageDamagedError(f"{sf} is missing: the partition table cannot be restored.")
         table = _parse_sf(sf.read_text(errors="replace"), disk)
@@ -395,9 +390,9 @@ def read_image_layout(folder: Path) -> ImageLayout:
             ),
         )
     swap = {
-        p: _parse_info(folder / f"swappt-{p}.info")
+        p: _parse_info(folder / names.swap_info_file(p))
         for p in parts
-        if (folder / f"swappt-{p}.info").exists()
+        if (folder / names.swap_info_file(p)).exists()
     }
     return ImageLayout(folder, disk, parts, table, streams, swap)
 
@@ -419,7 +414,7 @@ def restore_partition_table(
     that grows). The kernel learns the new partitions through BLKPG; call
     :func:`reread_partitions` once all writing is done.
     """
-    sf_text = (folder / f"{disk}-pt.sf").read_text(errors="replace")
+    sf_text = (folder / names.sfdisk_dump(disk)).read_text(errors="replace")
     if edit is not None:
         sf_text = edit(sf_text, _parse_sf(sf_text, disk).sector_size)
     table = _parse_sf(sf_text, disk)
@@ -436,11 +431,11 @@ def restore_partition_table(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", "-f", "--wipe", "always", target],
         input=script.encode(),
     )
-    mbr = (folder / f"{disk}-mbr").read_bytes()
+    mbr = (folder / names.mbr_file(disk)).read_bytes()
     fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.pwrite(fd, mbr[:446], 0)  # boot code only: the table is sfdisk's
-        hidden = folder / f"{disk}-hidden-data-after-mbr"
+        hidden = folder / names.hidden_data_file(disk)
         if table.table != "gpt" and hidden.exists():
             gap = hidden.read_bytes()
             first = min((p.start for p in table.partitions), default=512)
@@ -460,12 +455,10 @@ def reread_partitions(target: str) -> None:
     then adds, resizes or removes whatever the kernel did not, so partitions are
     right even on kernels built without MBR/GPT support.
     """
-    if system.which("udevadm"):
-        system.run(["udevadm", "settle", "--timeout=30"], check=False)
+    kernel.settle()
     system.run(["blockdev", "--rereadpt", target], check=False)
     system.run(["partx", "-u", target], check=False)
-    if system.which("udevadm"):
-        system.run(["udevadm", "settle", "--timeout=30"], check=False)
+    kernel.settle()
 
 
 def partition_device(target: str, number: int, wait: float = 10.0) -> str | None:

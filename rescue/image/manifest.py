@@ -18,8 +18,8 @@ from rescue.errors import (
     NotAnImageError,
     UnsupportedImageError,
 )
+from rescue.image.names import MANIFEST_NAME
 
-MANIFEST_NAME = "rescue.json"
 FORMAT_NAME = "rescue-image"
 FORMAT_VERSION = 1
 

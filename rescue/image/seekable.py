@@ -14,6 +14,7 @@ corrupt file raises :class:`ImageDamagedError`, never a short read.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import gzip
 import os
@@ -480,7 +481,6 @@ class SeekableZstdReader:
             return data
 
     def pread(self, offset: int, length: int) -> bytes:
-        import bisect  # noqa: PLC0415
 
         end = min(offset + length, self.size)
         out = []

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rescue import kernel
 from rescue.errors import ExternalToolError
-from rescue.operations.private_mount import private_mount
-from rescue.system import run
+from rescue.kernel import private_mount
 
 _LINUX = {"ext2": "ro,noload", "ext3": "ro,noload", "ext4": "ro,noload",
           "xfs": "ro,norecovery,nouuid", "btrfs": "ro"}  # fmt: skip
@@ -36,10 +36,8 @@ class FstabReport:
 
 def identities(node: str) -> dict[str, str]:
     """UUID, PARTUUID, LABEL, PARTLABEL of a partition (as blkid reads them now)."""
-    res = run(["blkid", "-p", "-o", "export", node], check=False)
     out: dict[str, str] = {}
-    for line in res.stdout.decode(errors="replace").splitlines():
-        key, _, value = line.partition("=")
+    for key, value in kernel.blkid(node).items():
         if key in ("UUID", "PART_ENTRY_UUID", "LABEL", "PART_ENTRY_NAME"):
             out[{"PART_ENTRY_UUID": "PARTUUID", "PART_ENTRY_NAME": "PARTLABEL"}.get(key, key)] = (
                 value

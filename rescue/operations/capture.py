@@ -14,16 +14,15 @@ from pathlib import Path
 from rescue import __version__, system
 from rescue.blockio import Window, binary
 from rescue.copier import Checkpoint, CompressionOptions, Extent, ReadOptions, write_stream
-from rescue.damage import damaged_files
 from rescue.devices.smart import smart_summary
 from rescue.errors import BadInputError, DeviceError, DeviceGoneError, RefusedError
 from rescue.filesystems.base import Allocation
+from rescue.filesystems.damage import damaged_files
 from rescue.filesystems.detect import allocation_for
 from rescue.filesystems.probe import probe_fstype
 from rescue.image import layout as layout_mod
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import (
-    MANIFEST_NAME,
     Manifest,
     PartitionRecord,
     SourceIdentity,
@@ -31,7 +30,7 @@ from rescue.image.manifest import (
     fsync_dir,
     write_manifest,
 )
-from rescue.image.names import INCOMPLETE_MARKER, stream_name
+from rescue.image.names import DAMAGE_REPORT, INCOMPLETE_MARKER, MANIFEST_NAME, stream_name
 from rescue.operations.capture_map import CaptureMap, bitmap_digest
 from rescue.operations.source import (
     Source,
@@ -92,9 +91,6 @@ def _split_size(
         progress.note("The destination is a FAT filesystem: splitting streams into 4 GiB volumes.")
         return FAT_SPLIT
     return None
-
-
-DAMAGE_REPORT = "damage-report.txt"
 
 
 def capture(

@@ -22,8 +22,8 @@ from typing import Any
 from rescue.copier import Checkpoint
 from rescue.errors import BadInputError
 from rescue.image.manifest import PartitionRecord, fsync_dir
+from rescue.image.names import CAPTURE_MAP
 
-MAP_NAME = ".rescue-capture-map.json"
 VERSION = 1
 
 
@@ -51,22 +51,22 @@ class CaptureMap:
             "current_bitmap": self.current_bitmap,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
         }
-        tmp = folder / (MAP_NAME + ".tmp")
+        tmp = folder / (CAPTURE_MAP + ".tmp")
         with open(tmp, "w") as f:
             json.dump(doc, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, folder / MAP_NAME)
+        os.replace(tmp, folder / CAPTURE_MAP)
         fsync_dir(folder)
 
     @classmethod
     def load(cls, folder: Path) -> CaptureMap:
-        path = folder / MAP_NAME
+        path = folder / CAPTURE_MAP
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise BadInputError(
-                f"{folder} holds no capture to resume (no {MAP_NAME}).",
+                f"{folder} holds no capture to resume (no {CAPTURE_MAP}).",
                 hint="Start a new capture into an empty folder.",
             ) from exc
         except ValueError as exc:
@@ -84,4 +84,4 @@ class CaptureMap:
         )
 
     def remove(self, folder: Path) -> None:
-        (folder / MAP_NAME).unlink(missing_ok=True)
+        (folder / CAPTURE_MAP).unlink(missing_ok=True)

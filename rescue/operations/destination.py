@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rescue import kernel
 from rescue.devices.model import Disk, Partition
 from rescue.errors import BadInputError, RefusedError
-from rescue.system import kernel_supports, run, which
+from rescue.system import which
 
 
 def dest_root() -> Path:
@@ -42,12 +43,12 @@ def mount_destination(part: Partition) -> Path:
     if any(target.iterdir()):
         raise BadInputError(f"{target} is not empty; cannot mount {part.path} there.")
     fuse = _FUSE.get(part.fstype or "")
-    kernel_has = fuse is None or kernel_supports(part.fstype or "")
+    kernel_has = fuse is None or kernel.kernel_supports(part.fstype or "")
     if kernel_has:
-        run(["mount", "-o", "nosuid,nodev,noexec", part.path, str(target)])
+        kernel.mount(part.path, target, "rw")
     else:
         assert fuse is not None
         if which(fuse) is None:
             raise BadInputError(f"Mounting {part.fstype} needs {fuse}, which is not installed.")
-        run([fuse, "-o", "nosuid,nodev,noexec", part.path, str(target)])
+        kernel.mount_fuse(fuse, part.path, target, "rw")
     return target

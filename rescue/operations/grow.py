@@ -5,7 +5,7 @@ the last partition extended to the end of the disk (1 MiB aligned); after the
 data is back, the filesystem grows to fill it: ext2/3/4 with resize2fs (after
 an e2fsck), NTFS with ntfsresize, XFS and btrfs online through a private
 temporary mount (their tools need one), FAT16/32 in place by our own code
-(:mod:`rescue.operations.fatgrow`). exFAT keeps its size (no resizer for it
+(:mod:`rescue.filesystems.fatgrow`). exFAT keeps its size (no resizer for it
 exists); the partition still grows and the restore says so.
 """
 
@@ -15,11 +15,12 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from rescue import kernel
 from rescue.errors import BadInputError, ExternalToolError, RefusedError
-from rescue.operations.fatgrow import grow_fat
-from rescue.operations.private_mount import private_mount
+from rescue.filesystems.fatgrow import grow_fat
+from rescue.kernel import private_mount
 from rescue.progress import ProgressReporter
-from rescue.system import output, run
+from rescue.system import run
 
 MiB = 1 << 20
 GPT_BACKUP = 33 * 512
@@ -138,13 +139,8 @@ def _script_entries(sf_text: str, sector: int) -> list[tuple[str, int, int, str]
 @contextlib.contextmanager
 def range_device(path: str, start: int, size: int) -> Iterator[str]:
     """A loop device over ``size`` bytes at ``start`` of a disk file."""
-    loop = output(
-        ["losetup", "--find", "--show", "--offset", str(start), "--sizelimit", str(size), path]
-    ).strip()
-    try:
+    with kernel.loop_device(path, read_only=False, offset=start, size=size) as loop:
         yield loop
-    finally:
-        run(["losetup", "-d", loop], check=False)
 
 
 @contextlib.contextmanager

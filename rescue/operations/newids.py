@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import ExternalToolError
+from rescue.kernel import private_mount
 from rescue.operations.bootcheck import identities
-from rescue.operations.private_mount import private_mount
 from rescue.progress import ProgressReporter
 from rescue.system import output, run, which
 

@@ -10,20 +10,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue import system
+from rescue import kernel, system
 from rescue.blockio import device_size, is_block_device, open_for_writing
 from rescue.copier import (
     Extent,
-    open_stream_chunks,
     restore_partclone_stream,
     restore_raw_stream,
-    stream_error,
 )
+from rescue.devices import find_device
+from rescue.devices.safety import check_target
 from rescue.errors import BadInputError, DeviceError, ImageDamagedError, RefusedError
 from rescue.image import layout as layout_mod
+from rescue.image.streams import open_stream_chunks, stream_error
+from rescue.image.view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_growth
-from rescue.operations.image_view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.newids import give_new_ids
 from rescue.operations.shrink import Fit, fit_image, restore_shrunk, set_ntfs_hidden_sectors
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
@@ -144,8 +145,6 @@ def plan_restore(
 
 
 def _check_device_safety(target: Source) -> None:
-    from rescue.devices import find_device  # noqa: PLC0415
-    from rescue.devices.safety import check_target  # noqa: PLC0415
 
     check_target(find_device(target.path))
 
@@ -229,10 +228,7 @@ def _repair_uefi(image: ImageView, target: Source, progress: ProgressReporter) -
         node = layout_mod.partition_device(target.path, part.number, wait=2.0)
         if node is None:
             continue
-        kind = system.run(
-            ["blkid", "-p", "-s", "PART_ENTRY_TYPE", "-o", "value", node], check=False
-        )
-        if kind.stdout.decode().strip().lower() in ESP_TYPES:
+        if kernel.blkid(node).get("PART_ENTRY_TYPE", "").lower() in ESP_TYPES:
             repair_uefi_boot(
                 target.path, node, part.number, label=f"restored {image.folder.name}"[:36],
                 progress=progress,
@@ -360,6 +356,5 @@ def _settle(target: Source, new_table: bool) -> None:
         return
     if new_table:
         layout_mod.reread_partitions(target.path)
-    elif system.which("udevadm"):
-        system.run(["udevadm", "trigger", "--action=change", target.path], check=False)
-        system.run(["udevadm", "settle", "--timeout=30"], check=False)
+    else:
+        kernel.announce_change(target.path)

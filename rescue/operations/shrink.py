@@ -2,7 +2,7 @@
 
 A filesystem can only be shrunk whole, and the image is read-only and
 compressed. So each partition that must shrink is served as a copy-on-write
-device (:func:`rescue.browse.mounts.partition_view`: the image underneath,
+device (:func:`rescue.imagedev.served.partition_view`: the image underneath,
 writes in a sparse scratch file), its own tool shrinks it there (resize2fs
 after e2fsck, ntfsresize, ``btrfs filesystem resize`` through a private
 mount), and the used blocks of the shrunk filesystem are copied to the target
@@ -32,19 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rescue import kernel
 from rescue.blockio import is_block_device, open_for_writing
-from rescue.browse.overlay import Overlay
 from rescue.errors import ExternalToolError, RefusedError
 from rescue.filesystems.detect import allocation_for
+from rescue.image.view import ImagePart, ImageView
+from rescue.imagedev.index import open_reader, scratch_dir
+from rescue.imagedev.overlay import Overlay
+from rescue.imagedev.served import partition_view
+from rescue.kernel import private_mount
 from rescue.operations.grow import GPT_BACKUP, MiB, partition_device, resized_script
-from rescue.operations.image_view import ImagePart, ImageView
-from rescue.operations.private_mount import private_mount
 from rescue.progress import ProgressReporter, check_cancel
 from rescue.system import output, run
 from rescue.units import human_size
 
 if TYPE_CHECKING:
-    from rescue.browse.mounts import PartitionView
+    from rescue.imagedev.served import PartitionView
 
 XFS_SMALLEST = 301 * MiB
 """mkfs.xfs refuses filesystems of 300 MiB or less."""
@@ -126,7 +129,6 @@ def minimum_size(
     """Smallest partition (MiB aligned) that holds ``part``'s filesystem; its size if fixed."""
     if not can_shrink(part):
         return part.size
-    from rescue.browse.mounts import partition_view  # noqa: PLC0415
 
     assert part.fstype is not None
     with partition_view(folder, part, progress=progress, cancel=cancel) as view:
@@ -292,7 +294,6 @@ def fit_image(
 
 def _check_scratch_room(image: ImageView, fit: Fit) -> None:
     """Refuse now, not halfway, when the scratch space for a shrink has no room."""
-    from rescue.browse.index import scratch_dir  # noqa: PLC0415
 
     for part in image.parts:
         place = fit.get(part.name)
@@ -497,11 +498,7 @@ def copy_xfs(
     """A new XFS on ``dst_dev`` like the one on ``src_dev`` (UUID, label, features); copy files."""
     check_cancel(cancel)
     options = xfs_format_options(output(["xfs_db", "-r", "-c", "info", src_dev]))
-    ident = dict(
-        line.split("=", 1)
-        for line in output(["blkid", "-p", "-o", "export", src_dev]).splitlines()
-        if "=" in line
-    )
+    ident = kernel.blkid(src_dev)
     if ident.get("UUID"):
         if "-m" in options:
             options[options.index("-m") + 1] += f",uuid={ident['UUID']}"
@@ -553,7 +550,6 @@ def restore_shrunk(
     The filesystem shrinks on a scratch view of the image, then its used blocks
     are copied; the result is checked with the filesystem's own checker.
     """
-    from rescue.browse.mounts import partition_view  # noqa: PLC0415
 
     path, base = where
     fstype = part.fstype or ""
@@ -596,7 +592,6 @@ def _direct_reader(view: PartitionView) -> Overlay:
     block is decompressed from the image in this process, about three times
     faster than through the server. Read once the resizer has finished.
     """
-    from rescue.browse.index import open_reader  # noqa: PLC0415
 
     written = bytearray(view.written_map())
     base = open_reader(view.spec)

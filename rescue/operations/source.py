@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.blockio import device_size, sysfs_text
+from rescue.devices.system_state import SystemState
 from rescue.errors import BadInputError, DeviceNotFoundError, RefusedError
 
 
@@ -102,7 +103,6 @@ def refuse_if_mounted_rw(src: Source) -> None:
     """An image of a filesystem that changes while it is read is not consistent: refuse."""
     if src.is_file:
         return
-    from rescue.devices.system_state import SystemState  # noqa: PLC0415
 
     state = SystemState.read()
     busy = devnums_of_source(src.path) & state.writable

@@ -6,13 +6,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rescue.copier import ChunkFile, open_stream_chunks, stream_error
 from rescue.errors import ImageDamagedError
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import StoredFile
 from rescue.image.partclone import StreamReader
+from rescue.image.streams import ChunkFile, open_stream_chunks, stream_error
+from rescue.image.view import ImagePart, check_all_present, check_present, open_image
 from rescue.image.volumes import VolumeReader, volume_paths
-from rescue.operations.image_view import ImagePart, check_all_present, check_present, open_image
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 
 

@@ -17,8 +17,8 @@ from textual.widgets.option_list import Option
 
 from rescue.devices import Disk, Partition
 from rescue.errors import RescueError
+from rescue.image.names import CAPTURE_MAP
 from rescue.operations.capture import capture
-from rescue.operations.capture_map import MAP_NAME
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
 from rescue.progress import ProgressReporter
@@ -170,7 +170,7 @@ class CaptureScreen(Screen[None]):
             return
         source = self.source_path
         image = Path(dest) / name
-        resume = (image / MAP_NAME).exists()  # an interrupted capture of this name: go on
+        resume = (image / CAPTURE_MAP).exists()  # an interrupted capture of this name: go on
         if resume:
             self.notify(f"{image} holds an interrupted capture: resuming it.")
 

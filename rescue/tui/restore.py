@@ -14,9 +14,9 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 from textual.widgets.option_list import Option
 
 from rescue.devices import Disk
-from rescue.devices.system_state import mount_table
 from rescue.errors import RescueError
-from rescue.operations.image_view import ImageView, find_images, open_image
+from rescue.image.view import ImageView, find_images, open_image
+from rescue.kernel import mount_table
 from rescue.operations.restore import RestorePlan, plan_restore, restore
 from rescue.operations.verify import verify
 from rescue.progress import ProgressReporter

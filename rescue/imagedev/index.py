@@ -29,18 +29,18 @@ import threading
 from pathlib import Path
 
 from rescue.blockio import binary
-from rescue.browse.spec import ServerSpec
-from rescue.copier import open_stream_chunks, stream_error
 from rescue.errors import BadInputError, ImageDamagedError, RescueError
+from rescue.image.names import INDEX_DIR
 from rescue.image.random_access import PartitionReader
 from rescue.image.seekable import MiB, SeekableZstdWriter, SeekTable
+from rescue.image.streams import open_stream_chunks, stream_error
+from rescue.image.view import ImagePart
 from rescue.image.volumes import VolumeReader, volume_paths
-from rescue.operations.image_view import ImagePart
+from rescue.imagedev.spec import ServerSpec
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 
 log = logging.getLogger(__name__)
 
-INDEX_DIR = ".rescue-index"
 DEFAULT_CACHE = Path("/var/cache/rescue/index")
 MAX_FRAME = 64 * MiB
 """A frame larger than this makes every random read too slow: such streams get a copy."""

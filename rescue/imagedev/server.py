@@ -1,13 +1,13 @@
 """The FUSE server: one image partition as one file (read-only, or copy-on-write).
 
-Run as its own process (``python -m rescue.browse.server STATE_DIR``) so that
+Run as its own process (``python -m rescue.imagedev.server STATE_DIR``) so that
 the mount outlives the command that made it. ``STATE_DIR/spec.json`` says what
 to serve (see :class:`rescue.browse.mounts.ServerSpec`); the server mounts a
 FUSE filesystem on ``STATE_DIR/fuse`` holding the single file ``partition``,
 writes ``ready`` on the file descriptor given by ``--ready-fd`` once the kernel
 has connected, and serves reads until the FUSE mount is unmounted.
 
-With an overlay in the spec (see :mod:`rescue.browse.overlay`) the file can
+With an overlay in the spec (see :mod:`rescue.imagedev.overlay`) the file can
 be written; the writes go to a scratch file, never to the image, and a second
 file, ``written``, holds the map of the 4 KiB blocks written so far.
 
@@ -31,15 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rescue.browse.overlay import Overlay
-from rescue.browse.spec import PARTITION_FILE, WRITTEN_FILE, ServerSpec
 from rescue.errors import RescueError
+from rescue.imagedev.overlay import Overlay
+from rescue.imagedev.spec import PARTITION_FILE, WRITTEN_FILE, ServerSpec
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy picks libfuse 2 without this
 
 import mfusepy
 
-log = logging.getLogger("rescue.browse.server")
+log = logging.getLogger("rescue.imagedev.server")
 
 _READAHEAD = 1 << 20
 
@@ -50,7 +50,7 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
     use_ns = True
 
     def __init__(self, spec: ServerSpec, ready_fd: int | None) -> None:
-        from rescue.browse.index import open_reader  # noqa: PLC0415
+        from rescue.imagedev.index import open_reader  # noqa: PLC0415
 
         self._spec = spec
         self._reader = open_reader(spec)
@@ -198,7 +198,7 @@ def serve(state_dir: Path, ready_fd: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rescue.browse.server")
+    parser = argparse.ArgumentParser(prog="python -m rescue.imagedev.server")
     parser.add_argument("state_dir", type=Path)
     parser.add_argument("--ready-fd", type=int)
     args = parser.parse_args(argv)

@@ -6,12 +6,18 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.copier import open_stream_chunks
 from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageError, RescueError
 from rescue.image import layout as layout_mod
-from rescue.image.manifest import MANIFEST_NAME, Manifest, StoredFile, read_manifest
-from rescue.image.names import INCOMPLETE_MARKER
+from rescue.image.manifest import Manifest, StoredFile, read_manifest
+from rescue.image.names import (
+    CLONEZILLA_LOG,
+    INCOMPLETE_MARKER,
+    MANIFEST_NAME,
+    PARTS_FILE,
+    STREAM_SUFFIX,
+)
 from rescue.image.partclone import HEADER_SIZE, PartcloneHeader
+from rescue.image.streams import open_stream_chunks
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def check_all_present(image: ImageView) -> None:
 
 def _written_by_rescue(folder: Path) -> bool:
     """Our captures sign Clonezilla's log; such a folder without rescue.json is unfinished."""
-    log = folder / "clonezilla-img"
+    log = folder / CLONEZILLA_LOG
     try:
         return log.read_text(errors="replace").startswith(layout_mod.LOG_SIGNATURE)
     except OSError:
@@ -215,8 +221,8 @@ def _sizes_from_header(stream: Path, compression: str) -> tuple[int, int]:
 def looks_like_image(folder: Path) -> bool:
     return (
         (folder / MANIFEST_NAME).is_file()
-        or (folder / "clonezilla-img").is_file()
-        or ((folder / "parts").is_file() and any(folder.glob("*-ptcl-img.*")))
+        or (folder / CLONEZILLA_LOG).is_file()
+        or ((folder / PARTS_FILE).is_file() and any(folder.glob(f"*{STREAM_SUFFIX}.*")))
     )
 
 

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Iterator
 
+from rescue import kernel
 from rescue.errors import ExternalToolError
 from rescue.system import output, run, which
 
@@ -30,14 +31,8 @@ def _partition_view(path: str, start: int, size: int) -> Iterator[str]:
     if start == 0:
         yield path
         return
-    loop = output(
-        ["losetup", "--read-only", "--find", "--show", "--offset", str(start),
-         "--sizelimit", str(size), path]
-    ).strip()  # fmt: skip
-    try:
+    with kernel.loop_device(path, read_only=True, offset=start, size=size) as loop:
         yield loop
-    finally:
-        run(["losetup", "-d", loop], check=False)
 
 
 def _blocks(ranges: list[tuple[int, int]], block_size: int) -> list[int]:
