@@ -123,3 +123,19 @@ class Window(io.RawIOBase):
         """Bytes at ``offset`` within the window (short only at its end)."""
         length = min(length, max(0, self._size - offset))
         return os.pread(self._fd, length, self._offset + offset) if length else b""
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path: str) -> None:
+    """Write all of ``data`` at ``offset`` (a short write goes on); an error names ``path``."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        try:
+            n = os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            raise DeviceError(
+                f"Write error on {path} at byte {offset + done}: {exc.strerror or exc}."
+            ) from exc
+        if n == 0:
+            raise DeviceError(f"Write error on {path} at byte {offset + done}: no room left.")
+        done += n

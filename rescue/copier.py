@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.blockio import GONE_ERRORS, MEDIA_ERRORS, binary
+from rescue.blockio import GONE_ERRORS, MEDIA_ERRORS, binary, pwrite_all
 from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.filesystems.base import Allocation
 from rescue.image.manifest import StoredFile
@@ -395,7 +395,7 @@ def write_stream(
                 if len(piece) <= drop:
                     drop -= len(piece)
                     continue
-                piece = memoryview(piece)[drop:]  # noqa: PLW2901
+                piece = memoryview(piece)[drop:]  # noqa: PLW2901  (the same piece, its head dropped)
                 drop = 0
             zw.write(piece)
 
@@ -583,7 +583,7 @@ def restore_partclone_stream(
     bs = header.block_size
     for first, data in reader.iter_runs():
         check_cancel(cancel)
-        _pwrite_all(dst.fd, dst.path, data, dst.base + first * bs)
+        pwrite_all(dst.fd, data, dst.base + first * bs, dst.path)
         progress.advance(len(data))
     return header
 
@@ -603,19 +603,51 @@ def restore_raw_stream(
             raise DeviceError(
                 f"The raw partition in the image is larger than {dst.path}'s {dst.size} bytes."
             )
-        _pwrite_all(dst.fd, dst.path, chunk, dst.base + pos)
+        pwrite_all(dst.fd, chunk, dst.base + pos, dst.path)
         pos += len(chunk)
         progress.advance(len(chunk))
     return pos
 
 
-def _pwrite_all(fd: int, path: str, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        try:
-            done += os.pwrite(fd, view[done:], offset + done)
-        except OSError as exc:
+COPY_CHUNK = 8 * MiB
+
+
+def copy_ranges(
+    read: Callable[[int, int], bytes],
+    ranges: Sequence[tuple[int, int]],
+    dst: Extent,
+    *,
+    source: str,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> int:
+    """Copy byte ``ranges`` (offset, length), read by ``read(offset, n)``, into ``dst``.
+
+    The one block copier for copies that are not a stream: pieces of at most
+    :data:`COPY_CHUNK`, a short read is an error naming ``source``, every write
+    goes through :func:`rescue.blockio.pwrite_all`. Returns the bytes copied.
+    """
+    copied = 0
+    for offset, length in ranges:
+        if offset + length > dst.size:
             raise DeviceError(
-                f"Write error on {path} at byte {offset + done}: {exc.strerror or exc}."
-            ) from exc
+                f"{source}: bytes up to {offset + length} do not fit the {dst.size} bytes "
+                f"of {dst.path}."
+            )
+        done = 0
+        while done < length:
+            check_cancel(cancel)
+            n = min(COPY_CHUNK, length - done)
+            try:
+                data = read(offset + done, n)
+            except OSError as exc:
+                raise DeviceError(
+                    f"Read error on {source} at byte {offset + done}: {exc.strerror or exc}."
+                ) from exc
+            if len(data) != n:
+                raise DeviceError(f"Short read from {source} at byte {offset + done}.")
+            pwrite_all(dst.fd, data, dst.base + offset + done, dst.path)
+            done += n
+            copied += n
+            progress.advance(n)
+    return copied

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue import __version__, kernel, system
-from rescue.blockio import device_size, is_block_device
+from rescue.blockio import device_size, is_block_device, pwrite_all
 from rescue.errors import ImageDamagedError, NotAnImageError, RefusedError
 from rescue.image import names
 from rescue.units import human_size
@@ -209,7 +209,7 @@ def _table_copy(source_path: str, layout: DiskLayout) -> Iterator[str]:
             os.ftruncate(dst, layout.size)
             for lo, hi in regions:
                 if hi > lo:
-                    os.pwrite(dst, os.pread(src, hi - lo, lo), lo)
+                    pwrite_all(dst, os.pread(src, hi - lo, lo), lo, str(copy))
         finally:
             os.close(src)
             os.close(dst)
@@ -434,12 +434,12 @@ def restore_partition_table(
     mbr = (folder / names.mbr_file(disk)).read_bytes()
     fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        os.pwrite(fd, mbr[:446], 0)  # boot code only: the table is sfdisk's
+        pwrite_all(fd, mbr[:446], 0, target)  # boot code only: the table is sfdisk's
         hidden = folder / names.hidden_data_file(disk)
         if table.table != "gpt" and hidden.exists():
             gap = hidden.read_bytes()
             first = min((p.start for p in table.partitions), default=512)
-            os.pwrite(fd, gap[: max(0, first - 512)], 512)
+            pwrite_all(fd, gap[: max(0, first - 512)], 512, target)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue import kernel, system
-from rescue.blockio import device_size, is_block_device, open_for_writing
+from rescue.blockio import device_size, is_block_device, open_for_writing, pwrite_all
 from rescue.copier import (
     Extent,
     restore_partclone_stream,
@@ -24,9 +24,10 @@ from rescue.image import layout as layout_mod
 from rescue.image.streams import open_stream_chunks, stream_error
 from rescue.image.view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.bootcheck import check_fstabs
-from rescue.operations.grow import Growth, grow_filesystem, grown_script, plan_growth
+from rescue.operations.grow import grow_filesystem
+from rescue.operations.layout_plan import Fit, Growth, Slot, plan_growth
 from rescue.operations.newids import give_new_ids
-from rescue.operations.shrink import Fit, fit_image, restore_shrunk, set_ntfs_hidden_sectors
+from rescue.operations.shrink import fit_image, restore_shrunk, set_ntfs_hidden_sectors
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.operations.uefi import ESP_TYPES, repair_uefi_boot
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
@@ -119,7 +120,7 @@ def plan_restore(
     growth = None
     if image.kind == "disk" and layout != "keep" and fit is None:
         growth = plan_growth(
-            [(p.name, p.number, p.start, p.size, p.fstype) for p in image.parts],
+            [Slot(p.name, p.number, p.start, p.size, p.fstype) for p in image.parts],
             image.table,
             target.size,
             grow,
@@ -173,11 +174,7 @@ def restore(
         if image.kind == "disk":
             assert image.disk_name is not None
             growth, fit = plan.growth, plan.fit
-            edit = None
-            if growth is not None:
-                edit = lambda text, sector: grown_script(text, growth, sector)  # noqa: E731
-            elif fit is not None:
-                edit = fit.script
+            edit = growth.script if growth else fit.script if fit else None
             layout_mod.restore_partition_table(
                 image.folder, image.disk_name, target.path, target.size, edit=edit
             )
@@ -307,7 +304,7 @@ def _restore_part(
             except ImageDamagedError as exc:
                 raise stream_error(part.stream.name, exc) from exc
             if part.tail:
-                os.pwrite(fd, part.tail, base + part.tail_offset)
+                pwrite_all(fd, part.tail, base + part.tail_offset, path)
         else:
             written = restore_raw_stream(chunks, dst, progress=progress, cancel=cancel)
             if written != part.size and part.used_bytes:

@@ -28,20 +28,29 @@ import os
 import re
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rescue import kernel
 from rescue.blockio import is_block_device, open_for_writing
-from rescue.errors import ExternalToolError, RefusedError
+from rescue.copier import Extent, copy_ranges
+from rescue.errors import DeviceError, ExternalToolError, RefusedError
 from rescue.filesystems.detect import allocation_for
 from rescue.image.view import ImagePart, ImageView
 from rescue.imagedev.index import open_reader, scratch_dir
 from rescue.imagedev.overlay import Overlay
 from rescue.imagedev.served import partition_view
 from rescue.kernel import private_mount
-from rescue.operations.grow import GPT_BACKUP, MiB, partition_device, resized_script
+from rescue.operations.grow import partition_device
+from rescue.operations.layout_plan import (
+    Fit,
+    MiB,
+    Placement,
+    Slot,
+    TooSmallError,
+    align_up,
+    plan_fit,
+)
 from rescue.progress import ProgressReporter, check_cancel
 from rescue.system import output, run
 from rescue.units import human_size
@@ -52,18 +61,9 @@ if TYPE_CHECKING:
 XFS_SMALLEST = 301 * MiB
 """mkfs.xfs refuses filesystems of 300 MiB or less."""
 SHRINKABLE = ("ext2", "ext3", "ext4", "ntfs", "btrfs", "xfs")
-_COPY_CHUNK = 8 * MiB
 _TAIL_MAX = MiB
 _GAP = 256 << 10
 """Free space shorter than this between used runs is copied rather than skipped."""
-
-
-def _align_up(n: int, unit: int = MiB) -> int:
-    return -(-n // unit) * unit
-
-
-def _align_down(n: int, unit: int = MiB) -> int:
-    return n - n % unit
 
 
 # --- how small each filesystem can be --------------------------------------------------
@@ -133,112 +133,7 @@ def minimum_size(
     assert part.fstype is not None
     with partition_view(folder, part, progress=progress, cancel=cancel) as view:
         least = _MINIMUM[part.fstype](view.loop)
-    return min(part.size, _align_up(least)) if part.size else _align_up(least)
-
-
-# --- the layout -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Placement:
-    name: str
-    number: int
-    start: int
-    size: int
-    old_start: int
-    old_size: int
-    fstype: str | None
-    minimum: int
-
-    @property
-    def shrinks(self) -> bool:
-        return self.size < self.old_size
-
-    @property
-    def moves(self) -> bool:
-        return self.start != self.old_start
-
-
-@dataclass(frozen=True)
-class Fit:
-    """Where every partition goes on a smaller target, and how large it becomes."""
-
-    placements: tuple[Placement, ...]
-
-    def get(self, name: str) -> Placement | None:
-        return next((p for p in self.placements if p.name == name), None)
-
-    def script(self, sf_text: str, sector: int) -> str:
-        """The saved sfdisk script with the new starts and sizes."""
-        return resized_script(sf_text, sector, {p.name: (p.start, p.size) for p in self.placements})
-
-    def describe(self) -> str:
-        bits = []
-        for p in self.placements:
-            if p.shrinks:
-                bits.append(
-                    f"partition {p.number} ({p.fstype}) shrinks from {human_size(p.old_size)} "
-                    f"to {human_size(p.size)}"
-                )
-            elif p.moves:
-                bits.append(f"partition {p.number} ({p.fstype or 'raw'}) moves")
-        return "; ".join(bits)
-
-
-class TooSmallError(RefusedError):
-    """Even with every filesystem at its minimum, the partitions do not fit."""
-
-
-def _pack(
-    parts: list[tuple[str, int, int, int, str | None]], sizes: list[int]
-) -> list[tuple[int, int]]:
-    """(start, size) of the partitions in their order: first where it was, then 1 MiB aligned."""
-    placed: list[tuple[int, int]] = []
-    for i, size in enumerate(sizes):
-        start = parts[0][2] if i == 0 else _align_up(placed[-1][0] + placed[-1][1])
-        placed.append((start, size))
-    return placed
-
-
-def plan_fit(
-    parts: list[tuple[str, int, int, int, str | None]],
-    minimums: dict[str, int],
-    table: str | None,
-    target_size: int,
-) -> Fit:
-    """Sizes and places for ``parts`` (name, number, start, size, fstype) on the target.
-
-    Each shrinkable partition gets its minimum plus a share of the spare room in
-    proportion to how much it could shrink; no partition grows. Partitions keep
-    their order; the first keeps its start, the others follow 1 MiB aligned.
-    """
-    parts = sorted(parts, key=lambda p: p[2])
-    end = _align_down(target_size - (GPT_BACKUP if table == "gpt" else 0))
-    floor = [minimums.get(p[0], p[3]) for p in parts]
-    packed = _pack(parts, floor)
-    least_end = packed[-1][0] + packed[-1][1]
-    if least_end > end:
-        need = _align_up(least_end + (GPT_BACKUP if table == "gpt" else 0))
-        raise TooSmallError(
-            f"The target is too small even for the used data: it has {target_size} bytes "
-            f"({human_size(target_size)}); with every filesystem shrunk as far as it goes the "
-            f"partitions need a disk of at least {need} bytes ({human_size(need)}).",
-            hint="Choose a larger target disk.",
-        )
-    spare = end - least_end
-    room = [p[3] - f for p, f in zip(parts, floor, strict=True)]
-    total_room = sum(room)
-    sizes = []
-    for p, f, r in zip(parts, floor, room, strict=True):
-        extra = _align_down(spare * r // total_room) if total_room else 0
-        sizes.append(min(p[3], f + extra) if r else p[3])
-    placed = _pack(parts, sizes)
-    return Fit(
-        tuple(
-            Placement(p[0], p[1], start, size, p[2], p[3], p[4], floor[i])
-            for i, (p, (start, size)) in enumerate(zip(parts, placed, strict=True))
-        )
-    )
+    return min(part.size, align_up(least)) if part.size else align_up(least)
 
 
 def fit_image(
@@ -283,7 +178,7 @@ def fit_image(
         fit = Fit((Placement(part.name, 0, 0, target_size, 0, part.size, part.fstype, least),))
     else:
         fit = plan_fit(
-            [(p.name, p.number or 0, p.start, p.size, p.fstype) for p in parts],
+            [Slot(p.name, p.number, p.start, p.size, p.fstype) for p in parts],
             minimums,
             image.table,
             target_size,
@@ -384,6 +279,7 @@ def copy_used(
     *,
     source: Overlay | None = None,
     dst_fd: int,
+    dst_path: str,
     dst_base: int,
     size: int,
     progress: ProgressReporter,
@@ -395,7 +291,6 @@ def copy_used(
     sector there). The filesystem's maps are read from ``dev``, the data from
     ``source`` when given (the same bytes, read faster). Returns the bytes copied.
     """
-    copied = 0
     with open(dev, "rb", buffering=0) as src:
         alloc = allocation_for(src, os.fstat(src.fileno()).st_size or size, fstype)
         fs_end = alloc.total_blocks * alloc.block_size
@@ -415,22 +310,20 @@ def copy_used(
         tail = min(size, fs_end + _TAIL_MAX) - fs_end
         if tail > 0:
             ranges.append((fs_end, tail))
-        for offset, length in ranges:
-            done = 0
-            while done < length:
-                check_cancel(cancel)
-                n = min(_COPY_CHUNK, length - done)
-                if source is not None:
-                    data = source.pread(offset + done, n)
-                else:
-                    data = os.pread(src.fileno(), n, offset + done)
-                if len(data) != n:
-                    raise ExternalToolError(f"Short read from {dev} at byte {offset + done}.")
-                os.pwrite(dst_fd, data, dst_base + offset + done)
-                done += n
-                copied += n
-                progress.advance(n)
-    os.fsync(dst_fd)
+        fd = src.fileno()
+        read = source.pread if source is not None else (lambda off, n: os.pread(fd, n, off))
+        copied = copy_ranges(
+            read,
+            ranges,
+            Extent(dst_fd, dst_path, dst_base, size),
+            source=dev,
+            progress=progress,
+            cancel=cancel,
+        )
+    try:
+        os.fsync(dst_fd)
+    except OSError as exc:
+        raise DeviceError(f"Could not flush {dst_path}: {exc.strerror or exc}.") from exc
     return copied
 
 
@@ -574,7 +467,7 @@ def restore_shrunk(
         try:
             fd = open_for_writing(path)
             try:
-                copy_used(view.loop, fstype, source=source, dst_fd=fd, dst_base=base,
+                copy_used(view.loop, fstype, source=source, dst_fd=fd, dst_path=path, dst_base=base,
                           size=size, progress=progress, cancel=cancel)  # fmt: skip
             finally:
                 os.close(fd)
