@@ -12,7 +12,7 @@ RUNTIME_PACKAGES=(
   fusefat exfat-fuse
 )
 # What the tests add: reference tools to compare against and to fill disks.
-TEST_PACKAGES=(xxhash kmod gzip acl)
+TEST_PACKAGES=(xxhash kmod gzip acl cryptsetup-bin lvm2)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
