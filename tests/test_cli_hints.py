@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec
+from diskbench import LoopDisk, PartSpec, clonezilla_copy
 
 from rescue.cli import main
 from rescue.errors import EXIT_REFUSED, BadInputError
@@ -119,6 +119,11 @@ def test_restore_without_an_image_lists_those_on_the_drives(
         assert found.source is not None and found.source.startswith(small_disk.path)
         assert found.size == 32 << 20 and found.used
         assert "rescue capture --resume" in (describe_found(stopped).problem or "")
+        clonezilla_copy(good, images / "by-clonezilla", "gzip")
+        theirs = describe_found(images / "by-clonezilla")
+        assert theirs.problem is None and theirs.made is not None
+        assert theirs.source == small_disk.path.rsplit("/", 1)[-1]  # the disk's name, no more
+        assert theirs.size is not None and theirs.size <= 32 << 20
 
         capsys.readouterr()
         assert main(["restore"]) == EXIT_REFUSED
@@ -129,6 +134,7 @@ def test_restore_without_an_image_lists_those_on_the_drives(
         words = " ".join(out.split())  # the note under a row wraps between words
         assert f"not usable: an interrupted capture of {small_disk.path}" in words
         assert f"rescue capture --resume {stopped}" in words
+        assert any(line.startswith(str(images / "by-clonezilla")) for line in out.splitlines())
         assert "rescue restore IMAGE_DIR TARGET" in err
 
         # an image but no target: refused too, saying what is missing

@@ -101,16 +101,20 @@ def resumable(image_dir: Path) -> CaptureMap | None:
 
 
 def describe_resumable(image_dir: Path) -> str | None:
-    """``an interrupted capture of /dev/sdb (SanDisk Ultra 4C53, 32.0 GiB), ...``, or None."""
+    """What :func:`resumable` found, in words (:func:`describe`); None when nothing."""
     state = resumable(image_dir)
-    if state is None:
-        return None
+    return describe(state) if state is not None else None
+
+
+def describe(state: CaptureMap) -> str:
+    """``an interrupted capture of /dev/sdb (SanDisk Ultra 4C53, 32.0 GiB): 1 partition(s) ...``"""
     src = state.source
+    size = src.get("size")
     ident = ", ".join(
         x
         for x in (
             " ".join(str(v) for v in (src.get("model"), src.get("serial")) if v),
-            human_size(src["size"]) if isinstance(src.get("size"), int) else "",
+            human_size(size) if isinstance(size, int) else "",
         )
         if x
     )
