@@ -1,4 +1,8 @@
-"""`rescue capture SOURCE IMAGE_DIR`: image a disk, a partition or a raw disk file."""
+"""`rescue capture SOURCE IMAGE_DIR`: image a disk, a partition or a raw disk file.
+
+A folder holding an interrupted capture is refused with the command that goes on
+with it (``--resume``): the two are never mixed up.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from rescue.cli.sizes import parse_size
 from rescue.copier import CompressionOptions, ReadOptions
 from rescue.errors import EXIT_UNREADABLE, BadInputError
 from rescue.operations.capture import capture
-from rescue.operations.capture_map import CaptureMap
+from rescue.operations.capture_map import CaptureMap, describe, resumable
 
 
 def add_parser(sub: Any) -> None:
@@ -36,6 +40,26 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def refuse_an_interrupted_capture(source: str, image_dir: Path) -> None:
+    """A new capture into the folder of an interrupted one: say how to go on with it instead."""
+    state = resumable(image_dir)
+    if state is None:
+        return
+    was = state.source.get("path")
+    renamed = (
+        f" (or rescue capture {source} --resume {image_dir} if {was} has a new name now: "
+        "its size and serial are checked)"
+        if source != was
+        else ""
+    )
+    raise BadInputError(
+        f"{image_dir} holds {describe(state)}. A new capture does not go there: "
+        "this one can be resumed.",
+        hint=f"Go on with it: rescue capture --resume {image_dir}{renamed}. "
+        "For a new image, give a new folder.",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     options = CompressionOptions(level=args.level, split=args.split)
     reading = ReadOptions(keep_going=not args.stop_on_error, retries=max(0, args.retries))
@@ -45,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             args.source = CaptureMap.load(args.resume).source["path"]
     elif args.source is None or args.image_dir is None:
         raise BadInputError("Give the disk to capture and a new folder for the image.")
+    else:
+        refuse_an_interrupted_capture(args.source, args.image_dir)
     with reporter(args.json) as progress:
         manifest = capture(
             args.source, args.image_dir, options=options, reading=reading, progress=progress,

@@ -6,10 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from rescue.devices import list_disks, to_json, udev_running
+from rescue.cli.columns import Cell, Column, Row, format_table, print_table
+from rescue.devices import Disk, list_disks, to_json, udev_running
 from rescue.units import human_size
 
 
@@ -33,22 +31,43 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json(disks))
         return 0
-    table = Table("device", "size", "model / file", "transport", "table", "filesystem",
-                  "label", "mounted on", "flags", box=None, header_style="bold")  # fmt: skip
-    for d in disks:
-        ident = d.model or d.backing_file or ""
-        if d.serial:
-            ident += f" ({d.serial})"
-        table.add_row(
-            f"[bold]{d.path}[/]", human_size(d.size), ident, d.transport or "",
-            d.partition_table or "-", d.fstype or "", "", " ".join(d.mountpoints),
-            f"[red]{' '.join(d.flags)}[/]",
-        )  # fmt: skip
-        for p in d.partitions:
-            table.add_row(
-                f"  {p.path}", human_size(p.size), p.partlabel or "", "", "",
-                p.fstype or "", p.label or "", " ".join(p.mountpoints),
-                f"[red]{' '.join(p.flags)}[/]",
-            )  # fmt: skip
-    Console().print(table)
+    print_table(COLUMNS, disk_rows(disks))
     return 0
+
+
+COLUMNS = (
+    Column("device", whole=True),
+    Column("size", whole=True),
+    Column("model / file", whole=True),
+    Column("bus"),
+    Column("table"),
+    Column("fs"),
+    Column("label"),
+    Column("mounted on"),
+    Column("flags", style="red"),
+)
+"""A device's path and model are never cut: the other columns wrap, as lsblk's do."""
+
+
+def disk_rows(disks: list[Disk]) -> list[Row]:
+    """A row per disk, then one per partition (its path indented)."""
+    rows = []
+    for d in disks:
+        # the model (or the disk file) is one piece, never broken: the serial may go below it
+        ident = (d.model or d.backing_file or "", f"({d.serial})" if d.serial else "")
+        cells: tuple[Cell, ...] = (
+            d.path, human_size(d.size), ident, d.transport or "", d.partition_table or "-",
+            d.fstype or "", "", " ".join(d.mountpoints), " ".join(d.flags),
+        )  # fmt: skip
+        rows.append(Row(cells, styles=("bold",)))
+        for p in d.partitions:
+            label = tuple((p.partlabel or "").split())  # a partition's name wraps between words
+            cells = (f"  {p.path}", human_size(p.size), label, "", "", p.fstype or "",
+                     p.label or "", " ".join(p.mountpoints), " ".join(p.flags))  # fmt: skip
+            rows.append(Row(cells))
+    return rows
+
+
+def format_disks(disks: list[Disk], width: int) -> str:
+    """The table ``rescue list`` prints, as plain text for ``width`` columns."""
+    return format_table(COLUMNS, disk_rows(disks), width)

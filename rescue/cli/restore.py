@@ -1,23 +1,34 @@
-"""`rescue restore IMAGE_DIR TARGET [--yes]`: write an image back, after typed confirmation."""
+"""`rescue restore IMAGE_DIR TARGET [--yes]`: write an image back, after typed confirmation.
+
+Without an image folder it lists the images found on the mounted drives (where
+the UI looks, :mod:`rescue.operations.finding`) and refuses: nothing is written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from rescue.cli.columns import Column, Row, print_table
 from rescue.cli.progress import reporter
 from rescue.devices.safety import confirm
+from rescue.errors import BadInputError
+from rescue.image.view import find_images
+from rescue.operations.finding import FoundImage, describe_found, search_roots
 from rescue.operations.restore import LAYOUTS, RestorePlan, plan_restore, restore
+from rescue.units import human_size
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "restore", help="write an image onto a disk or partition (destroys what is there)"
     )
-    p.add_argument("image_dir", type=Path)
-    p.add_argument("target", help="disk (whole-disk image) or partition (partition image)")
+    p.add_argument("image_dir", type=Path, nargs="?",
+                   help="the image folder (none: list the images on the drives)")  # fmt: skip
+    p.add_argument("target", nargs="?",
+                   help="disk (whole-disk image) or partition (partition image)")  # fmt: skip
     p.add_argument("--yes", action="store_true",
                    help="do not ask: for scripts that already chose the target")  # fmt: skip
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
@@ -41,7 +52,53 @@ def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
     confirm(plan.target.path, yes=yes)
 
 
+FOUND_COLUMNS = (
+    Column("image folder", whole=True),
+    Column("made"),
+    Column("source"),
+    Column("size"),
+    Column("data"),
+)
+
+
+def found_rows(found: list[FoundImage]) -> list[Row]:
+    """A row per image; one that cannot be restored says why under it."""
+    rows = []
+    for f in found:
+        made = f.made.astimezone().strftime("%Y-%m-%d %H:%M") if f.made else "?"
+        size = human_size(f.size) if f.size is not None else "?"
+        used = human_size(f.used) if f.used is not None else "?"
+        note = f"not usable: {f.problem}" if f.problem else ""
+        rows.append(Row((str(f.folder), made, f.source or "?", size, used), note=note))
+    return rows
+
+
+def list_found() -> NoReturn:
+    """The images on the drives, then a refusal saying how to name one."""
+    roots = search_roots()
+    found = [describe_found(folder) for folder in find_images(roots)]
+    if not found:
+        where = ", ".join(str(r) for r in roots) or "no folder"
+        raise BadInputError(
+            f"Give the image folder to restore: none was found on the drives ({where}).",
+            hint="Mount the drive holding the image, or name its folder: "
+            "rescue restore IMAGE_DIR TARGET",
+        )
+    print_table(FOUND_COLUMNS, found_rows(found))
+    raise BadInputError(
+        f"Give the image folder to restore ({len(found)} found on the drives, above).",
+        hint="Name one: rescue restore IMAGE_DIR TARGET (rescue list shows the disks).",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.image_dir is None:
+        list_found()
+    if args.target is None:
+        raise BadInputError(
+            f"Give the disk or partition to write {args.image_dir} onto.",
+            hint=f"Name it: rescue restore {args.image_dir} TARGET (rescue list shows the disks).",
+        )
     with reporter(args.json) as progress:
         plan = plan_restore(
             args.image_dir,

@@ -22,7 +22,8 @@ from typing import Any
 from rescue.copier import Checkpoint
 from rescue.errors import BadInputError
 from rescue.image.manifest import PartitionRecord, fsync_dir
-from rescue.image.names import CAPTURE_MAP
+from rescue.image.names import CAPTURE_MAP, MANIFEST_NAME
+from rescue.units import human_size
 
 VERSION = 1
 
@@ -85,3 +86,39 @@ class CaptureMap:
 
     def remove(self, folder: Path) -> None:
         (folder / CAPTURE_MAP).unlink(missing_ok=True)
+
+
+def resumable(image_dir: Path) -> CaptureMap | None:
+    """The map of the interrupted capture in ``image_dir``; None when there is none to go on with.
+
+    A folder holds one when its capture map is there and its manifest is not
+    (a finished capture removes the map). A damaged map or one of another
+    version is an error (:meth:`CaptureMap.load`), never a reason to start over.
+    """
+    if not (image_dir / CAPTURE_MAP).is_file() or (image_dir / MANIFEST_NAME).exists():
+        return None
+    return CaptureMap.load(image_dir)
+
+
+def describe_resumable(image_dir: Path) -> str | None:
+    """What :func:`resumable` found, in words (:func:`describe`); None when nothing."""
+    state = resumable(image_dir)
+    return describe(state) if state is not None else None
+
+
+def describe(state: CaptureMap) -> str:
+    """``an interrupted capture of /dev/sdb (SanDisk Ultra 4C53, 32.0 GiB): 1 partition(s) ...``"""
+    src = state.source
+    size = src.get("size")
+    ident = ", ".join(
+        x
+        for x in (
+            " ".join(str(v) for v in (src.get("model"), src.get("serial")) if v),
+            human_size(size) if isinstance(size, int) else "",
+        )
+        if x
+    )
+    done = f"{len(state.done)} partition(s) stored"
+    if state.current:
+        done += f", {state.current} in progress"
+    return f"an interrupted capture of {src.get('path')}{f' ({ident})' if ident else ''}: {done}"

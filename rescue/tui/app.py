@@ -3,26 +3,35 @@
 Screens: home (disks), capture, restore, verify, browse, and the progress
 screen every long job runs on. No disk logic lives here: the screens call the
 same core as the command line, long work runs in thread workers.
+
+This is the one module that knows every screen. A screen asks for another by
+posting a message (:mod:`rescue.tui.messages`); it bubbles up to the app,
+which pushes the screen that serves it. What the screens ask of the system
+comes in one :class:`~rescue.tui.services.Services`, filled here.
 """
 
 from __future__ import annotations
 
 import threading
 
+from textual import on
 from textual.app import App
 
 from rescue.devices import list_disks
 from rescue.devices.smart import smart_summary
 from rescue.operations.estimate import used_bytes
-from rescue.tui.home import (
-    DiskLister,
-    HomeScreen,
-    ImageFinder,
-    Services,
-    SmartReader,
-    UsedReader,
+from rescue.operations.finding import find_images_on_drives
+from rescue.tui.browse import BrowseScreen
+from rescue.tui.capture import CaptureScreen
+from rescue.tui.home import HomeScreen
+from rescue.tui.messages import (
+    BrowseRequested,
+    CaptureRequested,
+    RestoreRequested,
+    VerifyRequested,
 )
-from rescue.tui.restore import find_images_on_drives
+from rescue.tui.restore import RestoreScreen, VerifyScreen
+from rescue.tui.services import DiskLister, ImageFinder, Services, SmartReader, UsedReader
 
 
 class RescueApp(App[int]):
@@ -55,6 +64,22 @@ class RescueApp(App[int]):
         self.push_screen(self.home)
         if self._hotplug:
             self.run_worker(self._watch, thread=True, group="hotplug")
+
+    @on(CaptureRequested)
+    def _capture(self, message: CaptureRequested) -> None:
+        self.push_screen(CaptureScreen(message.disk, self.services))
+
+    @on(RestoreRequested)
+    def _restore(self) -> None:
+        self.push_screen(RestoreScreen(self.services))
+
+    @on(VerifyRequested)
+    def _verify(self) -> None:
+        self.push_screen(VerifyScreen(self.services))
+
+    @on(BrowseRequested)
+    def _browse(self) -> None:
+        self.push_screen(BrowseScreen(self.services))
 
     def _watch(self) -> None:
         """Follow disks plugged in and out; the home screen is re-read on each change."""

@@ -18,9 +18,9 @@ from rescue.browse.paths import Entry
 from rescue.browse.session import BrowseSession
 from rescue.errors import RescueError
 from rescue.progress import ProgressReporter
-from rescue.tui.home import Services
 from rescue.tui.jobs import JobScreen
-from rescue.tui.restore import ImagePicker
+from rescue.tui.services import Services
+from rescue.tui.widgets import ImagePicker
 from rescue.units import human_size
 
 

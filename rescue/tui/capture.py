@@ -17,13 +17,13 @@ from textual.widgets.option_list import Option
 
 from rescue.devices import Disk, Partition
 from rescue.errors import RescueError
-from rescue.image.names import CAPTURE_MAP
 from rescue.operations.capture import capture
+from rescue.operations.capture_map import resumable
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
 from rescue.progress import ProgressReporter
-from rescue.tui.home import Services
 from rescue.tui.jobs import JobScreen, JobWarning
+from rescue.tui.services import Services
 from rescue.units import human_size
 
 
@@ -170,7 +170,11 @@ class CaptureScreen(Screen[None]):
             return
         source = self.source_path
         image = Path(dest) / name
-        resume = (image / CAPTURE_MAP).exists()  # an interrupted capture of this name: go on
+        try:
+            resume = resumable(image) is not None  # an interrupted capture of this name: go on
+        except RescueError as exc:  # its map is damaged: the technician decides, not the screen
+            self.notify(str(exc), severity="error", timeout=10)
+            return
         if resume:
             self.notify(f"{image} holds an interrupted capture: resuming it.")
 

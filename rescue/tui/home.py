@@ -1,11 +1,12 @@
-"""Home: every disk, what it holds, why it must not be written, and its health."""
+"""Home: every disk, what it holds, why it must not be written, and its health.
+
+Its keys ask the app for a workflow (:mod:`rescue.tui.messages`): the screen
+knows no other screen.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -15,6 +16,13 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from rescue.devices import Disk
 from rescue.devices.smart import SmartSummary
+from rescue.tui.messages import (
+    BrowseRequested,
+    CaptureRequested,
+    RestoreRequested,
+    VerifyRequested,
+)
+from rescue.tui.services import Services
 from rescue.units import human_size
 
 FLAG_SHORT = {
@@ -31,21 +39,6 @@ FLAG_WORDS = {
     "in-use": "in use (LVM/RAID)",
     "read-only": "read-only",
 }
-
-DiskLister = Callable[[], list[Disk]]
-SmartReader = Callable[[str], SmartSummary | None]
-UsedReader = Callable[[str, int, str | None], int | None]
-ImageFinder = Callable[[], list[Path]]
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the screens ask of the system; tests give fixed answers where they must."""
-
-    list_disks: DiskLister
-    smart: SmartReader
-    used: UsedReader
-    find_images: ImageFinder
 
 
 class HomeScreen(Screen[None]):
@@ -189,26 +182,18 @@ class HomeScreen(Screen[None]):
         return d
 
     def action_capture(self) -> None:
-        from rescue.tui.capture import CaptureScreen  # noqa: PLC0415
-
         d = self._need_disk()
         if d is not None:
-            self.app.push_screen(CaptureScreen(d, self.services))
+            self.post_message(CaptureRequested(d))
 
     def action_restore(self) -> None:
-        from rescue.tui.restore import RestoreScreen  # noqa: PLC0415
-
-        self.app.push_screen(RestoreScreen(self.services))
+        self.post_message(RestoreRequested())
 
     def action_verify(self) -> None:
-        from rescue.tui.restore import VerifyScreen  # noqa: PLC0415
-
-        self.app.push_screen(VerifyScreen(self.services))
+        self.post_message(VerifyRequested())
 
     def action_browse(self) -> None:
-        from rescue.tui.browse import BrowseScreen  # noqa: PLC0415
-
-        self.app.push_screen(BrowseScreen(self.services))
+        self.post_message(BrowseRequested())
 
 
 def _clip(text: str, width: int) -> str:

@@ -1,0 +1,30 @@
+"""What the screens ask of the system, handed to every screen by the app.
+
+The app fills it with the core's functions; tests give fixed answers where
+they must (a snapshot cannot depend on the machine's disks). No screen reaches
+the system any other way for these questions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue.devices import Disk
+from rescue.devices.smart import SmartSummary
+
+DiskLister = Callable[[], list[Disk]]
+SmartReader = Callable[[str], SmartSummary | None]
+UsedReader = Callable[[str, int, str | None], int | None]
+ImageFinder = Callable[[], list[Path]]
+
+
+@dataclass(frozen=True)
+class Services:
+    """The disks, their health, the used bytes of a filesystem, and the images on the drives."""
+
+    list_disks: DiskLister
+    smart: SmartReader
+    used: UsedReader
+    find_images: ImageFinder
