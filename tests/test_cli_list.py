@@ -115,12 +115,16 @@ def whole_values(disks: list[Disk]) -> list[str]:
 
 
 def test_long_paths_and_models_stay_whole_at_80_columns() -> None:
+    """Too wide even wrapped: models, files and mount points go on lines of their own."""
     disks = long_disks()
     lines = list_cmd.format_disks(disks, 80).splitlines()
-    for value in whole_values(disks):
+    for value in [*whole_values(disks), LONG_MOUNT]:
         assert any(value in line for line in lines), f"{value} was cut:\n" + "\n".join(lines)
-    assert not any(LONG_MOUNT in line for line in lines)  # the mount point wrapped instead
-    assert lines[0].split()[:3] == ["device", "size", "model"]
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    assert lines[0].split()[:3] == ["device", "size", "bus"]
+    model = next(i for i, line in enumerate(lines) if "Samsung SSD 980 PRO" in line)
+    assert lines[model - 2].startswith("/dev/nvme0n1 ")  # under its disk (flags took two lines)
+    assert f"mounted on: {LONG_MOUNT}" in lines[lines.index("    name: Linux filesystem") + 1]
 
 
 def test_a_table_that_can_fit_fits_by_wrapping() -> None:
@@ -188,4 +192,6 @@ def test_real_loop_disks_at_80_columns(
         disk.umount(mnt)
     assert disk.path in out and disk.parts[0] in out
     assert str(disk.backing) in out  # the disk file: never cut
-    assert str(mnt) not in out  # the mount point wrapped
+    assert str(mnt) in out  # whole: wrapped in its column or on a line of its own
+    long_values = (str(disk.backing), str(mnt))
+    assert all(len(line) <= 80 for line in out.splitlines() if not line.endswith(long_values))

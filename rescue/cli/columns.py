@@ -43,8 +43,9 @@ class Row:
     cells: tuple[Cell, ...]
     styles: tuple[str, ...] = ()
     """Per cell, in place of its column's style ("": the column's)."""
-    note: str = ""
-    """Said under the row, across the columns, wrapped between words (no column widens for it)."""
+    note: str | tuple[str, ...] = ""
+    """Said under the row, across the columns (no column widens for it): a text wraps between
+    words; a tuple is lines, each kept whole."""
     note_style: str = "red"
 
 
@@ -176,10 +177,11 @@ def layout(columns: Sequence[Column], rows: Sequence[Row], width: int) -> list[L
         ]
         out.extend(_lines(cells, widths, n))
         note_width = max(min(width, sum(widths) + len(GAP) * (len(widths) - 1)) - 2, 20)
-        out.extend(
-            Line(("  " + text,), n, note=True)
-            for text in (_wrap(r.note.split(), note_width, fold=False) if r.note else [])
-        )
+        if isinstance(r.note, tuple):
+            notes = [text for text in r.note if text]
+        else:
+            notes = _wrap(r.note.split(), note_width, fold=False) if r.note else []
+        out.extend(Line(("  " + text,), n, note=True) for text in notes)
     return out
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from rescue.cli.columns import Cell, Column, Row, format_table, print_table
+from rescue.cli.columns import Cell, Column, Row, format_table, print_table, terminal_width
 from rescue.devices import Disk, list_disks, to_json, udev_running
 from rescue.units import human_size
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json(disks))
         return 0
-    print_table(COLUMNS, disk_rows(disks))
+    print_table(*layout_for(disks, terminal_width()))
     return 0
 
 
@@ -68,6 +68,56 @@ def disk_rows(disks: list[Disk]) -> list[Row]:
     return rows
 
 
+STACKED = (
+    Column("device", whole=True),
+    Column("size", whole=True),
+    Column("bus"),
+    Column("table"),
+    Column("fs"),
+    Column("label"),
+    Column("flags", style="red"),
+)
+"""When the table cannot fit: the long fields go under each device, one line each."""
+
+
+def stacked_rows(disks: list[Disk]) -> list[Row]:
+    """A row per device, its model (or disk file) and mount points on lines of their own."""
+    rows = []
+    for d in disks:
+        ident = f"model: {d.model}" if d.model else ""
+        if d.serial:
+            ident += f" (serial {d.serial})" if ident else f"serial: {d.serial}"
+        if d.backing_file:
+            ident = f"file: {d.backing_file}"
+        mounted = "mounted on: " + " ".join(d.mountpoints) if d.mountpoints else ""
+        cells: tuple[Cell, ...] = (
+            d.path, human_size(d.size), d.transport or "", d.partition_table or "-",
+            d.fstype or "", "", " ".join(d.flags),
+        )  # fmt: skip
+        rows.append(Row(cells, styles=("bold",), note=(ident, mounted), note_style=""))
+        for p in d.partitions:
+            name = f"name: {p.partlabel}" if p.partlabel else ""
+            mounted = "mounted on: " + " ".join(p.mountpoints) if p.mountpoints else ""
+            cells = (f"  {p.path}", human_size(p.size), "", "", p.fstype or "", p.label or "",
+                     " ".join(p.flags))  # fmt: skip
+            rows.append(
+                Row(
+                    cells,
+                    note=(f"  {name}" if name else "", f"  {mounted}" if mounted else ""),
+                    note_style="",
+                )
+            )
+    return rows
+
+
+def layout_for(disks: list[Disk], width: int | None) -> tuple[tuple[Column, ...], list[Row]]:
+    """The full table where it fits ``width`` (None: no limit), else the stacked one."""
+    rows = disk_rows(disks)
+    if width is None or max(map(len, format_table(COLUMNS, rows, width).splitlines())) <= width:
+        return COLUMNS, rows
+    return STACKED, stacked_rows(disks)
+
+
 def format_disks(disks: list[Disk], width: int) -> str:
-    """The table ``rescue list`` prints, as plain text for ``width`` columns."""
-    return format_table(COLUMNS, disk_rows(disks), width)
+    """What ``rescue list`` prints, as plain text for ``width`` columns."""
+    return format_table(*layout_for(disks, width), width)
