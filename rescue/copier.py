@@ -358,7 +358,7 @@ def write_stream(
     stream as an uninterrupted capture.
     """
     reading = reading or ReadOptions()
-    raw = alloc.fstype == "dd"
+    raw = alloc.raw
     encoder = None
     header = None
     prefix = b""

@@ -66,6 +66,15 @@ class FilesystemError(RescueError):
     """A filesystem's on-disk structures are damaged or of an unsupported kind."""
 
 
+class UnsupportedOperationError(RescueError):
+    """The filesystem cannot do what was asked (exFAT cannot shrink, swap holds no files...).
+
+    The message says why and what to do instead; nothing was written.
+    """
+
+    exit_code = EXIT_REFUSED
+
+
 class ExternalToolError(RescueError):
     """A system program (sfdisk, mkswap, ...) is missing or failed."""
 

@@ -3,7 +3,8 @@
 A mount is an image partition served as a read-only loop device
 (:mod:`rescue.imagedev.served`) with its filesystem mounted on top,
 ``ro,nosuid,nodev,noexec`` with journal replay off (by the kernel, or by the
-filesystem's FUSE driver where the kernel cannot). The served partition's
+filesystem's FUSE driver where the kernel cannot: its registry entry's
+:meth:`~rescue.filesystems.interface.Filesystem.mount_at` decides). The served partition's
 record also records the mount, so ``unmount`` and the sweep remove it with the
 rest.
 """
@@ -16,7 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rescue import kernel
-from rescue.errors import BadInputError, ExternalToolError, RescueError
+from rescue.errors import BadInputError, RescueError
+from rescue.filesystems import registry
+from rescue.image.manifest import DATA_STREAMS, StoredAs
 from rescue.image.view import ImagePart, ImageView, check_all_present, open_image
 from rescue.imagedev.index import prepare
 from rescue.imagedev.served import (
@@ -31,7 +34,6 @@ from rescue.imagedev.served import (
     take_down,
 )
 from rescue.progress import NullProgress, ProgressReporter
-from rescue.system import which
 
 __all__ = [
     "MountedPartition",
@@ -43,23 +45,6 @@ __all__ = [
     "unmount_all",
 ]
 
-# Mount options for every filesystem: nothing written, nothing executed from the image.
-_KERNEL_OPTIONS = {
-    "ext2": ("ext4", "ro,noload"),
-    "ext3": ("ext4", "ro,noload"),
-    "ext4": ("ext4", "ro,noload"),
-    "xfs": ("xfs", "ro,norecovery,nouuid"),
-    "btrfs": ("btrfs", "ro,rescue=nologreplay"),
-    "vfat": ("vfat", "ro"),
-    "exfat": ("exfat", "ro"),
-}
-_FUSE_DRIVERS = {
-    "ntfs": ("ntfs-3g", "ntfs-3g"),
-    "vfat": ("fusefat", "fusefat"),
-    "exfat": ("mount.exfat-fuse", "exfat-fuse"),
-}
-_FS_ALIASES = {"fat12": "vfat", "fat16": "vfat", "fat32": "vfat", "fat": "vfat", "ntfs3": "ntfs"}
-
 # --- choosing what to mount ---------------------------------------------------------
 
 
@@ -69,7 +54,7 @@ def _describe(p: ImagePart) -> str:
 
 
 def choose_partition(image: ImageView, number: int | None) -> ImagePart:
-    browsable = [p for p in image.parts if p.stored_as in ("partclone", "dd")]
+    browsable = [p for p in image.parts if p.stored_as in DATA_STREAMS]
     listing = "\n".join(_describe(p) for p in image.parts)
     if number is None:
         if len(browsable) == 1:
@@ -81,7 +66,7 @@ def choose_partition(image: ImageView, number: int | None) -> ImagePart:
     for p in image.parts:
         if p.number == number or (p.number is None and len(image.parts) == 1 and number == 1):
             if p not in browsable:
-                what = "swap space" if p.stored_as == "swap" else "no stored data"
+                what = "swap space" if p.stored_as == StoredAs.SWAP else "no stored data"
                 raise BadInputError(
                     f"Partition {number} ({p.name}) holds {what}: nothing to browse."
                 )
@@ -110,9 +95,9 @@ def _check_mountpoint(mountpoint: Path) -> None:
 
 
 def _detect_fstype(loop: str, recorded: str | None) -> str:
-    fstype = kernel.blkid(loop).get("TYPE") or recorded or ""
-    fstype = _FS_ALIASES.get(fstype, fstype)
-    if not fstype or fstype == "dd":
+    fstype = registry.canonical(kernel.blkid(loop).get("TYPE") or recorded or "")
+    fs = registry.get(fstype)
+    if not fstype or (fs is not None and fs.raw):
         raise BadInputError(
             "The partition holds no filesystem that can be recognised; it cannot be browsed."
         )
@@ -121,22 +106,10 @@ def _detect_fstype(loop: str, recorded: str | None) -> str:
 
 def _mount_fs(loop: str, fstype: str, mountpoint: str) -> str:
     """Mount ``loop`` read-only at ``mountpoint``; returns the driver used."""
-    in_kernel = _KERNEL_OPTIONS.get(fstype)
-    if in_kernel is not None and (fstype not in _FUSE_DRIVERS or kernel.kernel_supports(fstype)):
-        kind, options = in_kernel
-        kernel.mount(loop, mountpoint, options, kind)
-        return "kernel"
-    fuse = _FUSE_DRIVERS.get(fstype)
-    if fuse is None:
+    fs = registry.get(fstype)
+    if fs is None:
         raise BadInputError(f"Browsing a {fstype} filesystem is not supported.")
-    program, package = fuse
-    if which(program) is None:
-        raise ExternalToolError(
-            f"Mounting {fstype} needs {program}, which is not installed.",
-            hint=f"Install it with: apt-get install {package}",
-        )
-    kernel.mount_fuse(program, loop, mountpoint, "ro")
-    return program
+    return fs.mount_at(loop, mountpoint, writable=False)
 
 
 def _wait_mounted(mountpoint: str) -> str:

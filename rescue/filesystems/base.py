@@ -13,6 +13,9 @@ from typing import BinaryIO
 
 from rescue.errors import FilesystemError
 
+RAW_FSTYPE = "dd"
+"""The name of a raw copy (every byte) in image file names and dev-fs.list, as Clonezilla's."""
+
 _NONZERO = re.compile(rb"[^\x00]+")
 _NOT_FF = re.compile(rb"[^\xff]")
 
@@ -37,6 +40,11 @@ class Allocation:
     label: str | None = None
     uuid: str | None = None
     warnings: tuple[str, ...] = ()
+
+    @property
+    def raw(self) -> bool:
+        """Every block is kept: no filesystem was read (a dd stream)."""
+        return self.fstype == RAW_FSTYPE
 
     @property
     def used_bytes(self) -> int:

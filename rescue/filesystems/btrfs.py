@@ -1,4 +1,5 @@
-"""btrfs used blocks: every extent the extent tree records, on the physical device.
+"""btrfs: its registry entry (:data:`BTRFS`) and its used blocks: every extent the
+extent tree records, on the physical device.
 
 The chunk tree maps logical addresses to places on the device (bootstrapped by
 the SYSTEM chunks kept in the superblock); the extent tree lists every
@@ -6,16 +7,32 @@ allocated data extent and tree block. A DUP profile keeps two copies: both are
 marked. The map's unit is the node size, as partclone's is. Single-device
 filesystems only; a filesystem with an unreplayed log is refused (its log
 blocks are not in the extent tree).
+
+btrfs-progs grows and shrinks it online (through a private mount), tells its
+minimum (``btrfs inspect-internal min-dev-size``), checks it, and btrfstune
+gives it a new UUID.
 """
 
 from __future__ import annotations
 
+import re
 import struct
+import uuid
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
-from rescue.errors import FilesystemError
+from rescue.errors import ExternalToolError, FilesystemError
 from rescue.filesystems.base import Allocation, count_bits, read_at, set_run
+from rescue.filesystems.interface import (
+    CheckResult,
+    Filesystem,
+    KernelMount,
+    Op,
+    Reasons,
+    Tools,
+    run_checker,
+)
+from rescue.system import output, run
 
 SUPER_OFFSET = 0x10000
 SUPER_MIRRORS = (0x10000, 0x4000000, 0x4000000000)
@@ -240,3 +257,60 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
         label=s.label,
         uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
     )
+
+
+class Btrfs(Filesystem):
+    """btrfs (single device): btrfs-progs, resized online through a private mount."""
+
+    names = ("btrfs",)
+    mount_types = ("btrfs",)
+    human_name = "btrfs"
+    partclone_name = "BTRFS"
+    kernel = KernelMount("btrfs", read_only="ro,rescue=nologreplay")
+    linux_root = True
+    tools: ClassVar[Tools] = {
+        Op.CHECK: ("btrfs",),
+        Op.GROW: ("btrfs",),
+        Op.SHRINK: ("btrfs",),
+        Op.MINIMUM: ("btrfs",),
+        Op.NEW_ID: ("btrfstune",),
+    }
+    unsupported: ClassVar[Reasons] = {
+        Op.REPAIR: "btrfs is not mended by rescue; btrfs check --repair is for experts only.",
+        Op.REBUILD: "btrfs shrinks in place: it is never rebuilt.",
+        Op.DAMAGE: "rescue has no block-to-file map for btrfs: the damage report lists byte "
+        "ranges only.",
+        Op.SET_START: "btrfs does not record where its partition starts: a move needs nothing.",
+        Op.CREATE: "btrfs is imaged, not created anew on restore.",
+    }
+
+    def read_allocation(self, f: BinaryIO, size: int) -> Allocation:
+        return read_allocation(f, size)
+
+    def check(self, dev: str) -> CheckResult:
+        return run_checker(["btrfs", "check", "--readonly", dev])
+
+    def grow(self, dev: str, size: int) -> str | None:
+        with self.mounted(dev, writable=True) as mnt:
+            run(["btrfs", "filesystem", "resize", "max", str(mnt)])
+        return None
+
+    def shrink(self, dev: str, size: int) -> None:
+        with self.mounted(dev, writable=True) as mnt:
+            run(["btrfs", "filesystem", "resize", str(size), str(mnt)])
+
+    def minimum_size(self, dev: str) -> int:
+        with self.mounted(dev) as mnt:
+            text = output(["btrfs", "inspect-internal", "min-dev-size", str(mnt)])
+        m = re.match(r"\s*(\d+)", text)
+        if m is None:
+            raise ExternalToolError(f"btrfs gave no minimum size for {dev}: {text.strip()}")
+        return int(m.group(1))
+
+    def new_id(self, dev: str) -> str | None:
+        new = str(uuid.uuid4())
+        run(["btrfstune", "-f", "-U", new, dev])
+        return new
+
+
+BTRFS = Btrfs()

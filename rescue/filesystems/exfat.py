@@ -1,17 +1,25 @@
-"""exFAT used sectors: the boot region and FAT, then every cluster the allocation bitmap marks.
+"""exFAT: its registry entry (:data:`EXFAT`) and its used sectors: the boot region and
+FAT, then every cluster the allocation bitmap marks.
 
 partclone maps exFAT in sectors, so this map does too. The allocation bitmap,
 the up-case table and the root directory live in the cluster heap and are
 marked in the bitmap like any file.
+
+No resizer for exFAT exists: it keeps its size when its partition grows, and
+cannot be restored into a smaller one. exfatprogs' tune.exfat gives it a new
+serial; without a kernel driver, exfat-fuse mounts it.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from rescue.errors import FilesystemError
 from rescue.filesystems.base import Allocation, count_bits, read_at, set_run
+from rescue.filesystems.interface import Filesystem, FuseDriver, KernelMount, Op, Reasons, Tools
+from rescue.system import run
 
 ENTRY_END = 0x00
 ENTRY_BITMAP = 0x81
@@ -115,3 +123,42 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
         label=label or None,
         uuid=f"{serial >> 16:04X}-{serial & 0xFFFF:04X}",
     )
+
+
+class ExFat(Filesystem):
+    """exFAT: imaged, browsed and given a new serial; no resizer exists for it."""
+
+    names = ("exfat",)
+    mount_types = ("exfat",)
+    human_name = "exFAT"
+    partclone_name = "EXFAT"
+    kernel = KernelMount("exfat", read_only="ro")
+    fuse = FuseDriver("mount.exfat-fuse", "exfat-fuse", writes=True)
+    tools: ClassVar[Tools] = {Op.NEW_ID: ("tune.exfat",)}
+    unsupported: ClassVar[Reasons] = {
+        Op.CHECK: "exFAT is not checked after a restore here (fsck.exfat can check it by hand).",
+        Op.REPAIR: "exFAT is not mended by rescue; run fsck.exfat by hand if it is damaged.",
+        Op.GROW: "exFAT cannot be grown (no resizer for it exists): it keeps its size in a "
+        "larger partition.",
+        Op.SHRINK: "exFAT cannot be shrunk (no resizer for it exists); restore onto a "
+        "partition at least as large as the source instead.",
+        Op.REBUILD: "exFAT is never rebuilt smaller by rescue; restore onto a partition at "
+        "least as large as the source instead.",
+        Op.MINIMUM: "exFAT cannot be shrunk, so it has no smaller size: it keeps its partition's.",
+        Op.DAMAGE: "rescue has no block-to-file map for exFAT: the damage report lists byte "
+        "ranges only.",
+        Op.SET_START: "exFAT's start sector is not updated when its partition moves "
+        "(only Windows' NTFS boot needs that).",
+        Op.CREATE: "exFAT is imaged, not created anew on restore.",
+    }
+
+    def read_allocation(self, f: BinaryIO, size: int) -> Allocation:
+        return read_allocation(f, size)
+
+    def new_id(self, dev: str) -> str | None:
+        serial = secrets.token_hex(4).upper()
+        run(["tune.exfat", "-I", f"0x{serial}", dev])
+        return f"{serial[:4]}-{serial[4:]}"
+
+
+EXFAT = ExFat()

@@ -1,19 +1,24 @@
-"""ext2/3/4 used blocks, from the superblock, group descriptors and block bitmaps.
+"""ext2/3/4: its registry entry (:data:`EXT`) and its used blocks, read from the
+superblock, group descriptors and block bitmaps.
 
 The rules for groups whose bitmap was never initialised (BLOCK_UNINIT) and for
 where backup superblocks and descriptor blocks live (sparse_super, sparse_super2,
 meta_bg) follow the on-disk format as e2fsprogs defines it, so the map equals
-the one partclone.extfs builds through libext2fs.
+the one partclone.extfs builds through libext2fs. What e2fsprogs' programs do
+for it (check, grow, shrink, new UUID, damaged files) is in
+:mod:`rescue.filesystems.ext_tools`.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from rescue.errors import FilesystemError
+from rescue.filesystems import ext_tools
 from rescue.filesystems.base import Allocation, clear_run, count_bits, read_at, set_run
+from rescue.filesystems.interface import CheckResult, Filesystem, KernelMount, Op, Reasons, Tools
 from rescue.filesystems.probe import _ext_name
 
 EXT_MAGIC = 0xEF53
@@ -378,3 +383,56 @@ def _check_metadata_marked(bm: bytearray, s: _Super, descs: list[_Group]) -> Non
                     f"ext group {g}: the block bitmap marks the superblock/descriptors "
                     f"(block {a}) free: the bitmaps are damaged."
                 )
+
+
+class Ext(Filesystem):
+    """ext2, ext3 and ext4: e2fsprogs for everything but the allocation map."""
+
+    names = ("ext2", "ext3", "ext4")
+    mount_types = ("ext2", "ext3", "ext4")
+    human_name = "ext2/3/4"
+    partclone_name = "EXTFS"
+    kernel = KernelMount("ext4", read_only="ro,noload")
+    linux_root = True
+    tools: ClassVar[Tools] = {
+        Op.CHECK: ("e2fsck",),
+        Op.REPAIR: ("e2fsck",),
+        Op.GROW: ("e2fsck", "resize2fs"),
+        Op.SHRINK: ("e2fsck", "resize2fs", "debugfs"),
+        Op.MINIMUM: ("resize2fs", "dumpe2fs"),
+        Op.NEW_ID: ("e2fsck", "tune2fs"),
+        Op.DAMAGE: ("debugfs",),
+    }
+    unsupported: ClassVar[Reasons] = {
+        Op.REBUILD: "ext2/3/4 shrinks in place with resize2fs: it is never rebuilt.",
+        Op.SET_START: "ext2/3/4 does not record where its partition starts: a move needs nothing.",
+        Op.CREATE: "ext2/3/4 is imaged, not created anew on restore.",
+    }
+
+    def read_allocation(self, f: BinaryIO, size: int) -> Allocation:
+        return read_allocation(f, size)
+
+    def check(self, dev: str) -> CheckResult:
+        return ext_tools.check(dev)
+
+    def repair(self, dev: str) -> CheckResult:
+        return ext_tools.repair(dev)
+
+    def grow(self, dev: str, size: int) -> str | None:
+        ext_tools.grow(dev)
+        return None
+
+    def shrink(self, dev: str, size: int) -> None:
+        ext_tools.shrink(dev, size, self.mounted)
+
+    def minimum_size(self, dev: str) -> int:
+        return ext_tools.minimum_size(dev)
+
+    def new_id(self, dev: str) -> str | None:
+        return ext_tools.new_uuid(dev)
+
+    def files_at(self, dev: str, ranges: list[tuple[int, int]], block_size: int) -> list[str]:
+        return ext_tools.files_at(dev, ranges, block_size)
+
+
+EXT = Ext()

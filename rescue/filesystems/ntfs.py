@@ -1,20 +1,43 @@
-"""NTFS used clusters, from the boot sector, the MFT and the $Bitmap file.
+"""NTFS: its registry entry (:data:`NTFS`), its used clusters (from the boot sector,
+the MFT and the $Bitmap file) and what ntfs-3g's programs do for it.
 
 The volume's cluster bitmap is the data of MFT record 6 ($Bitmap): one bit a
 cluster, least significant bit first, the same layout as partclone's bitmap.
 The map covers the clusters of the volume; the partition may hold a few more
 sectors after the last whole cluster (the backup boot sector lives in the last
 one), which partclone's format cannot carry: ``tail_bytes`` says how many.
+
+Everything else goes through ntfs-3g's programs: ntfsresize grows and shrinks
+it and tells its minimum, ntfsfix checks it, ntfslabel gives it a new serial,
+ntfscluster names the files holding a cluster range. Browsing and destination
+drives use ntfs-3g itself where the kernel has no NTFS driver (browsing always).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
-from rescue.errors import FilesystemError
+from rescue.blockio import pwrite_all
+from rescue.errors import ExternalToolError, FilesystemError
 from rescue.filesystems.base import Allocation, count_bits, read_at
+from rescue.filesystems.interface import (
+    CheckResult,
+    Filesystem,
+    FuseDriver,
+    KernelMount,
+    Op,
+    Reasons,
+    Tools,
+    run_checker,
+)
+from rescue.system import run
+
+MiB = 1 << 20
 
 MFT_RECORD_BITMAP = 6
 MFT_RECORD_VOLUME = 3
@@ -202,3 +225,102 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
         label=_label(f, boot),
         uuid=f"{boot.serial:016X}",
     )
+
+
+# --- ntfs-3g's programs ---------------------------------------------------------------
+
+
+def minimum_size(dev: str) -> int:
+    """What ``ntfsresize --info`` says it can shrink to, and room for the backup boot sector."""
+    res = run(["ntfsresize", "--info", "--force", "--no-action", dev], check=False)
+    text = res.stdout.decode(errors="replace")
+    m = re.search(r"You might resize at (\d+) bytes", text)
+    if m is None:
+        raise ExternalToolError(
+            f"ntfsresize cannot tell how small {dev} can be: "
+            f"{(text + res.stderr.decode(errors='replace')).strip().splitlines()[-1:]}"
+        )
+    return int(m.group(1)) + MiB  # room for the backup boot sector and rounding
+
+
+def files_at(dev: str, ranges: list[tuple[int, int]], cluster: int) -> list[str]:
+    """ntfscluster lists the files holding each cluster range."""
+    found: set[str] = set()
+    for off, n in ranges:
+        lo, hi = off // cluster, (off + n - 1) // cluster
+        text = run(["ntfscluster", "-c", f"{lo}-{hi}", dev], check=False, timeout=300)
+        for line in text.stdout.decode(errors="replace").splitlines():
+            m = re.match(r"Inode (\d+) (/.*)$", line.strip())
+            if not m:
+                continue
+            inode, path = int(m.group(1)), m.group(2)
+            path = re.sub(r"/\$[A-Z_]+(\(.*\))?$", "", path) or "/"
+            found.add("(filesystem metadata)" if inode < 16 or "/$" in path else path)
+    return sorted(found)
+
+
+def set_hidden_sectors(fd: int, base: int, size: int, start_sector: int) -> None:
+    """Record a moved partition's new start in both NTFS boot sectors (Windows boots by it).
+
+    The backup boot sector is the last sector of the partition (``size`` bytes at ``base``).
+    """
+    value = start_sector.to_bytes(4, "little") if start_sector < 1 << 32 else bytes(4)
+    for offset in (base, base + size - 512):
+        if os.pread(fd, 11, offset)[3:11] == b"NTFS    ":
+            pwrite_all(fd, value, offset + 0x1C, "the NTFS partition")
+    os.fsync(fd)
+
+
+class Ntfs(Filesystem):
+    """NTFS (Windows): ntfs-3g's programs; read through ntfs-3g, never the kernel's driver."""
+
+    names = ("ntfs",)
+    aliases = ("ntfs3",)
+    mount_types = ("ntfs", "ntfs3")
+    human_name = "NTFS"
+    partclone_name = "NTFS"
+    kernel = KernelMount("ntfs", read_only=None)
+    fuse = FuseDriver("ntfs-3g", "ntfs-3g", writes=True)
+    tools: ClassVar[Tools] = {
+        Op.CHECK: ("ntfsfix",),
+        Op.GROW: ("ntfsresize",),
+        Op.SHRINK: ("ntfsresize",),
+        Op.MINIMUM: ("ntfsresize",),
+        Op.NEW_ID: ("ntfslabel",),
+        Op.DAMAGE: ("ntfscluster",),
+    }
+    unsupported: ClassVar[Reasons] = {
+        Op.REPAIR: "NTFS is mended by Windows (chkdsk /f), not by rescue.",
+        Op.REBUILD: "NTFS shrinks in place with ntfsresize: it is never rebuilt.",
+        Op.CREATE: "NTFS is imaged, not created anew on restore.",
+    }
+
+    def read_allocation(self, f: BinaryIO, size: int) -> Allocation:
+        return read_allocation(f, size)
+
+    def check(self, dev: str) -> CheckResult:
+        return run_checker(["ntfsfix", "--no-action", dev])
+
+    def grow(self, dev: str, size: int) -> str | None:
+        run(["ntfsresize", "--force", dev], input=b"y\n")
+        return None
+
+    def shrink(self, dev: str, size: int) -> None:
+        run(["ntfsresize", "--force", "--size", str(size), dev], input=b"y\n")
+
+    def minimum_size(self, dev: str) -> int:
+        return minimum_size(dev)
+
+    def new_id(self, dev: str) -> str | None:
+        serial = secrets.token_hex(8).upper()
+        run(["ntfslabel", f"--new-serial={serial}", dev])
+        return serial
+
+    def files_at(self, dev: str, ranges: list[tuple[int, int]], block_size: int) -> list[str]:
+        return files_at(dev, ranges, block_size)
+
+    def record_start(self, fd: int, base: int, size: int, start_sector: int) -> None:
+        set_hidden_sectors(fd, base, size, start_sector)
+
+
+NTFS = Ntfs()

@@ -1,8 +1,16 @@
-"""The fallback: every block is used. Zero regions cost nothing once compressed."""
+"""No filesystem rescue reads: every block is used (a dd stream), and the :data:`RAW` entry.
+
+Zero regions cost nothing once compressed. The entry answers to ``dd``, the
+name of such a stream in image file names; nothing but the copy itself can be
+done with its bytes.
+"""
 
 from __future__ import annotations
 
-from rescue.filesystems.base import Allocation
+from typing import BinaryIO, ClassVar
+
+from rescue.filesystems.base import RAW_FSTYPE, Allocation
+from rescue.filesystems.interface import Filesystem, Op, Reasons
 
 RAW_BLOCK = 4096
 
@@ -18,7 +26,7 @@ def raw_allocation(size: int, *, reason: str | None = None) -> Allocation:
     if total % 8:
         bitmap.append((1 << (total % 8)) - 1)
     return Allocation(
-        fstype="dd",
+        fstype=RAW_FSTYPE,
         partclone_fs="raw",
         block_size=RAW_BLOCK,
         total_blocks=total,
@@ -28,3 +36,37 @@ def raw_allocation(size: int, *, reason: str | None = None) -> Allocation:
         fs_used_blocks=total,
         warnings=(reason,) if reason else (),
     )
+
+
+_NO_FS = "no filesystem rescue can read (a raw copy)"
+
+
+class Raw(Filesystem):
+    """A raw copy: every byte, no filesystem known."""
+
+    names = (RAW_FSTYPE,)
+    human_name = "raw data"
+    partclone_name = "raw"
+    raw = True
+    unsupported: ClassVar[Reasons] = {
+        Op.BROWSE: "The partition holds no filesystem that can be recognised; "
+        "it cannot be browsed.",
+        Op.MOUNT_RW: f"The partition holds {_NO_FS}: it cannot be mounted.",
+        Op.CHECK: f"The partition holds {_NO_FS}: there is nothing to check.",
+        Op.REPAIR: f"The partition holds {_NO_FS}: there is nothing to mend.",
+        Op.GROW: f"The partition holds {_NO_FS}: only the partition can grow.",
+        Op.SHRINK: f"The partition holds {_NO_FS}: it cannot be shrunk; restore onto a "
+        "partition at least as large as the source.",
+        Op.REBUILD: f"The partition holds {_NO_FS}: it cannot be rebuilt smaller.",
+        Op.MINIMUM: f"The partition holds {_NO_FS}: it needs all of its size.",
+        Op.NEW_ID: f"The partition holds {_NO_FS}: it keeps its identity.",
+        Op.DAMAGE: f"The partition holds {_NO_FS}: no file can be named.",
+        Op.SET_START: f"The partition holds {_NO_FS}: nothing records its start.",
+        Op.CREATE: "A raw copy is restored byte for byte, not created anew.",
+    }
+
+    def read_allocation(self, f: BinaryIO, size: int) -> Allocation:
+        return raw_allocation(size)
+
+
+RAW = Raw()

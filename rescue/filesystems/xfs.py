@@ -1,18 +1,48 @@
-"""XFS used blocks: every block of every allocation group except its free extents.
+"""XFS: its registry entry (:data:`XFS`), its used blocks (every block of every
+allocation group except its free extents), and xfsprogs' programs for it.
 
 Free space is read from each AG's by-block-number free-space B+tree (bnobt),
 whose root the AG's free-space header (AGF) names. The internal log and all
 metadata are allocated, so they are kept. Structures are big-endian.
+
+XFS grows online (xfs_growfs through a private mount) but cannot shrink. A
+restore into a smaller partition gets a fresh XFS with the same UUID, label and
+on-disk features (:meth:`Xfs.rebuild`), and the files are copied into it with
+``cp`` keeping owners, modes, times (to the nanosecond), extended attributes,
+ACLs and hard links; XFS-only inode flags (chattr) and project quota ids are
+not carried over. Its minimum is the used space plus room for a new log and
+metadata, and never below the 300 MiB mkfs.xfs needs.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import struct
+import threading
+import uuid
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
-from rescue.errors import FilesystemError
+from rescue import kernel
+from rescue.errors import ExternalToolError, FilesystemError
 from rescue.filesystems.base import Allocation, clear_run, count_bits, read_at
+from rescue.filesystems.interface import (
+    CheckResult,
+    Filesystem,
+    KernelMount,
+    Op,
+    Reasons,
+    Tools,
+    run_checker,
+)
+from rescue.progress import ProgressReporter, check_cancel
+from rescue.system import output, run
+
+MiB = 1 << 20
+XFS_SMALLEST = 301 * MiB
+"""mkfs.xfs refuses filesystems of 300 MiB or less."""
 
 XFS_MAGIC = b"XFSB"
 AGF_MAGIC = b"XAGF"
@@ -156,3 +186,137 @@ def read_allocation(f: BinaryIO, size: int) -> Allocation:
         label=s.label,
         uuid=s.uuid,
     )
+
+
+# --- a fresh filesystem and a file copy (XFS cannot shrink) -------------------------------
+
+_XFS_FEATURES = {
+    "crc": "-m",
+    "finobt": "-m",
+    "rmapbt": "-m",
+    "reflink": "-m",
+    "bigtime": "-m",
+    "inobtcount": "-m",
+    "sparse": "-i",
+    "ftype": "-n",
+}
+
+
+def xfs_format_options(info: str) -> list[str]:
+    """mkfs.xfs options that give a new XFS the on-disk features of the one ``info`` describes.
+
+    ``info`` is what ``xfs_db -c info`` (the xfs_info layout) prints. A restored
+    system's kernel must understand the new filesystem, so it gets the same
+    features, not this system's defaults.
+    """
+    found = dict(re.findall(r"\b(\w+)=(\d+)", info))
+    groups: dict[str, list[str]] = {}
+    crc = found.get("crc", "1")
+    for name, flag in _XFS_FEATURES.items():
+        if name not in found:
+            continue
+        if crc == "0" and name not in ("crc", "ftype"):
+            continue  # v4 filesystems take none of the v5 features
+        groups.setdefault(flag, []).append(f"{name}={found[name]}")
+    args = [a for flag, values in groups.items() for a in (flag, ",".join(values))]
+    m = re.search(r"^data\s*=\s*bsize=(\d+)", info, re.M)
+    if m:
+        args += ["-b", f"size={m.group(1)}"]
+    return args
+
+
+def smallest_for(used: int) -> int:
+    """The smallest XFS that holds ``used`` bytes of a mounted one's data."""
+    # a new log (up to 64 MiB), allocation group headers and free-space slack
+    return max(XFS_SMALLEST, math.ceil(used * 1.15) + 96 * MiB)
+
+
+class Xfs(Filesystem):
+    """XFS: xfsprogs; grown online through a private mount, rebuilt instead of shrunk."""
+
+    names = ("xfs",)
+    mount_types = ("xfs",)
+    human_name = "XFS"
+    partclone_name = "XFS"
+    kernel = KernelMount("xfs", read_only="ro,norecovery,nouuid")
+    linux_root = True
+    tools: ClassVar[Tools] = {
+        Op.CHECK: ("xfs_repair",),
+        Op.GROW: ("xfs_growfs",),
+        Op.REBUILD: ("xfs_db", "mkfs.xfs", "cp"),
+        Op.NEW_ID: ("xfs_admin",),
+    }
+    unsupported: ClassVar[Reasons] = {
+        Op.REPAIR: "XFS is not mended by rescue; run xfs_repair by hand if it is damaged.",
+        Op.SHRINK: "XFS cannot be shrunk; rescue makes a new, smaller XFS with the same UUID, "
+        "label and features and copies the files into it instead.",
+        Op.DAMAGE: "rescue has no block-to-file map for XFS: the damage report lists byte "
+        "ranges only.",
+        Op.SET_START: "XFS does not record where its partition starts: a move needs nothing.",
+        Op.CREATE: "XFS is imaged, not created anew on restore.",
+    }
+
+    def read_allocation(self, f: BinaryIO, size: int) -> Allocation:
+        return read_allocation(f, size)
+
+    def check(self, dev: str) -> CheckResult:
+        return run_checker(["xfs_repair", "-n", dev])
+
+    def grow(self, dev: str, size: int) -> str | None:
+        with self.mounted(dev, writable=True) as mnt:
+            run(["xfs_growfs", str(mnt)])
+        return None
+
+    def minimum_size(self, dev: str) -> int:
+        with self.mounted(dev) as mnt:
+            st = os.statvfs(mnt)
+        return smallest_for((st.f_blocks - st.f_bfree) * st.f_frsize)
+
+    def new_id(self, dev: str) -> str | None:
+        new = str(uuid.uuid4())
+        run(["xfs_admin", "-U", new, dev])
+        return new
+
+    def rebuild(
+        self, src: str, dst: str, progress: ProgressReporter, cancel: threading.Event | None
+    ) -> None:
+        """A new XFS on ``dst`` like the one on ``src`` (UUID, label, features); copy files."""
+        check_cancel(cancel)
+        options = xfs_format_options(output(["xfs_db", "-r", "-c", "info", src]))
+        ident = kernel.blkid(src)
+        if ident.get("UUID"):
+            if "-m" in options:
+                options[options.index("-m") + 1] += f",uuid={ident['UUID']}"
+            else:
+                options += ["-m", f"uuid={ident['UUID']}"]
+        if ident.get("LABEL"):
+            options += ["-L", ident["LABEL"]]
+        run(["mkfs.xfs", "-f", "-q", *options, dst])
+        progress.note(
+            "XFS cannot shrink: a new XFS was made with the same UUID, label and features; "
+            "copying the files into it."
+        )
+        # the copy has the source's UUID: both are mounted at once only with nouuid
+        with self.mounted(src) as src_mnt, kernel.private_mount(dst, "xfs", "rw,nouuid") as dst_mnt:
+            res = run(
+                [
+                    "cp",
+                    "--no-dereference",
+                    "--recursive",
+                    "--preserve=mode,ownership,timestamps,links,xattr",
+                    "--sparse=always",
+                    "--no-target-directory",
+                    f"{src_mnt}/.",
+                    str(dst_mnt),
+                ],
+                check=False,
+            )
+            if res.returncode != 0:
+                detail = res.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                raise ExternalToolError(
+                    f"Copying the files of the XFS partition failed: {' / '.join(detail)}"
+                )
+            run(["sync", "-f", str(dst_mnt)], check=False)
+
+
+XFS = Xfs()

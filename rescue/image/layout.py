@@ -27,7 +27,10 @@ from pathlib import Path
 from rescue import __version__, kernel, system
 from rescue.blockio import device_size, is_block_device, pwrite_all
 from rescue.errors import ImageDamagedError, NotAnImageError, RefusedError
+from rescue.filesystems import registry
+from rescue.filesystems.base import RAW_FSTYPE
 from rescue.image import names
+from rescue.image.manifest import StoredAs
 from rescue.units import human_size
 
 HIDDEN_DATA_MAX = 1 << 20
@@ -67,7 +70,7 @@ class StreamRef:
     part: str
     fstype: str
     kind: str
-    """"partclone" or "dd"."""
+    """:attr:`StoredAs.PARTCLONE` or :attr:`StoredAs.DD`."""
     compression: str
     """zst, gz, uncomp, ..."""
     base: Path
@@ -186,6 +189,12 @@ def _common_files(
     _write(folder, names.SAVED_BY_CMD_FILE, command + "\n")
 
 
+def _recreated(fstype: str | None) -> bool:
+    """Only the identity of this filesystem is kept (swap): Clonezilla's info file holds it."""
+    fs = registry.get(fstype)
+    return fs is not None and fs.recreated
+
+
 def _swap_info(folder: Path, part: str, uuid: str | None, label: str | None) -> None:
     _write(folder, names.swap_info_file(part), f'UUID="{uuid or ""}"\nLABEL="{label or ""}"\n')
 
@@ -262,7 +271,7 @@ def save_layout(
         fstype = fstypes.get(p.name, p.fstype)
         ids = {"LABEL": p.fs_label, "UUID": p.fs_uuid, "TYPE": p.fstype, "PARTUUID": p.uuid}
         entries.append((p.name, fstype, p.size, ids))
-        if p.fstype == "swap":
+        if _recreated(p.fstype):
             _swap_info(folder, p.name, p.fs_uuid, p.fs_label)
     _common_files(folder, entries, f"rescue capture {shlex.quote(source_path)}")
 
@@ -279,7 +288,7 @@ def save_partition_only(
 ) -> None:
     """A single-partition image, as Clonezilla's "saveparts" writes it (no ``disk`` file)."""
     _write(folder, names.PARTS_FILE, part + "\n")
-    if fstype == "swap":
+    if _recreated(fstype):
         _swap_info(folder, part, uuid, label)
     ids = {"LABEL": label, "UUID": uuid, "TYPE": fstype}
     _common_files(folder, [(part, fstype, size, ids)], f"rescue capture {shlex.quote(source_path)}")
@@ -384,7 +393,7 @@ def read_image_layout(folder: Path) -> ImageLayout:
             StreamRef(
                 part=m.group("part"),
                 fstype=fs,
-                kind="dd" if fs == "dd" else "partclone",
+                kind=StoredAs.DD if fs == RAW_FSTYPE else StoredAs.PARTCLONE,
                 compression=m.group("comp"),
                 base=base,
             ),

@@ -6,6 +6,7 @@ newer ``format_version`` instead of guessing.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,24 @@ from rescue.image.names import MANIFEST_NAME
 
 FORMAT_NAME = "rescue-image"
 FORMAT_VERSION = 1
+
+
+class StoredAs(enum.StrEnum):
+    """How a partition is stored in an image (``stored_as`` in rescue.json; the values are
+    the on-disk words, so a member equals and serialises as its string)."""
+
+    PARTCLONE = "partclone"
+    """Used blocks only, in a partclone stream."""
+    DD = "dd"
+    """Every byte, in a raw stream."""
+    SWAP = "swap"
+    """Nothing but its identity (Clonezilla's swap info file): recreated on restore."""
+    NONE = "none"
+    """Nothing stored."""
+
+
+DATA_STREAMS = (StoredAs.PARTCLONE, StoredAs.DD)
+"""The kinds that hold the partition's data in a stream."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,8 @@ class PartitionRecord:
     uuid: str | None
     label: str | None
     stored_as: str
-    """"partclone" (used blocks), "dd" (every byte), "swap" (info file only), "none"."""
+    """A :class:`StoredAs` value: "partclone" (used blocks), "dd" (every byte), "swap" (info
+    file only), "none"."""
     stream: str | None = None
     """Base name of the data stream (without split suffix), None when nothing is stored."""
     block_size: int = 0

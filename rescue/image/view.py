@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageError, RescueError
+from rescue.filesystems.swap import SWAP
 from rescue.image import layout as layout_mod
-from rescue.image.manifest import Manifest, StoredFile, read_manifest
+from rescue.image.manifest import Manifest, StoredAs, StoredFile, read_manifest
 from rescue.image.names import (
     CLONEZILLA_LOG,
     INCOMPLETE_MARKER,
@@ -28,7 +29,7 @@ class ImagePart:
     size: int
     fstype: str | None
     stored_as: str
-    """partclone, dd, swap or none."""
+    """A :class:`~rescue.image.manifest.StoredAs`: partclone, dd, swap or none."""
     stream: Path | None
     """Base path of the stream (split suffixes are found by the volume reader)."""
     compression: str
@@ -162,12 +163,12 @@ def _from_layout(folder: Path) -> ImageView:
         if stream is not None:
             stored_as, fstype = stream.kind, stream.fstype
         elif swap is not None:
-            stored_as, fstype = "swap", "swap"
+            stored_as, fstype = StoredAs.SWAP, SWAP.name
         else:
-            stored_as, fstype = "none", None
+            stored_as, fstype = StoredAs.NONE, None
         size = entry.size if entry else 0
         used = 0
-        if entry is None and stream is not None and stream.kind == "partclone":
+        if entry is None and stream is not None and stream.kind == StoredAs.PARTCLONE:
             size, used = _sizes_from_header(stream.base, stream.compression)
         parts.append(
             ImagePart(

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rescue.blockio import binary
 from rescue.errors import BadInputError, ImageDamagedError, RescueError
+from rescue.image.manifest import DATA_STREAMS, StoredAs
 from rescue.image.names import INDEX_DIR
 from rescue.image.random_access import PartitionReader
 from rescue.image.seekable import MiB, SeekableZstdWriter, SeekTable
@@ -198,12 +199,12 @@ def prepare(
 ) -> ServerSpec:
     """What a server needs to serve ``part``, building its index first if it needs one."""
     progress = progress or NullProgress()
-    if part.stream is None or part.stored_as not in ("partclone", "dd"):
-        what = "swap space" if part.stored_as == "swap" else "no stored data"
+    if part.stream is None or part.stored_as not in DATA_STREAMS:
+        what = "swap space" if part.stored_as == StoredAs.SWAP else "no stored data"
         raise BadInputError(f"Partition {part.name} holds {what}: there is nothing to browse.")
     spec = ServerSpec(
         stream=part.stream,
-        raw=part.stored_as == "dd",
+        raw=part.stored_as == StoredAs.DD,
         size=part.size or None,
         tail=part.tail,
         tail_offset=part.tail_offset,

@@ -1,7 +1,8 @@
 """After a restore: does the restored system find its filesystems?
 
-Every Linux filesystem restored onto the target is mounted read-only in a private
-folder; where it holds ``etc/fstab``, each entry naming a filesystem by UUID,
+Every filesystem restored onto the target that can hold a Linux system (its
+registry entry says ``linux_root``) is mounted read-only, journal replay off, in
+a private folder; where it holds ``etc/fstab``, each entry naming a filesystem by UUID,
 PARTUUID, LABEL or PARTLABEL (or their /dev/disk/by-* links) is looked up among
 the target's partitions. What is missing is reported: a restored system that
 would stop at boot waiting for a disk is found before the technician leaves.
@@ -13,10 +14,8 @@ from dataclasses import dataclass
 
 from rescue import kernel
 from rescue.errors import ExternalToolError
-from rescue.kernel import private_mount
+from rescue.filesystems import registry
 
-_LINUX = {"ext2": "ro,noload", "ext3": "ro,noload", "ext4": "ro,noload",
-          "xfs": "ro,norecovery,nouuid", "btrfs": "ro"}  # fmt: skip
 _BY = {
     "/dev/disk/by-uuid/": "UUID",
     "/dev/disk/by-partuuid/": "PARTUUID",
@@ -74,10 +73,11 @@ def check_fstabs(partitions: list[tuple[str, str | None]]) -> list[FstabReport]:
             known[key].add(value.lower() if key in ("UUID", "PARTUUID") else value)
     reports = []
     for node, fstype in partitions:
-        if fstype not in _LINUX:
+        fs = registry.get(fstype)
+        if fs is None or not fs.linux_root:
             continue
         try:
-            with private_mount(node, fstype, _LINUX[fstype]) as root:
+            with fs.mounted(node) as root:
                 fstab = root / "etc" / "fstab"
                 if not fstab.is_file() or fstab.is_symlink():
                     continue

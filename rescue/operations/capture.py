@@ -13,19 +13,22 @@ from pathlib import Path
 
 from rescue import __version__, system
 from rescue.blockio import Window, binary
+from rescue.containers.stack import allocation_for
 from rescue.copier import Checkpoint, CompressionOptions, Extent, ReadOptions, write_stream
 from rescue.devices.smart import smart_summary
 from rescue.errors import BadInputError, DeviceError, DeviceGoneError, RefusedError
+from rescue.filesystems import registry
 from rescue.filesystems.base import Allocation
 from rescue.filesystems.damage import damaged_files
-from rescue.filesystems.detect import allocation_for
 from rescue.filesystems.probe import probe_fstype
+from rescue.filesystems.swap import SWAP
 from rescue.image import layout as layout_mod
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import (
     Manifest,
     PartitionRecord,
     SourceIdentity,
+    StoredAs,
     StoredFile,
     fsync_dir,
     write_manifest,
@@ -39,10 +42,6 @@ from rescue.operations.source import (
     resolve_source,
 )
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
-
-FAT_TYPES = ("vfat", "msdos", "fat", "fuse.fusefat")
-FAT_SPLIT = 4 * 1024**3 - 1
-"""Largest file a FAT filesystem holds: the automatic split size on FAT destinations."""
 
 # MBR partition types that are containers, not data (the table restore recreates them)
 _EXTENDED_TYPES = {"5", "f", "85", "0x5", "0xf", "0x85"}
@@ -87,9 +86,15 @@ def _split_size(
 ) -> int | None:
     if options.split is not None:
         return options.split
-    if destination_fstype(image_dir) in FAT_TYPES:
-        progress.note("The destination is a FAT filesystem: splitting streams into 4 GiB volumes.")
-        return FAT_SPLIT
+    fs = registry.for_mount_type(destination_fstype(image_dir))
+    if fs is not None and fs.max_file_size is not None:
+        # the largest file it holds is the automatic split size (FAT: 4 GiB - 1)
+        volume = f"{(fs.max_file_size + 1) / 1024**3:g} GiB"
+        progress.note(
+            f"The destination is a {fs.human_name} filesystem: splitting streams into "
+            f"{volume} volumes."
+        )
+        return fs.max_file_size
     return None
 
 
@@ -241,7 +246,7 @@ def _plan(fd: int, src: Source, image_dir: Path) -> tuple[str | None, list[_Plan
 
 def _stored_fstype(p: _Planned) -> str:
     if p.alloc is None:
-        return p.fstype or "swap"
+        return p.fstype or SWAP.name
     return p.alloc.fstype
 
 
@@ -250,7 +255,8 @@ def _plan_one(fd: int, part: layout_mod.PartitionEntry, number: int | None) -> _
     window = binary(Window(fd, part.start, part.size))
     fstype = part.fstype or probe_fstype(window)
     uuid, label = part.fs_uuid, part.fs_label
-    if fstype == "swap":
+    fs = registry.get(fstype)
+    if fs is not None and not fs.imaged:  # swap: recreated on restore from its identity
         return _Planned(part.name, number, part.start, part.size, fstype, uuid, label, None)
     alloc = allocation_for(window, part.size, fstype)
     return _Planned(
@@ -290,7 +296,7 @@ def _store_all(
             fstype=p.fstype,
             uuid=p.uuid,
             label=p.label,
-            stored_as="swap",
+            stored_as=StoredAs.SWAP,
         )
         done = next((r for r in state.done if r.name == p.name), None)
         if done is not None:  # stored before the capture was interrupted
@@ -326,7 +332,7 @@ def _store_all(
             state.checkpoint = point
             state.save(image_dir)
 
-        raw = alloc.fstype == "dd"
+        raw = alloc.raw
         name = stream_name(p.name, alloc.fstype)
         result = write_stream(
             Extent(fd, src.path, p.start, p.size),
@@ -353,7 +359,7 @@ def _store_all(
                 record,
                 tail=tail,
                 fstype=p.fstype if raw else alloc.fstype,
-                stored_as="dd" if raw else "partclone",
+                stored_as=StoredAs.DD if raw else StoredAs.PARTCLONE,
                 stream=name,
                 block_size=alloc.block_size,
                 total_blocks=alloc.total_blocks,

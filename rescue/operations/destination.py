@@ -8,15 +8,13 @@ from pathlib import Path
 from rescue import kernel
 from rescue.devices.model import Disk, Partition
 from rescue.errors import BadInputError, RefusedError
-from rescue.system import which
+from rescue.filesystems import registry
+from rescue.filesystems.interface import Op
 
 
 def dest_root() -> Path:
     """Where destination drives are mounted (``$RESCUE_DEST_ROOT``, default /mnt/rescue)."""
     return Path(os.environ.get("RESCUE_DEST_ROOT") or "/mnt/rescue")
-
-
-_FUSE = {"ntfs": "ntfs-3g", "exfat": "mount.exfat-fuse"}
 
 
 def destination_candidates(disks: list[Disk], source: Disk | None) -> list[Partition]:
@@ -26,10 +24,18 @@ def destination_candidates(disks: list[Disk], source: Disk | None) -> list[Parti
         if source is not None and d.path == source.path:
             continue
         for p in d.partitions:
-            if p.fstype in (None, "swap") or "boot-medium" in p.flags or "in-use" in p.flags:
+            if not _holds_files(p.fstype) or "boot-medium" in p.flags or "in-use" in p.flags:
                 continue
             found.append(p)
     return found
+
+
+def _holds_files(fstype: str | None) -> bool:
+    """A filesystem that can be mounted read-write (swap cannot; an unknown one may)."""
+    if fstype is None:
+        return False
+    fs = registry.get(fstype)
+    return fs is None or fs.supports(Op.MOUNT_RW)
 
 
 def mount_destination(part: Partition) -> Path:
@@ -42,13 +48,9 @@ def mount_destination(part: Partition) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     if any(target.iterdir()):
         raise BadInputError(f"{target} is not empty; cannot mount {part.path} there.")
-    fuse = _FUSE.get(part.fstype or "")
-    kernel_has = fuse is None or kernel.kernel_supports(part.fstype or "")
-    if kernel_has:
+    fs = registry.get(part.fstype)
+    if fs is None:  # not one rescue knows: the kernel may
         kernel.mount(part.path, target, "rw")
-    else:
-        assert fuse is not None
-        if which(fuse) is None:
-            raise BadInputError(f"Mounting {part.fstype} needs {fuse}, which is not installed.")
-        kernel.mount_fuse(fuse, part.path, target, "rw")
+    else:  # by the kernel, or its FUSE driver where the kernel has none
+        fs.mount_at(part.path, target, writable=True)
     return target

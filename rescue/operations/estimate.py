@@ -8,14 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rescue.blockio import Window, binary
+from rescue.containers.stack import allocation_for
 from rescue.devices.model import Disk, Partition
 from rescue.errors import RescueError
-from rescue.filesystems.detect import allocation_for
+from rescue.filesystems import registry
 
 
 def used_bytes(path: str, size: int, fstype: str | None) -> int | None:
     """Bytes the capture of one filesystem reads; None when the device cannot be read."""
-    if fstype == "swap":
+    fs = registry.get(fstype)
+    if fs is not None and not fs.imaged:  # swap: nothing of it is stored
         return 0
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

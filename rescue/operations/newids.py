@@ -11,12 +11,11 @@ in one machine, then no longer share UUIDs.
 from __future__ import annotations
 
 import secrets
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.errors import ExternalToolError
-from rescue.kernel import private_mount
+from rescue.filesystems import registry
+from rescue.filesystems.interface import Op
 from rescue.operations.bootcheck import identities
 from rescue.progress import ProgressReporter
 from rescue.system import output, run, which
@@ -25,7 +24,6 @@ _BOOT_FILES = (
     "etc/fstab", "etc/crypttab", "etc/default/grub", "etc/kernel/cmdline",
     "boot/grub/grub.cfg", "boot/grub2/grub.cfg",
 )  # fmt: skip
-_LINUX_RW = {"ext2", "ext3", "ext4", "xfs", "btrfs"}
 
 
 @dataclass
@@ -38,38 +36,10 @@ class NewIds:
 
 def _new_fs_id(node: str, fstype: str | None) -> str | None:
     """Give the filesystem on ``node`` a new random UUID/serial; returns it (None: unchanged)."""
-    if fstype in ("ext2", "ext3", "ext4"):
-        fsck = run(["e2fsck", "-f", "-y", node], check=False)
-        if fsck.returncode > 1:
-            raise ExternalToolError(f"e2fsck found problems on {node} (exit {fsck.returncode}).")
-        new = str(uuid.uuid4())
-        run(["tune2fs", "-U", new, node])
-        return new
-    if fstype == "xfs":
-        new = str(uuid.uuid4())
-        run(["xfs_admin", "-U", new, node])
-        return new
-    if fstype == "btrfs":
-        new = str(uuid.uuid4())
-        run(["btrfstune", "-f", "-U", new, node])
-        return new
-    if fstype == "ntfs":
-        serial = secrets.token_hex(8).upper()
-        run(["ntfslabel", f"--new-serial={serial}", node])
-        return serial
-    if fstype == "vfat" and which("mlabel"):
-        serial = secrets.token_hex(4).upper()
-        run(["mlabel", "-i", node, "-N", serial, "::"], check=False)
-        return f"{serial[:4]}-{serial[4:]}"
-    if fstype == "exfat":
-        serial = secrets.token_hex(4).upper()
-        run(["tune.exfat", "-I", f"0x{serial}", node])
-        return f"{serial[:4]}-{serial[4:]}"
-    if fstype == "swap":
-        new = str(uuid.uuid4())
-        run(["swaplabel", "-U", new, node])
-        return new
-    return None
+    fs = registry.get(fstype)
+    if fs is None or not fs.supports(Op.NEW_ID):
+        return None
+    return fs.new_id(node)
 
 
 def _swap(text: str, replaced: dict[str, str]) -> str:
@@ -130,8 +100,11 @@ def give_new_ids(
             replaced[old_part] = new_part
     files = []
     for node, fstype in parts:
-        if fstype in _LINUX_RW:
-            with private_mount(node, fstype, "rw") as root:
+        fs = registry.get(fstype)
+        if fs is None:
+            continue
+        if fs.linux_root:
+            with fs.mounted(node, writable=True) as root:
                 for rel in _BOOT_FILES:
                     f = root / rel
                     if f.is_file() and not f.is_symlink() and _rewrite(f, replaced):
@@ -143,7 +116,7 @@ def give_new_ids(
                         for f in sorted(entries.glob("*.conf"))
                         if _rewrite(f, replaced)
                     )
-        elif fstype == "vfat":
+        elif fs.esp:
             files += _rewrite_esp(node, replaced)
     progress.note(
         f"New identities on {disk}: {len(replaced)} UUID(s)/GUID(s) replaced; "

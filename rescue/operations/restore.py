@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue import kernel, system
+from rescue import kernel
 from rescue.blockio import device_size, is_block_device, open_for_writing, pwrite_all
 from rescue.copier import (
     Extent,
@@ -20,14 +20,17 @@ from rescue.copier import (
 from rescue.devices import find_device
 from rescue.devices.safety import check_target
 from rescue.errors import BadInputError, DeviceError, ImageDamagedError, RefusedError
+from rescue.filesystems import registry
+from rescue.filesystems.interface import Filesystem
 from rescue.image import layout as layout_mod
+from rescue.image.manifest import DATA_STREAMS, StoredAs
 from rescue.image.streams import open_stream_chunks, stream_error
 from rescue.image.view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import grow_filesystem
 from rescue.operations.layout_plan import Fit, Growth, Slot, plan_growth
 from rescue.operations.newids import give_new_ids
-from rescue.operations.shrink import fit_image, restore_shrunk, set_ntfs_hidden_sectors
+from rescue.operations.shrink import fit_image, restore_shrunk
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
 from rescue.operations.uefi import ESP_TYPES, repair_uefi_boot
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
@@ -189,8 +192,9 @@ def restore(
                                    cancel=cancel)  # fmt: skip
                 else:
                     _restore_part(part, target, where, progress, cancel)
-                if start != part.start and part.fstype == "ntfs":
-                    _moved_ntfs(where, place.size if place else part.size, start // 512)
+                fs = registry.get(part.fstype)
+                if start != part.start and fs is not None and fs.records_start:
+                    _moved(fs, where, place.size if place else part.size, start // 512)
         else:
             part = image.parts[0]
             if plan.fit is not None:
@@ -220,7 +224,8 @@ def _repair_uefi(image: ImageView, target: Source, progress: ProgressReporter) -
     if image.table != "gpt":
         return
     for part in image.parts:
-        if part.number is None or part.fstype != "vfat":
+        fs = registry.get(part.fstype)
+        if part.number is None or fs is None or not fs.esp:
             continue
         node = layout_mod.partition_device(target.path, part.number, wait=2.0)
         if node is None:
@@ -272,10 +277,11 @@ def _part_node(target: Source, part: ImagePart, start: int) -> tuple[str, int]:
     return node, 0
 
 
-def _moved_ntfs(where: tuple[str, int], size: int, start_sector: int) -> None:
+def _moved(fs: Filesystem, where: tuple[str, int], size: int, start_sector: int) -> None:
+    """Tell a moved filesystem that keeps its partition's start (NTFS) where it is now."""
     fd = open_for_writing(where[0], read=True)
     try:
-        set_ntfs_hidden_sectors(fd, where[1], size, start_sector)
+        fs.record_start(fd, where[1], size, start_sector)
     finally:
         os.close(fd)
 
@@ -288,17 +294,19 @@ def _restore_part(
     cancel: threading.Event | None,
 ) -> None:
     path, base = where
-    if part.stored_as == "swap":
-        _make_swap(part, path, base)
+    if part.stored_as == StoredAs.SWAP:
+        registry.require(part.fstype).create(
+            path, offset=base, size=part.size, uuid=part.uuid, label=part.label
+        )
         return
-    if part.stored_as not in ("partclone", "dd") or part.stream is None:
+    if part.stored_as not in DATA_STREAMS or part.stream is None:
         return
     fd = open_for_writing(path)
     try:
         chunks = open_stream_chunks(part.stream, part.compression)
         room = part.size if base else device_size(path)
         dst = Extent(fd, path, base, room)
-        if part.stored_as == "partclone":
+        if part.stored_as == StoredAs.PARTCLONE:
             try:
                 restore_partclone_stream(chunks, dst, progress=progress, cancel=cancel)
             except ImageDamagedError as exc:
@@ -314,19 +322,6 @@ def _restore_part(
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _make_swap(part: ImagePart, path: str, base: int) -> None:
-    args = ["mkswap"]
-    if part.uuid:
-        args += ["-U", part.uuid]
-    if part.label:
-        args += ["-L", part.label]
-    if base:
-        # swap inside a disk file: place it at the partition and give its size (KiB)
-        system.run([*args, "-f", "--offset", str(base), path, str(part.size // 1024)])
-        return
-    system.run([*args, path])
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rescue.errors import ImageDamagedError
 from rescue.image.hashing import sha256_file
-from rescue.image.manifest import StoredFile
+from rescue.image.manifest import DATA_STREAMS, StoredAs, StoredFile
 from rescue.image.partclone import StreamReader
 from rescue.image.streams import ChunkFile, open_stream_chunks, stream_error
 from rescue.image.view import ImagePart, check_all_present, check_present, open_image
@@ -65,7 +65,7 @@ def verify(
     )
     progress.phase("Decoding streams", image.used_bytes or None)
     for part in image.parts:
-        if part.stream is None or part.stored_as not in ("partclone", "dd"):
+        if part.stream is None or part.stored_as not in DATA_STREAMS:
             continue
         # one read of each file: hashed as it is decoded
         reader = VolumeReader(volume_paths(part.stream), hashing=True)
@@ -114,7 +114,7 @@ def _check_stream(
     assert part.stream is not None
     chunks = open_stream_chunks(part.stream, part.compression, reader=reader)
     name = part.stream.name
-    if part.stored_as == "dd":
+    if part.stored_as == StoredAs.DD:
         total = 0
         for chunk in chunks:
             check_cancel(cancel)
