@@ -139,3 +139,17 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path:
         if n == 0:
             raise DeviceError(f"Write error on {path} at byte {offset + done}: no room left.")
         done += n
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview, path: str | Path) -> None:
+    """Write all of ``data`` at the file position (a short write goes on); errors name ``path``."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        try:
+            n = os.write(fd, view[done:])
+        except OSError as exc:
+            raise DeviceError(f"Write error on {path}: {exc.strerror or exc}.") from exc
+        if n == 0:
+            raise DeviceError(f"Write error on {path}: no room left.")
+        done += n

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue import __version__, kernel, system
-from rescue.blockio import device_size, is_block_device, pwrite_all
+from rescue.blockio import device_size, is_block_device, pwrite_all, write_all
 from rescue.errors import ImageDamagedError, NotAnImageError, RefusedError
 from rescue.filesystems import registry
 from rescue.filesystems.base import RAW_FSTYPE
@@ -139,7 +139,7 @@ def _write(folder: Path, name: str, data: bytes | str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, raw)
+        write_all(fd, raw, folder / name)
         os.fsync(fd)
     finally:
         os.close(fd)

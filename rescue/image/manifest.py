@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rescue.blockio import write_all
 from rescue.errors import (
     ImageDamagedError,
     IncompleteImageError,
@@ -166,7 +167,7 @@ def write_manifest(image_dir: Path, manifest: Manifest) -> None:
     data = manifest.to_json().encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
+        write_all(fd, data, tmp)
         os.fsync(fd)
     finally:
         os.close(fd)

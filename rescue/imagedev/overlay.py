@@ -106,14 +106,22 @@ class Overlay:
                 lo, hi = block * BLOCK, min((block + 1) * BLOCK, self.size)
                 covered = offset <= lo and offset + len(data) >= hi
                 if not covered and not self._is_written(block):
-                    os.pwrite(self._fd, self._base.pread(lo, hi - lo), lo)
+                    self._write_exact(self._base.pread(lo, hi - lo), lo)
                     self._mark(block)
-            done = os.pwrite(self._fd, data, offset)
-            if done != len(data):
-                raise OSError(errno.ENOSPC, "the scratch file is full")
+            self._write_exact(data, offset)
             for block in range(first, last + 1):
                 self._mark(block)
-        return done
+        return len(data)
+
+    def _write_exact(self, data: bytes, offset: int) -> None:
+        """All of ``data`` into the scratch file, or ENOSPC (what the block layer above expects)."""
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            n = os.pwrite(self._fd, view[done:], offset + done)
+            if n == 0:
+                raise OSError(errno.ENOSPC, "the scratch file is full")
+            done += n
 
     def close(self) -> None:
         os.close(self._fd)
