@@ -1,0 +1,145 @@
+"""Reading files of an image folder that may be damaged or made by someone else.
+
+Every file rescue reads from an image folder is opened here, by a plain name
+(no ``/``, no ``..``, no control characters): never through a symbolic link,
+never a FIFO, a device or a folder, and never waiting on one. Small files are
+read with a size limit, so no file of the folder can make rescue allocate more
+than that. docs/FORMAT.md ("What a reader enforces") lists the limits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+from pathlib import Path
+
+from rescue.errors import ImageDamagedError
+
+MiB = 1 << 20
+MAX_MANIFEST = 16 * MiB
+"""rescue.json: a manifest of thousands of partitions and damaged ranges stays far below."""
+MAX_LAYOUT_FILE = 4 * MiB
+"""Clonezilla's text files, table dumps and boot areas (the largest, hidden data, is 1 MiB)."""
+MAX_NAME = 255
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes, so a name cannot forge a line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def plain_name(name: object, what: str) -> str:
+    """``name`` if it names a file directly inside the folder; an error in words otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ImageDamagedError(f"The image names {what} with {printable(repr(name))}: not a name.")
+    if name in (".", "..") or len(name) > MAX_NAME or _UNSAFE.search(name):
+        raise ImageDamagedError(
+            f"The image names {what} {printable(repr(name))}: not a plain file name "
+            "(rescue reads only files directly inside the image folder)."
+        )
+    return name
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_member(folder: Path, name: str, what: str = "a file") -> int:
+    """A read-only descriptor of the regular file ``name`` directly inside ``folder``.
+
+    Opened without following a symbolic link and without blocking (a FIFO is
+    refused, never waited on); the caller closes it.
+    """
+    plain_name(name, what)
+    path = folder / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ImageDamagedError(f"{printable(name)} is missing from {folder}.") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageDamagedError(
+                f"{printable(name)} in {folder} is a symbolic link; rescue reads only files "
+                "that are inside the image folder."
+            ) from exc
+        raise ImageDamagedError(
+            f"{printable(name)} in {folder} cannot be opened: {exc.strerror or exc}."
+        ) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageDamagedError(
+                f"{printable(name)} in {folder} is {_kind(mode)}, not a file of an image."
+            )
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def member_size(folder: Path, name: str, what: str = "a file") -> int:
+    """The size of the regular file ``name`` in ``folder`` (checked as :func:`open_member`)."""
+    fd = open_member(folder, name, what)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def read_member(folder: Path, name: str, limit: int, what: str = "a file") -> bytes:
+    """All of the file ``name`` in ``folder``; refused when it is larger than ``limit``."""
+    fd = open_member(folder, name, what)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ImageDamagedError(
+                f"{printable(name)} in {folder} has {size} bytes; such a file of an image "
+                f"has at most {limit}: it is not one rescue can trust."
+            )
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            try:
+                chunk = os.read(fd, min(left, MiB))
+            except OSError as exc:
+                raise ImageDamagedError(
+                    f"{printable(name)} in {folder} cannot be read: {exc.strerror or exc}."
+                ) from exc
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ImageDamagedError(f"{printable(name)} in {folder} grew past {limit} bytes.")
+    return data
+
+
+def has_member(folder: Path, name: str) -> bool:
+    """``name`` exists in ``folder`` as an entry of its own (a link is not followed)."""
+    try:
+        os.lstat(folder / plain_name(name, "a file"))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_text_member(folder: Path, name: str, limit: int = MAX_LAYOUT_FILE) -> str:
+    return read_member(folder, name, limit).decode(errors="replace")
