@@ -31,7 +31,10 @@ def device_size(path: str | Path) -> int:
         return st.st_size
     if not stat.S_ISBLK(st.st_mode):
         raise DeviceError(f"{path} is neither a disk, a partition nor a regular file.")
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DeviceError(f"{path} cannot be opened: {exc.strerror or exc}.") from exc
     try:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:

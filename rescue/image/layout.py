@@ -26,10 +26,16 @@ from pathlib import Path
 
 from rescue import __version__, kernel, system
 from rescue.blockio import device_size, is_block_device, pwrite_all, write_all
-from rescue.errors import ImageDamagedError, NotAnImageError, RefusedError
+from rescue.errors import (
+    ImageDamagedError,
+    NotAnImageError,
+    RefusedError,
+    UnsupportedImageError,
+)
 from rescue.filesystems import registry
 from rescue.filesystems.base import RAW_FSTYPE
 from rescue.image import names
+from rescue.image.folder import has_member, plain_name, printable, read_member, read_text_member
 from rescue.image.manifest import StoredAs
 from rescue.units import human_size
 
@@ -304,9 +310,15 @@ _STREAM_RE = re.compile(
 _SF_PART_RE = re.compile(r"^/dev/(?P<name>\S+)\s*:\s*(?P<rest>.*)$")
 
 
+STREAM_COMPRESSIONS = ("zst", "gz", "uncomp")
+"""What a stream file may be compressed with, for this rescue to read it."""
+MAX_TABLE_ENTRIES = 1024
+
+
 def _parse_sf(text: str, disk: str) -> DiskLayout:
     header: dict[str, str] = {}
     parts = []
+    where = names.sfdisk_dump(disk)
     for line in text.splitlines():
         m = _SF_PART_RE.match(line)
         if m:
@@ -318,20 +330,24 @@ def _parse_sf(text: str, disk: str) -> DiskLayout:
         elif ":" in line:
             key, _, value = line.partition(":")
             header[key.strip()] = value.strip()
-    sector = int(header.get("sector-size", "512"))
+    sector_text = header.get("sector-size", "512")
+    if sector_text not in ("512", "1024", "2048", "4096"):
+        raise ImageDamagedError(f"{where} gives a sector size of {printable(sector_text)!r}.")
+    sector = int(sector_text)
+    if len(parts) > MAX_TABLE_ENTRIES:
+        raise ImageDamagedError(f"{where} lists {len(parts)} partitions; no table holds as many.")
     entries: list[PartitionEntry] = []
     for name, fields in parts:
         num = re.search(r"(\d+)$", name)
-        try:
-            start = int(fields["start"]) * sector
-            size = int(fields["size"]) * sector
-        except (KeyError, ValueError) as exc:
-            raise ImageDamagedError(
-                f"{names.sfdisk_dump(disk)} has a malformed line for {name}."
-            ) from exc
+        start_text, size_text = fields.get("start", ""), fields.get("size", "")
+        if not (start_text.isdigit() and size_text.isdigit()) or len(start_text + size_text) > 36:
+            raise ImageDamagedError(f"{where} has a malformed line for {printable(name)}.")
+        start, size = int(start_text) * sector, int(size_text) * sector
+        if num is not None and len(num.group(1)) > 5:
+            raise ImageDamagedError(f"{where} numbers a partition {printable(name)}.")
         entries.append(
             PartitionEntry(
-                name=name.replace("/", "-"),
+                name=plain_name(name.replace("/", "-"), f"a partition in {where}"),
                 number=int(num.group(1)) if num else len(entries) + 1,
                 start=start,
                 size=size,
@@ -346,9 +362,9 @@ def _parse_sf(text: str, disk: str) -> DiskLayout:
     )
 
 
-def _parse_info(path: Path) -> dict[str, str]:
+def _parse_info(folder: Path, name: str) -> dict[str, str]:
     info = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in read_text_member(folder, name).splitlines():
         key, _, value = line.partition("=")
         if key.strip():
             info[key.strip()] = value.strip().strip('"')
@@ -358,28 +374,32 @@ def _parse_info(path: Path) -> dict[str, str]:
 def read_image_layout(folder: Path) -> ImageLayout:
     """Parse an image folder written by rescue or by Clonezilla."""
     parts_file = folder / names.PARTS_FILE
-    if not parts_file.exists():
+    if not has_member(folder, names.PARTS_FILE):
         raise NotAnImageError(
             f"{folder} is not an image folder (it has no 'parts' file).",
             hint="Choose the folder that holds the image's files (disk, parts, *-ptcl-img.*).",
         )
-    parts = tuple(parts_file.read_text().split())
+    parts = tuple(
+        plain_name(p, f"a partition in {names.PARTS_FILE}")
+        for p in read_text_member(folder, names.PARTS_FILE).split()
+    )
     if not parts:
         raise ImageDamagedError(f"{parts_file} lists no partitions.")
+    if len(parts) > MAX_TABLE_ENTRIES:
+        raise ImageDamagedError(f"{parts_file} lists {len(parts)} partitions.")
     disk = None
     table = None
-    disk_file = folder / names.DISK_FILE
-    if disk_file.exists():
-        disks = disk_file.read_text().split()
+    if has_member(folder, names.DISK_FILE):
+        disks = read_text_member(folder, names.DISK_FILE).split()
         if len(disks) != 1:
             raise NotAnImageError(
                 f"{folder} holds {len(disks)} disks; rescue restores one at a time."
             )
-        disk = disks[0]
+        disk = plain_name(disks[0], f"the disk in {names.DISK_FILE}")
         sf = folder / names.sfdisk_dump(disk)
-        if not sf.exists():
+        if not has_member(folder, sf.name):
             raise ImageDamagedError(f"{sf} is missing: the partition table cannot be restored.")
-        table = _parse_sf(sf.read_text(errors="replace"), disk)
+        table = _parse_sf(read_text_member(folder, sf.name), disk)
     streams: dict[str, StreamRef] = {}
     for path in sorted(folder.iterdir()):
         m = _STREAM_RE.match(path.name)
@@ -388,6 +408,13 @@ def read_image_layout(folder: Path) -> ImageLayout:
         split = m.group("split")
         base = folder / (path.name[: m.start("split")] if split else path.name)
         fs = m.group("fs")
+        if m.group("comp") not in STREAM_COMPRESSIONS:
+            raise UnsupportedImageError(
+                f"{printable(path.name)} is compressed with {printable(m.group('comp'))!r}; "
+                f"this rescue reads {', '.join(STREAM_COMPRESSIONS)} streams.",
+                hint="Decompress it and compress it again with zstd or gzip, same file name "
+                "with the new suffix.",
+            )
         streams.setdefault(
             m.group("part"),
             StreamRef(
@@ -399,9 +426,9 @@ def read_image_layout(folder: Path) -> ImageLayout:
             ),
         )
     swap = {
-        p: _parse_info(folder / names.swap_info_file(p))
+        p: _parse_info(folder, names.swap_info_file(p))
         for p in parts
-        if (folder / names.swap_info_file(p)).exists()
+        if has_member(folder, names.swap_info_file(p))
     }
     return ImageLayout(folder, disk, parts, table, streams, swap)
 
@@ -423,7 +450,7 @@ def restore_partition_table(
     that grows). The kernel learns the new partitions through BLKPG; call
     :func:`reread_partitions` once all writing is done.
     """
-    sf_text = (folder / names.sfdisk_dump(disk)).read_text(errors="replace")
+    sf_text = read_text_member(folder, names.sfdisk_dump(disk))
     if edit is not None:
         sf_text = edit(sf_text, _parse_sf(sf_text, disk).sector_size)
     table = _parse_sf(sf_text, disk)
@@ -433,6 +460,11 @@ def restore_partition_table(
             f"{target} has {target_size} bytes ({human_size(target_size)}); the partitions "
             f"need {need} bytes ({human_size(need)})."
         )
+    # everything is read before the first write
+    mbr = read_member(folder, names.mbr_file(disk), 512, "the boot code")
+    gap = b""
+    if table.table != "gpt" and has_member(folder, names.hidden_data_file(disk)):
+        gap = read_member(folder, names.hidden_data_file(disk), 1 << 20, "the boot area")
     # let sfdisk place the GPT backup at the target's real end
     lines = [ln for ln in sf_text.splitlines() if not ln.startswith(("last-lba:", "device:"))]
     script = "\n".join(lines) + "\n"
@@ -440,13 +472,10 @@ def restore_partition_table(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", "-f", "--wipe", "always", target],
         input=script.encode(),
     )
-    mbr = (folder / names.mbr_file(disk)).read_bytes()
     fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
     try:
         pwrite_all(fd, mbr[:446], 0, target)  # boot code only: the table is sfdisk's
-        hidden = folder / names.hidden_data_file(disk)
-        if table.table != "gpt" and hidden.exists():
-            gap = hidden.read_bytes()
+        if gap:
             first = min((p.start for p in table.partitions), default=512)
             pwrite_all(fd, gap[: max(0, first - 512)], 512, target)
         os.fsync(fd)

@@ -6,9 +6,11 @@ newer ``format_version`` instead of guessing.
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,10 @@ from rescue.errors import (
     NotAnImageError,
     UnsupportedImageError,
 )
+from rescue.filesystems import registry
+from rescue.image.folder import MAX_MANIFEST, has_member, printable, read_member
 from rescue.image.names import MANIFEST_NAME
+from rescue.image.schema import Fields, damaged
 
 FORMAT_NAME = "rescue-image"
 FORMAT_VERSION = 1
@@ -86,19 +91,100 @@ class PartitionRecord:
     its backup boot sector there), which a partclone stream cannot carry."""
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> PartitionRecord:
-        return _record_from_dict(data)
+    def from_dict(data: object, where: str = "partition") -> PartitionRecord:
+        return _record(Fields(data, where))
 
 
-def _record_from_dict(p: dict[str, Any]) -> PartitionRecord:
+MAX_PARTITIONS = 1024
+MAX_FILES = 1_000_000
+"""Files listed in one manifest (a stream split into small volumes makes many)."""
+MAX_RANGES = 1_000_000
+MAX_TAIL = 4 * 1024 * 1024
+"""Bytes after a filesystem's last block: at most one block of the largest size."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _stored_file(f: Fields) -> StoredFile:
+    digest = f.required_text("sha256", max_len=64)
+    if not _SHA256.fullmatch(digest):
+        raise damaged(f.at("sha256"), "is not a SHA-256 in hex")
+    name = f.name("name", "a file")
+    assert name is not None
+    return StoredFile(name, f.required_int("size"), digest)
+
+
+def _ranges(f: Fields, key: str, limit: int) -> tuple[tuple[int, int], ...]:
+    out = []
+    for i, pair in enumerate(f.items(key, max_items=MAX_RANGES)):
+        ok = (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)
+        )
+        if not ok or pair[0] + pair[1] > limit:
+            raise damaged(f"{f.at(key)}[{i}]", f"is not a byte range inside the {limit} bytes")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def _record(f: Fields) -> PartitionRecord:
+    stored_as = StoredAs(f.choice("stored_as", tuple(k.value for k in StoredAs)))
+    name = f.name("name", "a partition")
+    assert name is not None
+    size = f.required_int("size")
+    fstype = f.text("fstype", optional=True, max_len=64)
+    block_size, total, used = f.count("block_size"), f.count("total_blocks"), f.count("used_blocks")
+    stream = f.name("stream", "a stream", optional=True)
+    if stored_as in DATA_STREAMS:
+        if stream is None:
+            raise damaged(f.at("stream"), f"is missing for a partition stored as {stored_as}")
+        if block_size < 512 or block_size > 1 << 26 or block_size & (block_size - 1):
+            raise damaged(f.at("block_size"), f"is {block_size}, not a power of two in 512..64 MiB")
+        if total * block_size >= size + block_size or used > total:
+            raise damaged(
+                f.where,
+                f"has {used} used of {total} blocks of {block_size} bytes: that does not fit "
+                f"its {size} bytes",
+            )
+    if stored_as == StoredAs.PARTCLONE:
+        fs = registry.get(fstype)
+        if fs is None or not fs.imaged:
+            raise damaged(
+                f.at("fstype"),
+                f"is {printable(repr(fstype))}, not a filesystem this rescue reads: it cannot "
+                "restore this partition",
+            )
+    used_bytes = f.count("used_bytes")
+    if used_bytes > max(size, total * block_size):
+        raise damaged(f.at("used_bytes"), f"is {used_bytes}, more than the partition's {size}")
+    tail = f.text("tail", optional=True, max_len=MAX_TAIL * 4 // 3 + 4)
+    if tail is not None:
+        try:
+            raw_tail = base64.b64decode(tail, validate=True)
+        except ValueError as exc:
+            raise damaged(f.at("tail"), "is not base64") from exc
+        if total * block_size + len(raw_tail) > size:
+            raise damaged(f.at("tail"), "does not fit after the filesystem's last block")
     return PartitionRecord(
-        **{
-            **p,
-            "files": tuple(StoredFile(**f) for f in p.get("files", ())),
-            "warnings": tuple(p.get("warnings", ())),
-            "unreadable": tuple((int(a), int(b)) for a, b in p.get("unreadable", ())),
-            "damaged_files": tuple(p.get("damaged_files", ())),
-        }
+        name=name,
+        number=f.integer("number", low=1, high=1 << 16, optional=True),
+        start=f.required_int("start"),
+        size=size,
+        fstype=fstype,
+        uuid=f.text("uuid", optional=True, max_len=256),
+        label=f.text("label", optional=True, max_len=256),
+        stored_as=stored_as,
+        stream=stream,
+        block_size=block_size,
+        total_blocks=total,
+        used_blocks=used,
+        used_bytes=used_bytes,
+        stream_bytes=f.count("stream_bytes"),
+        files=f.each("files", _stored_file, max_items=MAX_FILES),
+        warnings=f.texts("warnings", max_items=MAX_RANGES),
+        unreadable=_ranges(f, "unreadable", size),
+        damaged_files=f.texts("damaged_files", max_items=MAX_RANGES),
+        tail=tail,
     )
 
 
@@ -141,23 +227,56 @@ class Manifest:
         return json.dumps(ordered, indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        try:
-            src = SourceIdentity(**data["source"])
-            parts = tuple(PartitionRecord.from_dict(p) for p in data["partitions"])
-            return cls(
-                tool=data["tool"],
-                created=data["created"],
-                source=src,
-                compression=dict(data.get("compression", {})),
-                partitions=parts,
-                files=tuple(StoredFile(**f) for f in data.get("files", ())),
-                format=data["format"],
-                format_version=data["format_version"],
-                extra=dict(data.get("extra", {})),
+    def from_dict(cls, data: object) -> Manifest:
+        f = Fields(data, MANIFEST_NAME)
+        src = Fields(f.doc.get("source"), f.at("source"))
+        kind = src.choice("kind", ("disk", "partition"))
+        source = SourceIdentity(
+            path=src.required_text("path"),
+            name=src.name("name", "the source disk") or "",
+            kind=kind,
+            size=src.required_int("size"),
+            model=src.text("model", optional=True),
+            serial=src.text("serial", optional=True),
+            logical_sector_size=src.choice(
+                "logical_sector_size", (512, 1024, 2048, 4096), optional=True
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ImageDamagedError(f"The manifest {MANIFEST_NAME} is malformed: {exc}.") from exc
+            or 512,
+            physical_sector_size=src.integer(
+                "physical_sector_size", low=512, high=1 << 20, optional=True, default=512
+            )
+            or 512,
+            partition_table=src.choice("partition_table", ("gpt", "dos", None), optional=True),
+        )
+        compression = f.mapping("compression")
+        if compression.get("algorithm", "zstd") != "zstd":
+            raise damaged(
+                f.at("compression.algorithm"),
+                f"is {printable(repr(compression.get('algorithm')))}; this rescue reads zstd only",
+            )
+        parts = tuple(
+            PartitionRecord.from_dict(p.doc, p.where)
+            for p in f.objects("partitions", max_items=MAX_PARTITIONS, optional=False)
+        )
+        if kind == "disk":
+            for p in parts:
+                if p.start + p.size > source.size:
+                    raise damaged(
+                        f"{MANIFEST_NAME}: partition {printable(p.name)}",
+                        f"ends at byte {p.start + p.size}, past the end of its "
+                        f"{source.size}-byte disk",
+                    )
+        return cls(
+            tool=f.required_text("tool"),
+            created=f.required_text("created", max_len=64),
+            source=source,
+            compression=compression,
+            partitions=parts,
+            files=f.each("files", _stored_file, max_items=MAX_FILES),
+            format=f.required_text("format"),
+            format_version=f.required_int("format_version", high=1 << 16),
+            extra=f.mapping("extra"),
+        )
 
 
 def write_manifest(image_dir: Path, manifest: Manifest) -> None:
@@ -189,16 +308,17 @@ def read_manifest(image_dir: Path) -> Manifest:
     if not image_dir.is_dir():
         raise NotAnImageError(f"{image_dir} is not a folder.")
     path = image_dir / MANIFEST_NAME
-    if not path.exists():
+    if not has_member(image_dir, MANIFEST_NAME):
         raise IncompleteImageError(
             f"{image_dir} has no {MANIFEST_NAME}: the capture that made it never finished "
             "(or it was not made by rescue).",
             hint="Capture the disk again; an incomplete image must not be trusted.",
         )
+    raw = read_member(image_dir, MANIFEST_NAME, MAX_MANIFEST, "the manifest")
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ImageDamagedError(f"{path} cannot be read: {exc}.") from exc
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ImageDamagedError(f"{path} is not valid JSON: {printable(str(exc))[:200]}.") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ImageDamagedError(f"{path} is not a rescue manifest.")
     version = data.get("format_version")

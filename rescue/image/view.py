@@ -9,6 +9,8 @@ from pathlib import Path
 from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageError, RescueError
 from rescue.filesystems.swap import SWAP
 from rescue.image import layout as layout_mod
+from rescue.image import names
+from rescue.image.folder import MAX_LAYOUT_FILE, has_member, member_size, printable, read_member
 from rescue.image.manifest import Manifest, StoredAs, StoredFile, read_manifest
 from rescue.image.names import (
     CLONEZILLA_LOG,
@@ -82,21 +84,41 @@ def open_image(folder: Path) -> ImageView:
 
 
 def check_present(folder: Path, stored: StoredFile) -> None:
-    """The file exists with the size the manifest recorded (cheap; no hashing)."""
-    path = folder / stored.name
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise ImageDamagedError(f"{path.name} is missing from {folder}.") from exc
+    """The file is a regular file of the folder with the size the manifest recorded.
+
+    Cheap (no hashing); a symbolic link, a FIFO or a device in its place is refused.
+    """
+    size = member_size(folder, stored.name)
     if size != stored.size:
         raise ImageDamagedError(
-            f"{path.name} has {size} bytes; the manifest recorded {stored.size} "
+            f"{printable(stored.name)} has {size} bytes; the manifest recorded {stored.size} "
             "(truncated or overwritten)."
         )
 
 
+def table_files(image: ImageView) -> list[str]:
+    """The files a restore of the partition table reads (none for a partition image)."""
+    if image.kind != "disk" or image.disk_name is None:
+        return []
+    disk = image.disk_name
+    wanted = [names.sfdisk_dump(disk), names.mbr_file(disk)]
+    if image.table != "gpt" and has_member(image.folder, names.hidden_data_file(disk)):
+        wanted.append(names.hidden_data_file(disk))
+    return wanted
+
+
 def check_all_present(image: ImageView) -> None:
-    """Every file the manifest lists is there with its size: before anything is written."""
+    """Every file a restore will read is a regular file of the folder: before anything is written.
+
+    For rescue's images, with the size the manifest recorded.
+    """
+    for name in table_files(image):
+        member_size(image.folder, name, "a partition-table file")
+    for part in image.parts:
+        if part.stored_as == StoredAs.SWAP and image.manifest is None:
+            info = names.swap_info_file(part.name)
+            if has_member(image.folder, info):
+                member_size(image.folder, info, "a swap partition's identity")
     if image.manifest is None:
         return
     m = image.manifest
@@ -106,11 +128,11 @@ def check_all_present(image: ImageView) -> None:
 
 def _written_by_rescue(folder: Path) -> bool:
     """Our captures sign Clonezilla's log; such a folder without rescue.json is unfinished."""
-    log = folder / CLONEZILLA_LOG
     try:
-        return log.read_text(errors="replace").startswith(layout_mod.LOG_SIGNATURE)
-    except OSError:
+        head = read_member(folder, CLONEZILLA_LOG, MAX_LAYOUT_FILE)
+    except RescueError:
         return False
+    return head.decode(errors="replace").startswith(layout_mod.LOG_SIGNATURE)
 
 
 def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:

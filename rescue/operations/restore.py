@@ -91,14 +91,15 @@ def plan_restore(
         raise BadInputError(f"Choosing the partition that grows needs layout grow, not {layout}.")
     image = open_image(image_dir)
     check_all_present(image)
+    if is_block_device(target_path):
+        # before anything opens it: the boot disk or a mounted one is refused unread
+        _check_device_safety(target_path)
     target = resolve_source(target_path)
     if image.kind == "disk" and target.is_partition:
         raise BadInputError(
             f"{image_dir} holds a whole disk; {target.path} is a partition.",
             hint="Restore a whole-disk image onto a disk.",
         )
-    if not target.is_file:
-        _check_device_safety(target)
     refuse_if_on_device(image_dir, target.path, "the image would overwrite itself")
     need = image.required_size
     fit = None
@@ -148,9 +149,8 @@ def plan_restore(
     )
 
 
-def _check_device_safety(target: Source) -> None:
-
-    check_target(find_device(target.path))
+def _check_device_safety(path: str) -> None:
+    check_target(find_device(path))
 
 
 def restore(
