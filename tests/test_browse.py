@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import bisect
 import errno
+import hashlib
 import json
 import os
 import signal
+import socket
+import stat
+import struct
 import subprocess
 import sys
 import time
@@ -199,9 +203,235 @@ def test_extract_never_writes_outside_the_destination(
         assert "docs" in names and "etc" in names
         assert session.stat("climbing-link").kind == "symlink"
         res = session.extract(["climbing-link", "abs-link", "a-fifo"], tmp_path / "links")
-    # the links themselves are copied, never followed
+    # the links themselves are copied, never followed; the FIFO is made, not opened
     assert os.readlink(tmp_path / "links" / "abs-link") == "/etc"
-    assert res.symlinks == 2 and res.skipped == ["/a-fifo"] and res.ok
+    assert stat.S_ISFIFO((tmp_path / "links" / "a-fifo").lstat().st_mode)
+    assert res.symlinks == 2 and res.specials == 1 and res.skipped == [] and res.ok
+    assert leftovers(private_run_dir, []) == []
+
+
+GIB = 1 << 30
+SPARSE_DATA_AT = 512 << 20  # the 4 KiB of data in the middle of the 1 GiB sparse file
+
+
+def io_counters() -> dict[str, int]:
+    """Bytes this process read and wrote through system calls (sendfile included)."""
+    lines = Path("/proc/self/io").read_text().splitlines()
+    return {k: int(v) for k, v in (line.split(": ") for line in lines)}
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@pytest.fixture(params=["ext4", "ntfs"])
+def sparse_image(
+    request: pytest.FixtureRequest, loop_disk_factory: DiskFactory, tmp_path: Path
+) -> tuple[Path, str]:
+    """An image holding sparse files: ext4 (the kernel tells holes), NTFS (ntfs-3g does not)."""
+    fs: str = request.param
+    disk = loop_disk_factory(100, None, [PartSpec(None, fs)])
+    disk.parts = [disk.path]
+    mnt = tmp_path / "src"
+    disk.mount(0, mnt)
+    with (mnt / "vm-disk.img").open("wb") as f:  # 1 GiB, 4 KiB of data in its middle
+        f.truncate(GIB)
+        f.seek(SPARSE_DATA_AT)
+        f.write(os.urandom(4096))
+    with (mnt / "only-hole").open("wb") as f:
+        f.truncate(10 << 20)
+    with (mnt / "ends.bin").open("wb") as f:  # data at both ends, an odd size
+        f.write(os.urandom(70_000))
+        f.seek((3 << 20) + 123 - 10)
+        f.write(b"0123456789")
+    with (mnt / "dense-zeros.bin").open("wb") as f:  # zeros written: allocated, not a hole
+        f.write(bytes(1 << 20))
+        f.write(b"tail")
+    os.sync()
+    disk.umount(mnt)
+    image = tmp_path / "image"
+    capture(disk.path, image)
+    disk.detach()
+    return image, fs
+
+
+def test_sparse_files_stay_sparse(
+    sparse_image: tuple[Path, str], tmp_path: Path, private_run_dir: Path
+) -> None:
+    image, fs = sparse_image
+    out = tmp_path / "out"
+    names = ["vm-disk.img", "only-hole", "ends.bin", "dense-zeros.bin"]
+    with BrowseSession(image) as session:
+        src = {n: os.lstat(session.root / n) for n in names}
+        before = io_counters()
+        started = time.monotonic()
+        res = session.extract(names, out)
+        seconds = time.monotonic() - started
+        after = io_counters()
+        assert res.ok and res.files == 4, res.failed
+        assert res.bytes == sum(st.st_size for st in src.values())
+        for n in names:
+            got = (out / n).stat()
+            assert got.st_size == src[n].st_size, n
+            assert sha256_of(out / n) == sha256_of(session.root / n), n
+    blocks = {n: (out / n).stat().st_blocks * 512 for n in names}
+    assert blocks["vm-disk.img"] <= 256 << 10, blocks
+    assert blocks["only-hole"] == 0, blocks
+    assert blocks["ends.bin"] <= 512 << 10, blocks
+    assert blocks["dense-zeros.bin"] >= 1 << 20, blocks  # a file without holes keeps none
+    with (out / "vm-disk.img").open("rb") as f:
+        assert os.lseek(f.fileno(), 0, os.SEEK_DATA) >= SPARSE_DATA_AT - (64 << 10)
+    written = after["wchar"] - before["wchar"]
+    read = after["rchar"] - before["rchar"]
+    assert written < 4 << 20, written  # only the data went to the destination
+    if fs == "ext4":  # the kernel tells the holes: they are not even read
+        assert read < 8 << 20, read
+    print(f"{fs}: {read} bytes read, {written} written in {seconds:.2f} s")
+    assert leftovers(private_run_dir, []) == []
+
+
+# a file capability (cap_net_raw, effective) as the kernel stores it: vfs_cap_data revision 2
+NET_RAW_CAPABILITY = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+SPECIALS = {
+    "dev/null": (stat.S_IFCHR, 0o666, os.makedev(1, 3)),
+    "dev/sda": (stat.S_IFBLK, 0o660, os.makedev(8, 0)),
+    "dev/initctl": (stat.S_IFIFO, 0o600, 0),
+    "dev/log": (stat.S_IFSOCK, None, 0),
+}
+
+
+@pytest.fixture
+def special_image(
+    loop_disk_factory: DiskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """An ext4 image with set-id files, a file capability, device nodes, a FIFO, a socket."""
+    disk = loop_disk_factory(100, None, [PartSpec(None, "ext4")])
+    disk.parts = [disk.path]
+    mnt = tmp_path / "src"
+    disk.mount(0, mnt)
+    (mnt / "usr").mkdir()
+    tool = mnt / "usr" / "su-tool"
+    tool.write_bytes(b"#!/bin/sh\n")
+    os.chown(tool, 1000, 1000)
+    os.chmod(tool, 0o4755)
+    shared = mnt / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, 50)
+    os.chmod(shared, 0o2775)
+    ping = mnt / "usr" / "ping"
+    ping.write_bytes(b"\x7fELF")
+    os.chmod(ping, 0o755)
+    os.setxattr(ping, "security.capability", NET_RAW_CAPABILITY)
+    (mnt / "dev").mkdir()
+    monkeypatch.chdir(mnt)  # a socket's path must be short
+    for name, (kind, mode, rdev) in SPECIALS.items():
+        if kind == stat.S_IFSOCK:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(name)
+        else:
+            os.mknod(name, kind, rdev)
+            os.chmod(name, mode or 0)  # the mode itself, not the umask's
+    monkeypatch.chdir(tmp_path)
+    os.chown(mnt / "dev" / "sda", 0, 6)
+    (mnt / "etc").mkdir()
+    (mnt / "etc" / "passwd").write_text("root:x:0:0:image:/root:/bin/sh\n")
+    os.symlink("/etc/passwd", mnt / "passwd-link")  # the image's /etc/passwd, never the host's
+    disk.umount(mnt)
+    image = tmp_path / "image"
+    capture(disk.path, image)
+    disk.detach()
+    return image
+
+
+def test_extract_keeps_set_id_bits_capabilities_and_device_nodes(
+    special_image: Path,
+    tmp_path: Path,
+    private_run_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    assert main(["extract", str(special_image), "/", "--to", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 special file(s)" in printed and "not created" not in printed
+    st = (out / "usr" / "su-tool").lstat()
+    assert stat.S_IMODE(st.st_mode) == 0o4755 and (st.st_uid, st.st_gid) == (1000, 1000)
+    st = (out / "shared").lstat()
+    assert stat.S_IMODE(st.st_mode) == 0o2775 and st.st_gid == 50
+    assert os.getxattr(out / "usr" / "ping", "security.capability") == NET_RAW_CAPABILITY
+    for name, (kind, mode, rdev) in SPECIALS.items():
+        st = (out / name).lstat()
+        assert stat.S_IFMT(st.st_mode) == kind, name
+        assert mode is None or stat.S_IMODE(st.st_mode) == mode, name
+        assert st.st_rdev == rdev, name
+    assert (out / "dev" / "sda").lstat().st_gid == 6
+    assert leftovers(private_run_dir, []) == []
+
+
+def test_no_special_drops_privileges_and_skips_special_files(
+    special_image: Path,
+    tmp_path: Path,
+    private_run_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    assert main(["extract", str(special_image), "/", "--to", str(out), "--no-special"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 special file(s) not created (not failures)" in printed
+    for name in SPECIALS:
+        assert f"/{name}: " in printed, name
+        assert not os.path.lexists(out / name), name
+    assert "/dev/sda: block device 8:0, left out" in printed
+    assert "3 item(s) copied without their set-uid/set-gid bits" in printed
+    for name in ("/usr/su-tool", "/shared", "/usr/ping"):
+        assert f"  {name}\n" in printed, name
+    st = (out / "usr" / "su-tool").lstat()
+    assert stat.S_IMODE(st.st_mode) == 0o755 and (st.st_uid, st.st_gid) == (1000, 1000)
+    assert stat.S_IMODE((out / "shared").lstat().st_mode) == 0o775
+    assert "security.capability" not in os.listxattr(out / "usr" / "ping")
+    assert (out / "usr" / "ping").read_bytes() == b"\x7fELF"
+    with BrowseSession(special_image) as session:  # the same through the core function
+        res = session.extract(["dev"], tmp_path / "out2", no_special=True)
+    assert res.ok and res.folders == 1 and res.specials == 0
+    assert sorted(path for path, _ in res.skipped) == sorted(f"/{n}" for n in SPECIALS)
+    assert os.listdir(tmp_path / "out2" / "dev") == []
+    assert leftovers(private_run_dir, []) == []
+
+
+def test_symlink_to_an_absolute_path_is_never_followed(
+    special_image: Path, tmp_path: Path, private_run_dir: Path
+) -> None:
+    host = Path("/etc/passwd")
+    host_before = (host.lstat(), host.read_bytes())
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not to be touched")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(outside, out / "passwd")  # planted where the image's etc/passwd would go
+    assert main(["extract", str(special_image), "passwd-link", "--to", str(out)]) == 0
+    assert os.readlink(out / "passwd-link") == "/etc/passwd"
+    # .. cannot climb out of the image: this is the image's /etc/passwd
+    assert main(["extract", str(special_image), "../../../etc/passwd", "--to", str(out)]) == 1
+    assert outside.read_text() == "not to be touched"
+    assert os.readlink(out / "passwd") == str(outside)
+    assert main(["extract", str(special_image), "../../etc/passwd", "--to", str(out / "e")]) == 0
+    assert (out / "e" / "passwd").read_text() == "root:x:0:0:image:/root:/bin/sh\n"
+    # through the link: the image's file it names, under the link's own name never followed
+    with BrowseSession(special_image) as session:
+        assert session.read_file("passwd-link") == b"root:x:0:0:image:/root:/bin/sh\n"
+        res = session.extract(["/passwd-link/"], tmp_path / "again")
+    assert res.symlinks == 1 and os.readlink(tmp_path / "again" / "passwd-link") == "/etc/passwd"
+    st, data = host_before
+    now = host.lstat()
+    assert host.read_bytes() == data
+    assert (now.st_mtime_ns, now.st_ctime_ns, now.st_uid, now.st_mode) == (
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_uid,
+        st.st_mode,
+    )
     assert leftovers(private_run_dir, []) == []
 
 

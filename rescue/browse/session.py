@@ -58,8 +58,11 @@ class BrowseSession:
         *,
         progress: ProgressReporter | None = None,
         cancel: threading.Event | None = None,
+        no_special: bool = False,
     ) -> extract_mod.ExtractResult:
-        return extract_mod.extract(self.root, paths, dest, progress=progress, cancel=cancel)
+        return extract_mod.extract(
+            self.root, paths, dest, progress=progress, cancel=cancel, no_special=no_special
+        )
 
     def close(self) -> None:
         if not self._closed:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rescue.browse.extract import describe_failures
+from rescue.browse.extract import describe_failures, describe_left_out
 from rescue.browse.session import BrowseSession
 from rescue.cli.progress import reporter
 from rescue.errors import EXIT_FAILED
@@ -20,6 +20,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="paths inside the partition")
     p.add_argument("--partition", type=int, metavar="N", help="partition number")
     p.add_argument("--to", type=Path, required=True, metavar="DIR", help="destination folder")
+    p.add_argument(
+        "--no-special",
+        action="store_true",
+        help="drop set-uid/set-gid bits and file capabilities; create no device node, "
+        "FIFO or socket (each one listed)",
+    )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     p.set_defaults(func=run)
 
@@ -29,13 +35,14 @@ def run(args: argparse.Namespace) -> int:
         reporter(args.json) as progress,
         BrowseSession(args.image_dir, args.partition, progress=progress) as session,
     ):
-        result = session.extract(args.paths, args.to, progress=progress)
+        result = session.extract(args.paths, args.to, progress=progress, no_special=args.no_special)
+    specials = f", {result.specials} special file(s)" if result.specials else ""
     summary = (
-        f"{result.files} file(s), {result.folders} folder(s), {result.symlinks} symlink(s), "
-        f"{result.bytes} bytes copied to {args.to}."
+        f"{result.files} file(s), {result.folders} folder(s), {result.symlinks} symlink(s)"
+        f"{specials}, {result.bytes} bytes copied to {args.to}."
     )
-    if result.skipped:
-        summary += f" {len(result.skipped)} special file(s) skipped."
+    if left_out := describe_left_out(result):
+        print(left_out)
     if not result.ok:
         print(f"rescue: extract INCOMPLETE: {len(result.failed)} item(s) could not be copied:")
         print(describe_failures(result))
