@@ -217,7 +217,8 @@ class TypedConfirmScreen(ModalScreen[bool]):
     TypedConfirmScreen > Vertical { width: 100%; max-width: 110; height: auto; max-height: 100%;
                                     border: thick $error; padding: 0 1; background: $surface; }
     TypedConfirmScreen #warning { color: $error; text-style: bold; }
-    TypedConfirmScreen #facts { height: auto; max-height: 1fr; }
+    TypedConfirmScreen #facts { height: auto; }
+    TypedConfirmScreen Input { width: 1fr; }
     TypedConfirmScreen .heading { text-style: bold; }
     TypedConfirmScreen .fact { padding: 0 0 0 2; }
     TypedConfirmScreen #prompt { margin: 1 0 0 0; }
@@ -258,6 +259,21 @@ class TypedConfirmScreen(ModalScreen[bool]):
             )
             yield Input(placeholder=self.expected, id="typed")
             yield Static("", id="mismatch")
+
+    FRAME = 9
+    """Rows that are not the facts: the border, the warning, the prompt, the input, a reply."""
+
+    def on_mount(self) -> None:
+        self._fit_facts()
+
+    def on_resize(self) -> None:
+        self._fit_facts()
+
+    def _fit_facts(self) -> None:
+        """The facts take the rows the rest leaves, so the typed name is always in view."""
+        self.query_one("#facts", VerticalScroll).styles.max_height = max(
+            3, self.size.height - self.FRAME
+        )
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.value.strip() == self.expected:

@@ -21,14 +21,21 @@ from rescue.operations.plan_text import (
     describe_plan,
     restore_checked,
     shown,
+    shown_message,
 )
 from rescue.operations.restore import RestorePlan, plan_restore
 from rescue.operations.verify import verify
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen, TypedConfirmScreen
 from rescue.tui.services import Services
-from rescue.tui.widgets import ImagePicker
+from rescue.tui.widgets import ImagePicker, plain
 from rescue.units import human_size
+
+
+def verify_label(on: bool) -> str:
+    """The checkbox says its state in words: the Linux console shows no colour difference."""
+    state = "ON" if on else "off"
+    return f"Verify the whole image first (F5): {state}. If damaged, nothing is written."
 
 
 class RestoreScreen(Screen[None]):
@@ -43,7 +50,7 @@ class RestoreScreen(Screen[None]):
         Binding("f2", "toggle_keep", "Keep layout"),
         Binding("f3", "toggle_new_ids", "New IDs"),
         Binding("f4", "next_grow", "Grows"),
-        Binding("f5", "toggle_verify", "Verify first"),
+        Binding("f5", "toggle_verify", "Verify first", show=False),  # the box names F5
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
@@ -68,11 +75,7 @@ class RestoreScreen(Screen[None]):
             yield ImagePicker(self.services.find_images)
             yield Label("Target disk (Up/Down), everything on it is replaced:")
             yield DataTable(id="targets", cursor_type="row")
-        yield Checkbox(
-            "Verify the whole image first (F5); nothing is written if it is damaged",
-            value=False,
-            id="verify_first",
-        )
+        yield Checkbox(verify_label(False), value=False, id="verify_first")
         yield Static("", id="options")
         yield Footer()
 
@@ -105,6 +108,10 @@ class RestoreScreen(Screen[None]):
         """A new image: its own default for verifying first (on for one rescue did not write)."""
         if event.image is not None:
             self.query_one("#verify_first", Checkbox).value = default_verify_first(event.image)
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id == "verify_first":
+            event.checkbox.label = verify_label(event.value)
 
     @property
     def verify_first(self) -> bool:
@@ -148,7 +155,9 @@ class RestoreScreen(Screen[None]):
         layout = "keep" if self.keep_layout else "auto"
         new_ids, grow = self.new_ids, None if self.keep_layout else self.grow
         # planning reads the image (how small each filesystem can get): not on the UI thread
-        self.notify(f"Checking {shown(image)} against {shown(target)}...", timeout=3, markup=False)
+        self.query_one("#options", Static).update(
+            plain(f"Checking {image} against {target}...")
+        )  # until the plan is ready (or refused): then the options again
         self.run_worker(
             lambda: self._plan(image, target, layout, new_ids, grow),
             thread=True, exclusive=True, group="plan",
@@ -159,13 +168,19 @@ class RestoreScreen(Screen[None]):
         try:
             plan = plan_restore(image, target, layout, new_ids=new_ids, grow=grow)
         except RescueError as exc:
+            self.app.call_from_thread(self._show_options)
             self.app.call_from_thread(
-                self.notify, f"Refused: {exc}", severity="error", timeout=15, markup=False
+                self.notify,
+                f"Refused: {shown_message(str(exc))}",
+                severity="error",
+                timeout=15,
+                markup=False,
             )
             return
         self.app.call_from_thread(self._ask, plan)
 
     def _ask(self, plan: RestorePlan) -> None:
+        self._show_options()
         name = plan.target.path.rsplit("/", 1)[-1]
         verify_first = self.verify_first
 
