@@ -11,11 +11,13 @@ folder it lists the images found on the mounted drives (where the UI looks,
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rescue.cli.columns import Column, Row, print_table
+from rescue.cli.columns import Column, Row, print_table, terminal_width
 from rescue.cli.progress import reporter
 from rescue.devices.safety import confirm
 from rescue.errors import BadInputError
@@ -24,7 +26,6 @@ from rescue.operations.finding import FoundImage, describe_found, search_roots
 from rescue.operations.plan_text import (
     default_verify_first,
     describe_plan,
-    plan_lines,
     restore_checked,
     shown,
 )
@@ -64,9 +65,28 @@ def add_parser(sub: Any) -> None:
 def confirm_on_terminal(plan: RestorePlan, *, yes: bool, verify_first: bool | None = None) -> None:
     """Print what will be written where, then ask the technician to type the target's name;
     ``--yes`` answers for scripts."""
-    for line in plan_lines(describe_plan(plan, verify_first=verify_first)):
-        print(line, file=sys.stderr)
+    width = terminal_width()
+    for section in describe_plan(plan, verify_first=verify_first):
+        print(wrapped(f"{section.title}:", width, "", "  "), file=sys.stderr)
+        for line in section.lines:
+            print(wrapped(line, width, "  ", "      "), file=sys.stderr)
     confirm(plan.target.path, yes=yes)
+
+
+_SIZE = re.compile(r"(\d) (B|KiB|MiB|GiB|TiB|PiB)\b")
+
+
+def wrapped(line: str, width: int | None, indent: str, more: str) -> str:
+    """One fact, indented, folded between words to ``width`` (None: as it is); the lines
+    it continues on are indented by ``more``. A path, a name or a size is never broken."""
+    if width is None:
+        return f"{indent}{line}"
+    kept = _SIZE.sub("\\1\N{NO-BREAK SPACE}\\2", line)  # textwrap does not break there
+    text = textwrap.fill(
+        kept, max(width, 40), initial_indent=indent, subsequent_indent=more,
+        break_long_words=False, break_on_hyphens=False,
+    )  # fmt: skip
+    return text.replace("\N{NO-BREAK SPACE}", " ")
 
 
 FOUND_COLUMNS = (
