@@ -22,7 +22,7 @@ def test_home_lists_a_loop_disk_and_quits(loop_disk_factory: DiskFactory) -> Non
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause()
             table = app.screen.query_one("#disks", DataTable)
-            paths = [table.get_row_at(i)[0] for i in range(table.row_count)]
+            paths = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
             assert disk.path in paths
             assert len(table.get_row(disk.path)) == len(table.columns)  # every column filled
             table.move_cursor(row=paths.index(disk.path))

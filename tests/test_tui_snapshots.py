@@ -2,21 +2,31 @@
 
 The disks here are fixed values, not the machine's: a snapshot must not change
 with the loop devices another test left attached. The workflows themselves
-are tested against real disks in test_tui_workflows.py.
+are tested against real disks in test_tui_workflows.py. The restore
+confirmation is planned for a real image of a real loop disk; only the names
+that change from run to run (loop devices, folders, the time) are fixed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from capabilities import need
+from conftest import DiskFactory
+from diskbench import PartSpec
 from textual.pilot import Pilot
 from textual.widgets import Input
 
+import rescue.tui.restore
+from rescue.cli import main
 from rescue.devices.model import Disk, Partition
 from rescue.devices.smart import SmartSummary
+from rescue.operations.restore import RestorePlan, plan_restore
 from rescue.progress import ProgressReporter
 from rescue.tui.app import RescueApp
 from rescue.tui.jobs import JobScreen, TypedConfirmScreen
@@ -156,3 +166,100 @@ def test_job_results(snap_compare: Any, size: tuple[int, int], outcome: str) -> 
         await settle(pilot)
 
     assert snap_compare(app(), terminal_size=size, run_before=before)
+
+
+IMAGE = Path("/mnt/usb/images/office-pc-2026-11-20")
+
+
+def stable(plan: RestorePlan, source_name: str) -> RestorePlan:
+    """The plan with the names that change from run to run fixed: the loop disks' names, the
+    image's folder, when it was made; sizes, layout and filesystems stay as planned."""
+
+    def name(part: str) -> str:
+        return part.replace(source_name, "nvme0n1", 1)
+
+    image, m = plan.image, plan.image.manifest
+    assert m is not None
+    source = dataclasses.replace(
+        m.source, path="/dev/nvme0n1", name="nvme0n1", model="Samsung SSD 980", serial="S64DNX0R"
+    )
+    manifest = dataclasses.replace(m, created="2026-11-20T09:30:00+00:00", source=source)
+    parts = tuple(dataclasses.replace(p, name=name(p.name)) for p in image.parts)
+    growth = plan.growth
+    if growth is not None:
+        moved = tuple((name(n), start, size) for n, start, size in growth.moved)
+        growth = dataclasses.replace(growth, name=name(growth.name), moved=moved)
+    target = dataclasses.replace(
+        plan.target, path="/dev/sdc", name="sdc", model="ST500DM002-1BD142", serial="Z3T8ABCD"
+    )
+    image = dataclasses.replace(
+        image, folder=IMAGE, disk_name="nvme0n1", parts=parts, manifest=manifest
+    )
+    return dataclasses.replace(plan, image=image, target=target, growth=growth)
+
+
+@need("root", "loop")
+@pytest.mark.parametrize(
+    ("size", "scrolled"),
+    [
+        pytest.param(SIZES[0], False, id="80x24"),
+        pytest.param(SIZES[0], True, id="80x24-scrolled"),
+        pytest.param(SIZES[1], False, id="120x40"),
+    ],
+)
+def test_restore_confirmation_of_a_real_image(
+    snap_compare: Any,
+    size: tuple[int, int],
+    scrolled: bool,
+    loop_disk_factory: DiskFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole plan, wrapped and never cut: target, image, every partition and its place."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    disk = loop_disk_factory(160, "gpt", [
+        PartSpec(32, "vfat", label="EFI"), PartSpec(64, "ext4", label="system"),
+        PartSpec(None, "ext4", label="home"),
+    ])  # fmt: skip
+    image = tmp_path / "image"
+    assert main(["capture", disk.path, str(image)]) == 0
+    target = loop_disk_factory(320, None, [])
+    shown_target = Disk(
+        path="/dev/sdc", name="sdc", size=320 << 20, model="ST500DM002-1BD142",
+        serial="Z3T8ABCD", transport="sata", removable=False, read_only=False, rotational=True,
+        logical_sector_size=512, partition_table=None, flags=(), partitions=(),
+    )  # fmt: skip
+
+    def plan_for_the_real_disks(folder: Path, path: str, *args: Any, **kwargs: Any) -> RestorePlan:
+        assert (folder, path) == (IMAGE, "/dev/sdc")
+        plan = plan_restore(image, target.path, *args, **kwargs)
+        return stable(plan, disk.path.rsplit("/", 1)[-1])
+
+    monkeypatch.setattr(rescue.tui.restore, "plan_restore", plan_for_the_real_disks)
+    ui = RescueApp(
+        disks_source=lambda: [shown_target], smart=health, used=used,
+        find_images=lambda: [IMAGE], hotplug=False,
+    )  # fmt: skip
+
+    async def before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("r")
+        await settle(pilot)
+        pilot.app.screen.query_one("#image", Input).value = str(IMAGE)
+        await settle(pilot)
+        await pilot.press("ctrl+s")
+        for _ in range(200):
+            if isinstance(pilot.app.screen, TypedConfirmScreen):
+                break
+            await pilot.pause(0.05)
+        if scrolled:  # the rest of what it says, the typed name still in view
+            await pilot.press("pagedown")
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, TypedConfirmScreen)
+
+    try:
+        assert snap_compare(ui, terminal_size=size, run_before=before)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, fill_tree, tree_digest, without_links
+from diskbench import LoopDisk, PartSpec, clonezilla_copy, fill_tree, tree_digest, without_links
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, OptionList, Static
+from textual.widgets import Checkbox, DataTable, Input, OptionList, Static
 
 from rescue.browse import mounts
 from rescue.cli import main
@@ -134,9 +134,12 @@ def test_restore_needs_the_disk_name_typed(
         await wait_for(pilot, lambda: isinstance(app.screen, TypedConfirmScreen))
         confirm = app.screen
         assert isinstance(confirm, TypedConfirmScreen)
-        # the confirmation names the target (path and size), never the source
-        assert target.path in confirm.summary and "bytes" in confirm.summary
-        assert disk.path not in confirm.summary
+        # the target is named (path and size); the source only as where the image came from
+        facts = {section.title: "\n".join(section.lines) for section in confirm.sections}
+        (about_target,) = [t for title, t in facts.items() if title.startswith("Target")]
+        assert target.path in about_target and "bytes" in about_target
+        assert disk.path not in about_target
+        assert f"from the disk {disk.path}" in facts["Image written onto it"]
         await pilot.press(*"sda", "enter")  # the wrong name: nothing happens
         await pilot.pause()
         assert isinstance(app.screen, TypedConfirmScreen)
@@ -394,8 +397,8 @@ def test_restore_options_reach_the_plan(
             await wait_for(pilot, lambda: not isinstance(app.screen, TypedConfirmScreen))
 
     run_ui(scenario, make_app())
-    assert "grows" in summaries[0] and "new GUIDs" not in summaries[0]
-    assert "grows" not in summaries[1] and "new GUIDs" in summaries[1]
+    assert "grows" in summaries[0] and "new disk GUID" not in summaries[0]
+    assert "grows" not in summaries[1] and "new disk GUID" in summaries[1]
     with open(target.path, "rb") as f:
         assert f.read(1 << 20) == bytes(1 << 20)
 
@@ -431,9 +434,50 @@ def test_restore_plans_a_chosen_growing_partition_and_a_fit(
         await plan_for(pilot, app, smaller.path)
 
     run_ui(scenario, make_app())
-    assert "Partition 1 (ext4) grows" in summaries[0]
-    assert "move to the end of the disk" in summaries[0]
-    assert "shrinks" in summaries[1]
+    assert "partition 1 grows to fill the disk; the ones after it move" in summaries[0]
+    assert "ext4: grows; 60.0 MiB → " in summaries[0] and "ext4: moves; " in summaries[0]
+    assert "shrunk to fit the smaller disk" in summaries[1] and ": shrinks" in summaries[1]
     for target in (larger, smaller):
         with open(target.path, "rb") as f:
             assert f.read(1 << 20) == bytes(1 << 20)
+
+
+def test_verify_first_starts_on_for_a_clonezilla_image_only(
+    source: tuple[LoopDisk, dict[str, str]], loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """The checkbox's default follows the image chosen; the confirmation says what it does."""
+    disk, _ = source
+    ours = tmp_path / "ours"
+    assert main(["capture", disk.path, str(ours)]) == 0
+    clonezilla = tmp_path / "clonezilla"
+    clonezilla_copy(ours, clonezilla, "zstd")
+    target = loop_disk_factory(128, None, [])
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        await open_restore(pilot, app, clonezilla)
+        await pilot.pause()
+        box = app.screen.query_one("#verify_first", Checkbox)
+        assert box.value is True
+        assert "ON" in str(box.label)
+        select_disk(app, "targets", target.path)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, TypedConfirmScreen))
+        confirm = app.screen
+        assert isinstance(confirm, TypedConfirmScreen)
+        assert "written by Clonezilla" in confirm.summary
+        assert "The whole image is read and checked first" in confirm.summary
+        await pilot.press("escape")  # nothing is written
+        await wait_for(pilot, lambda: not isinstance(app.screen, TypedConfirmScreen))
+        app.screen.query_one("#image", Input).value = str(ours)
+        await pilot.pause()
+        assert box.value is False
+        assert "off" in str(box.label)
+        await pilot.press("f5")  # the technician may still ask for it
+        assert box.value is True
+        app.screen.query_one("#image", Input).value = str(clonezilla)
+        await pilot.pause()
+        assert box.value is True
+
+    run_ui(scenario, make_app())
+    with open(target.path, "rb") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)

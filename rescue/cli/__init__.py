@@ -3,7 +3,8 @@
 Each subcommand module has ``add_parser(subparsers)`` which registers itself and
 sets ``func`` to a callable taking the parsed arguments and returning an exit
 code. :func:`main` turns every :class:`~rescue.errors.RescueError` into its
-message and exit code: no traceback reaches the user.
+message (control characters escaped, line breaks kept) and exit code: no
+traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rescue import __version__
 from rescue.cli import capture, extract, info, mount, restore, verify
 from rescue.cli import list as list_cmd
 from rescue.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, RescueError
+from rescue.operations.plan_text import shown_message
 
 SUBCOMMANDS = (list_cmd, capture, restore, verify, info, mount, extract)
 
@@ -58,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _start_ui()
         result: int = args.func(args)
     except RescueError as exc:
-        print(f"rescue: {exc}", file=sys.stderr)
+        # a message may quote names from an image or a disk: only its own line breaks stay
+        print(f"rescue: {shown_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("rescue: cancelled.", file=sys.stderr)

@@ -16,6 +16,7 @@ from rescue.copier import CompressionOptions, ReadOptions
 from rescue.errors import EXIT_UNREADABLE, BadInputError
 from rescue.operations.capture import capture
 from rescue.operations.capture_map import CaptureMap, describe, resumable
+from rescue.operations.plan_text import shown
 
 
 def add_parser(sub: Any) -> None:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     lost = [(p.name, off, n) for p in manifest.partitions for off, n in p.unreadable]
     if not args.json:
         print(
-            f"Image complete: {args.image_dir} ({len(manifest.partitions)} partition(s), "
+            f"Image complete: {shown(args.image_dir)} ({len(manifest.partitions)} partition(s), "
             f"{manifest.used_bytes} used bytes)."
         )
         if lost:
@@ -89,11 +90,11 @@ def run(args: argparse.Namespace) -> int:
                 "from the source; the image holds zeros there (listed in rescue.json):"
             )
             for name, off, n in lost[:20]:
-                print(f"  {name}: bytes {off}-{off + n - 1}")
+                print(f"  {shown(name)}: bytes {off}-{off + n - 1}")
             if len(lost) > 20:
                 print(f"  ... and {len(lost) - 20} more")
             print("Files holding unreadable sectors (also in damage-report.txt):")
             for p in manifest.partitions:
                 for f in p.damaged_files:
-                    print(f"  {p.name}: {f}")
+                    print(f"  {shown(p.name)}: {shown(f)}")  # names from the disk
     return EXIT_UNREADABLE if lost else 0

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from rescue.image.view import open_image
+from rescue.operations.plan_text import shown
 from rescue.units import human_size
 
 
@@ -20,6 +23,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("image_dir", type=Path)
     p.add_argument("--json", action="store_true", help="the manifest as JSON")
     p.set_defaults(func=run)
+
+
+def safe(text: object) -> str:
+    """Text from an image for rich's markup: control characters and brackets escaped."""
+    return escape(shown(text))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,29 +49,31 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     m = image.manifest
+    folder = safe(args.image_dir)
     if m is not None:
         src = m.source
-        ident = ", ".join(x for x in (src.model, src.serial) if x) or "no model/serial"
-        console.print(f"[bold]{args.image_dir}[/]: {src.kind} image of {src.path} ({ident}), "
-                      f"{human_size(src.size)}, table {src.partition_table or 'none'}")  # fmt: skip
-        console.print(f"made {m.created} by {m.tool}, format {m.format_version}")
+        ident = ", ".join(safe(x) for x in (src.model, src.serial) if x) or "no model/serial"
+        table_kind = safe(src.partition_table or "none")
+        console.print(f"[bold]{folder}[/]: {safe(src.kind)} image of {safe(src.path)} ({ident}), "
+                      f"{human_size(src.size)}, table {table_kind}")  # fmt: skip
+        console.print(f"made {safe(m.created)} by {safe(m.tool)}, format {m.format_version}")
     else:
-        console.print(f"[bold]{args.image_dir}[/]: image written by Clonezilla "
-                      f"({image.kind} {image.disk_name or ''})")  # fmt: skip
+        console.print(f"[bold]{folder}[/]: image written by Clonezilla "
+                      f"({image.kind} {safe(image.disk_name or '')})")  # fmt: skip
     table = Table("partition", "start", "size", "filesystem", "label", "stored as", "used")
     for p in image.parts:
         table.add_row(
-            p.name,
+            Text(shown(p.name)),
             str(p.start),
             human_size(p.size),
-            p.fstype or "-",
-            p.label or "",
-            p.stored_as,
+            Text(shown(p.fstype or "-")),
+            Text(shown(p.label or "")),
+            Text(shown(p.stored_as)),
             human_size(p.used_bytes) if p.used_bytes else "-",
         )
     console.print(table)
     if m is not None:
         for r in m.partitions:
             for w in r.warnings:
-                console.print(f"[yellow]note:[/] {r.name}: {w}")
+                console.print(f"[yellow]note:[/] {safe(r.name)}: {safe(w)}")
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 from rescue.cli.columns import Cell, Column, Row, format_table, print_table, terminal_width
 from rescue.devices import Disk, list_disks, to_json, udev_running
+from rescue.operations.plan_text import shown
 from rescue.units import human_size
 
 
@@ -54,16 +55,19 @@ def disk_rows(disks: list[Disk]) -> list[Row]:
     rows = []
     for d in disks:
         # the model (or the disk file) is one piece, never broken: the serial may go below it
-        ident = (d.model or d.backing_file or "", f"({d.serial})" if d.serial else "")
+        ident = (shown(d.model or d.backing_file or ""), f"({shown(d.serial)})" if d.serial else "")
         cells: tuple[Cell, ...] = (
-            d.path, human_size(d.size), ident, d.transport or "", d.partition_table or "-",
-            d.fstype or "", "", " ".join(d.mountpoints), " ".join(d.flags),
+            shown(d.path), human_size(d.size), ident, shown(d.transport or ""),
+            shown(d.partition_table or "-"), shown(d.fstype or ""), "", _mounts(d.mountpoints),
+            " ".join(d.flags),
         )  # fmt: skip
         rows.append(Row(cells, styles=("bold",)))
         for p in d.partitions:
-            label = tuple((p.partlabel or "").split())  # a partition's name wraps between words
-            cells = (f"  {p.path}", human_size(p.size), label, "", "", p.fstype or "",
-                     p.label or "", " ".join(p.mountpoints), " ".join(p.flags))  # fmt: skip
+            # a partition's name wraps between words
+            label = tuple(shown(p.partlabel or "").split())
+            cells = (f"  {shown(p.path)}", human_size(p.size), label, "", "",
+                     shown(p.fstype or ""), shown(p.label or ""), _mounts(p.mountpoints),
+                     " ".join(p.flags))  # fmt: skip
             rows.append(Row(cells))
     return rows
 
@@ -84,22 +88,22 @@ def stacked_rows(disks: list[Disk]) -> list[Row]:
     """A row per device, its model (or disk file) and mount points on lines of their own."""
     rows = []
     for d in disks:
-        ident = f"model: {d.model}" if d.model else ""
+        ident = f"model: {shown(d.model)}" if d.model else ""
         if d.serial:
-            ident += f" (serial {d.serial})" if ident else f"serial: {d.serial}"
+            ident += f" (serial {shown(d.serial)})" if ident else f"serial: {shown(d.serial)}"
         if d.backing_file:
-            ident = f"file: {d.backing_file}"
-        mounted = "mounted on: " + " ".join(d.mountpoints) if d.mountpoints else ""
+            ident = f"file: {shown(d.backing_file)}"
+        mounted = "mounted on: " + _mounts(d.mountpoints) if d.mountpoints else ""
         cells: tuple[Cell, ...] = (
-            d.path, human_size(d.size), d.transport or "", d.partition_table or "-",
-            d.fstype or "", "", " ".join(d.flags),
+            shown(d.path), human_size(d.size), shown(d.transport or ""),
+            shown(d.partition_table or "-"), shown(d.fstype or ""), "", " ".join(d.flags),
         )  # fmt: skip
         rows.append(Row(cells, styles=("bold",), note=(ident, mounted), note_style=""))
         for p in d.partitions:
-            name = f"name: {p.partlabel}" if p.partlabel else ""
-            mounted = "mounted on: " + " ".join(p.mountpoints) if p.mountpoints else ""
-            cells = (f"  {p.path}", human_size(p.size), "", "", p.fstype or "", p.label or "",
-                     " ".join(p.flags))  # fmt: skip
+            name = f"name: {shown(p.partlabel)}" if p.partlabel else ""
+            mounted = "mounted on: " + _mounts(p.mountpoints) if p.mountpoints else ""
+            cells = (f"  {shown(p.path)}", human_size(p.size), "", "", shown(p.fstype or ""),
+                     shown(p.label or ""), " ".join(p.flags))  # fmt: skip
             rows.append(
                 Row(
                     cells,
@@ -108,6 +112,10 @@ def stacked_rows(disks: list[Disk]) -> list[Row]:
                 )
             )
     return rows
+
+
+def _mounts(points: tuple[str, ...]) -> str:
+    return " ".join(shown(m) for m in points)
 
 
 def layout_for(disks: list[Disk], width: int | None) -> tuple[tuple[Column, ...], list[Row]]:

@@ -9,6 +9,7 @@ from typing import Any
 from rescue.browse import mounts
 from rescue.cli.progress import reporter
 from rescue.errors import BadInputError
+from rescue.operations.plan_text import shown
 
 
 def add_parser(sub: Any) -> None:
@@ -42,8 +43,9 @@ def run_mount(args: argparse.Namespace) -> int:
     rec = mounted.record
     if not args.json:
         print(
-            f"Mounted {mounted.part.name} ({rec.fstype}) of {args.image_dir} read-only "
-            f"at {rec.mountpoint}.\nWhen done: rescue unmount {rec.mountpoint}"
+            f"Mounted {shown(mounted.part.name)} ({shown(rec.fstype)}) of {shown(args.image_dir)} "
+            f"read-only at {shown(rec.mountpoint)}.\n"
+            f"When done: rescue unmount {shown(rec.mountpoint)}"
         )
     return 0
 
@@ -57,5 +59,5 @@ def run_unmount(args: argparse.Namespace) -> int:
     if args.mountpoint is None:
         raise BadInputError("Name the folder to unmount, or use --all.")
     rec = mounts.unmount(args.mountpoint)
-    print(f"Unmounted {rec.image} from {rec.mountpoint}.")
+    print(f"Unmounted {shown(rec.image)} from {shown(rec.mountpoint)}.")
     return 0

@@ -8,6 +8,7 @@ import time
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -17,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from rescue.operations.plan_text import shown_message
 
 
 class RichProgress:
@@ -50,14 +53,15 @@ class RichProgress:
     def phase(self, name: str, total: int | None) -> None:
         if self._task is not None:
             self._progress.stop_task(self._task)
-        self._task = self._progress.add_task(name, total=total)
+        # names from an image or a disk are printed as text, never as markup or control codes
+        self._task = self._progress.add_task(escape(shown_message(name)), total=total)
 
     def advance(self, done: int) -> None:
         if self._task is not None:
             self._progress.advance(self._task, done)
 
     def note(self, message: str) -> None:
-        self._progress.console.print(f"[yellow]note:[/] {message}")
+        self._progress.console.print(f"[yellow]note:[/] {escape(shown_message(message))}")
 
 
 class JsonProgress:

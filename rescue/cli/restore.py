@@ -1,23 +1,35 @@
 """`rescue restore IMAGE_DIR TARGET [--yes]`: write an image back, after typed confirmation.
 
-Without an image folder it lists the images found on the mounted drives (where
-the UI looks, :mod:`rescue.operations.finding`) and refuses: nothing is written.
+Before asking, it prints what will be written where (the target, the image, each
+partition's planned place: :func:`rescue.operations.plan_text.describe_plan`).
+With ``--verify-first`` (the default for an image rescue did not write) the
+whole image is verified before the first byte is written. Without an image
+folder it lists the images found on the mounted drives (where the UI looks,
+:mod:`rescue.operations.finding`) and refuses: nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rescue.cli.columns import Column, Row, print_table
+from rescue.cli.columns import Column, Row, print_table, terminal_width
 from rescue.cli.progress import reporter
 from rescue.devices.safety import confirm
 from rescue.errors import BadInputError
 from rescue.image.view import find_images
 from rescue.operations.finding import FoundImage, describe_found, search_roots
-from rescue.operations.restore import LAYOUTS, RestorePlan, plan_restore, restore
+from rescue.operations.plan_text import (
+    default_verify_first,
+    describe_plan,
+    restore_checked,
+    shown,
+)
+from rescue.operations.restore import LAYOUTS, RestorePlan, plan_restore
 from rescue.units import human_size
 
 
@@ -41,15 +53,40 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--new-ids", action="store_true",
                    help="new disk GUID, partition GUIDs and filesystem UUIDs (fstab updated): "
                    "for a clone next to the original")  # fmt: skip
+    p.add_argument("--verify-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="read and check the whole image before writing anything, and write "
+                   "nothing if it is damaged (default: on for an image rescue did not write, "
+                   "such as Clonezilla's; off for rescue's own, whose files' sizes are "
+                   "checked; --no-verify-first skips it)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     p.set_defaults(func=run)
 
 
-def confirm_on_terminal(plan: RestorePlan, *, yes: bool) -> None:
-    """Ask the technician to type the target's name; ``--yes`` answers for scripts."""
-
-    print(plan.summary, file=sys.stderr)
+def confirm_on_terminal(plan: RestorePlan, *, yes: bool, verify_first: bool | None = None) -> None:
+    """Print what will be written where, then ask the technician to type the target's name;
+    ``--yes`` answers for scripts."""
+    width = terminal_width()
+    for section in describe_plan(plan, verify_first=verify_first):
+        print(wrapped(f"{section.title}:", width, "", "  "), file=sys.stderr)
+        for line in section.lines:
+            print(wrapped(line, width, "  ", "      "), file=sys.stderr)
     confirm(plan.target.path, yes=yes)
+
+
+_SIZE = re.compile(r"(\d) (B|KiB|MiB|GiB|TiB|PiB)\b")
+
+
+def wrapped(line: str, width: int | None, indent: str, more: str) -> str:
+    """One fact, indented, folded between words to ``width`` (None: as it is); the lines
+    it continues on are indented by ``more``. A path, a name or a size is never broken."""
+    if width is None:
+        return f"{indent}{line}"
+    kept = _SIZE.sub("\\1\N{NO-BREAK SPACE}\\2", line)  # textwrap does not break there
+    text = textwrap.fill(
+        kept, max(width, 40), initial_indent=indent, subsequent_indent=more,
+        break_long_words=False, break_on_hyphens=False,
+    )  # fmt: skip
+    return text.replace("\N{NO-BREAK SPACE}", " ")
 
 
 FOUND_COLUMNS = (
@@ -69,7 +106,8 @@ def found_rows(found: list[FoundImage]) -> list[Row]:
         size = human_size(f.size) if f.size is not None else "?"
         used = human_size(f.used) if f.used is not None else "?"
         note = f"not usable: {f.problem}" if f.problem else ""
-        rows.append(Row((str(f.folder), made, f.source or "?", size, used), note=note))
+        cells = (shown(f.folder), made, shown(f.source or "?"), size, used)
+        rows.append(Row(cells, note=shown(note)))
     return rows
 
 
@@ -108,9 +146,12 @@ def run(args: argparse.Namespace) -> int:
             grow=args.grow,
             progress=progress,
         )
-    confirm_on_terminal(plan, yes=args.yes)
+    verify_first = args.verify_first
+    if verify_first is None:
+        verify_first = default_verify_first(plan.image)
+    confirm_on_terminal(plan, yes=args.yes, verify_first=verify_first)
     with reporter(args.json) as progress:
-        restore(plan, confirmed=True, progress=progress)
+        restore_checked(plan, confirmed=True, verify_first=verify_first, progress=progress)
     if not args.json:
-        print(f"Restore complete: {args.image_dir} → {plan.target.path}.")
+        print(f"Restore complete: {shown(args.image_dir)} → {shown(plan.target.path)}.")
     return 0

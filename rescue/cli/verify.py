@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from rescue.cli.progress import reporter
+from rescue.image.view import ImageView, open_image
+from rescue.operations.plan_text import shown
 from rescue.operations.verify import verify
+from rescue.units import human_size
 
 
 def add_parser(sub: Any) -> None:
@@ -17,12 +20,27 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def checked_lines(image: ImageView) -> list[str]:
+    """What is checked: a line per partition, its names shown safely."""
+    lines = [f"Checking {shown(image.folder)} ({image.kind} image):"]
+    for p in image.parts:
+        label = f" label {shown(repr(p.label))}" if p.label else ""
+        lines.append(
+            f"  {shown(p.name)} {shown(p.fstype or 'raw')}{label}, {human_size(p.size)}, "
+            f"stored as {shown(p.stored_as)}"
+        )
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.json:
+        for line in checked_lines(open_image(args.image_dir)):
+            print(line)
     with reporter(args.json) as progress:
         report = verify(args.image_dir, progress=progress)
     if not args.json:
         for note in report.notes:
-            print(f"note: {note}")
+            print(f"note: {shown(note)}")
         print(
             f"Image intact: {report.files_checked} file(s) hashed, "
             f"{report.streams_checked} stream(s) decoded."

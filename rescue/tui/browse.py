@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -17,10 +18,11 @@ from rescue.browse.extract import describe_failures
 from rescue.browse.paths import Entry
 from rescue.browse.session import BrowseSession
 from rescue.errors import RescueError
+from rescue.operations.plan_text import shown, shown_message
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen
 from rescue.tui.services import Services
-from rescue.tui.widgets import ImagePicker
+from rescue.tui.widgets import ImagePicker, plain
 from rescue.units import human_size
 
 
@@ -40,7 +42,7 @@ class AskFolder(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self._question)
+            yield Static(plain(self._question))
             yield Input(placeholder="/mnt/usb/recovered", id="folder")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -97,7 +99,11 @@ class BrowseScreen(Screen[None]):
             try:
                 session.close()
             except RescueError as exc:
-                self.app.notify(f"Unmounting the image failed: {exc}", severity="error")
+                self.app.notify(
+                    f"Unmounting the image failed: {shown_message(str(exc))}",
+                    severity="error",
+                    markup=False,
+                )
 
     def action_open(self) -> None:
         image = self.query_one(ImagePicker).value
@@ -110,7 +116,7 @@ class BrowseScreen(Screen[None]):
             return
         number = int(number_text) if number_text else None
         self._close()
-        self.query_one("#where", Static).update(f"Opening {image}...")
+        self.query_one("#where", Static).update(plain(f"Opening {image}..."))
 
         def work() -> None:
             try:
@@ -124,7 +130,7 @@ class BrowseScreen(Screen[None]):
         self.run_worker(work, thread=True, group="open", exit_on_error=False, exclusive=True)
 
     def _failed(self, message: str) -> None:
-        self.query_one("#where", Static).update(f"Cannot open: {message}")
+        self.query_one("#where", Static).update(plain(f"Cannot open: {message}"))
 
     def _opened(self, session: BrowseSession) -> None:
         self.session = session
@@ -139,24 +145,26 @@ class BrowseScreen(Screen[None]):
         try:
             self.entries = self.session.list_dir(path)
         except (RescueError, OSError) as exc:
-            self.notify(f"{path}: {exc}", severity="error")
+            self.notify(shown_message(f"{path}: {exc}"), severity="error", markup=False)
             return
         self.cwd = path if path.startswith("/") else "/" + path
         table = self.query_one("#files", DataTable)
         table.clear()
         for e in self.entries:
-            table.add_row(
+            table.add_row(  # names from the image: text, never markup or control codes
                 "*" if e.path in self.marked else "",
-                e.name + ("/" if e.kind == "dir" else ""),
-                e.kind if e.kind != "symlink" else f"-> {e.target}",
+                Text(shown(e.name) + ("/" if e.kind == "dir" else "")),
+                Text(e.kind if e.kind != "symlink" else f"-> {shown(e.target)}"),
                 human_size(e.size) if e.kind == "file" else "",
                 _mtime(e.mtime_ns),
                 key=e.path,
             )
         part = self.session.part
         self.query_one("#where", Static).update(
-            f"{part.name} ({self.session.fstype}) {self.cwd}   "
-            f"{len(self.marked)} marked · Enter opens · Space marks · Ctrl+E extracts"
+            plain(
+                f"{shown(part.name)} ({self.session.fstype}) {shown(self.cwd)}   "
+                f"{len(self.marked)} marked · Enter opens · Space marks · Ctrl+E extracts"
+            )
         )
 
     def _current(self) -> Entry | None:

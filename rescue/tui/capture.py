@@ -11,6 +11,7 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -21,6 +22,7 @@ from rescue.operations.capture import capture
 from rescue.operations.capture_map import resumable
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
+from rescue.operations.plan_text import shown, shown_message
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen, JobWarning
 from rescue.tui.services import Services
@@ -61,15 +63,19 @@ class CaptureScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header(icon="*")
         with Vertical():
-            yield Label(f"Source (Up/Down): whole disk or one partition of {self.disk.path}")
+            yield Label(
+                Content(f"Source (Up/Down): whole disk or one partition of {shown(self.disk.path)}")
+            )
+            size = human_size(self.disk.size)
             options = [
-                Option(
-                    f"whole disk {self.disk.path} ({human_size(self.disk.size)})", id=self.disk.path
-                )
+                Option(Content(f"whole disk {shown(self.disk.path)} ({size})"), id=self.disk.path)
             ]
             options += [
                 Option(
-                    f"partition {p.path} {p.fstype or '?'} {human_size(p.size)} {p.label or ''}",
+                    Content(
+                        f"partition {shown(p.path)} {shown(p.fstype or '?')} "
+                        f"{human_size(p.size)} {shown(p.label or '')}"
+                    ),
                     id=p.path,
                 )
                 for p in self.disk.partitions
@@ -88,11 +94,11 @@ class CaptureScreen(Screen[None]):
         dests = self.query_one("#dests", OptionList)
         for p in destination_candidates(self.services.list_disks(), self.disk):
             where = p.mountpoints[0] if p.mountpoints else "not mounted"
-            dests.add_option(
-                Option(
-                    f"{p.path} {p.fstype} {human_size(p.size)} {p.label or ''} ({where})", id=p.path
-                )
+            text = (
+                f"{shown(p.path)} {shown(p.fstype or '?')} {human_size(p.size)} "
+                f"{shown(p.label or '')} ({shown(where)})"
             )
+            dests.add_option(Option(Content(text), id=p.path))
         self._estimate()
 
     @property
@@ -150,12 +156,12 @@ class CaptureScreen(Screen[None]):
             (p for d in self.services.list_disks() for p in d.partitions if p.path == path), None
         )
         if part is None:
-            self.notify(f"{path} is gone.", severity="error")
+            self.notify(f"{shown(path)} is gone.", severity="error", markup=False)
             return
         try:
             folder = mount_destination(part)
         except RescueError as exc:
-            self.notify(str(exc), severity="error", timeout=10)
+            self.notify(shown_message(str(exc)), severity="error", timeout=10, markup=False)
             return
         self.query_one("#dest", Input).value = str(folder)
 
@@ -173,10 +179,10 @@ class CaptureScreen(Screen[None]):
         try:
             resume = resumable(image) is not None  # an interrupted capture of this name: go on
         except RescueError as exc:  # its map is damaged: the technician decides, not the screen
-            self.notify(str(exc), severity="error", timeout=10)
+            self.notify(shown_message(str(exc)), severity="error", timeout=10, markup=False)
             return
         if resume:
-            self.notify(f"{image} holds an interrupted capture: resuming it.")
+            self.notify(f"{shown(image)} holds an interrupted capture: resuming it.", markup=False)
 
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
             manifest = capture(source, image, progress=progress, cancel=cancel, resume=resume)

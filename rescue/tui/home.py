@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
@@ -16,6 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from rescue.devices import Disk
 from rescue.devices.smart import SmartSummary
+from rescue.operations.plan_text import shown
 from rescue.tui.messages import (
     BrowseRequested,
     CaptureRequested,
@@ -23,6 +25,7 @@ from rescue.tui.messages import (
     VerifyRequested,
 )
 from rescue.tui.services import Services
+from rescue.tui.widgets import plain
 from rescue.units import human_size
 
 FLAG_SHORT = {
@@ -98,11 +101,11 @@ class HomeScreen(Screen[None]):
         table.clear()
         for d in self.disks:
             health = self.health.get(d.path)
-            table.add_row(
-                d.path,
+            table.add_row(  # names from the disk: text, never markup or control codes
+                Text(shown(d.path)),
                 human_size(d.size),
-                _clip(d.model or d.backing_file or "", 18),
-                d.transport or "",
+                Text(_clip(shown(d.model or d.backing_file or ""), 18)),
+                Text(shown(d.transport or "")),
                 _clip(health.short(), 12) if health else "-",
                 ", ".join(FLAG_SHORT.get(f, f) for f in d.flags),
                 key=d.path,
@@ -136,10 +139,9 @@ class HomeScreen(Screen[None]):
             detail.update("No disk found.")
             return
         table_kind = f"{d.partition_table} table" if d.partition_table else "no partition table"
-        lines = [
-            f"{d.path}: {d.model or d.backing_file or 'unknown model'}"
-            f"{', serial ' + d.serial if d.serial else ''}, {human_size(d.size)}, {table_kind}"
-        ]
+        model = shown(d.model or d.backing_file or "unknown model")
+        serial = f", serial {shown(d.serial)}" if d.serial else ""
+        lines = [f"{shown(d.path)}: {model}{serial}, {human_size(d.size)}, {shown(table_kind)}"]
         lines.extend(f"  ! {FLAG_WORDS.get(flag, flag)}" for flag in d.flags)
         health = self.health.get(d.path)
         if health is not None and health.failing:
@@ -149,15 +151,15 @@ class HomeScreen(Screen[None]):
         for p in d.partitions[:8]:
             known = (p.path, p.size) in self._used_cache
             used = self._used_cache.get((p.path, p.size))
-            shown = human_size(used) if used is not None else ("?" if known else "...")
+            used_text = human_size(used) if used is not None else ("?" if known else "...")
             lines.append(
-                f"  {p.number:>2} {p.fstype or '?':7} {human_size(p.size):>9} "
-                f"used {shown:>9}  "
-                f"{p.label or ''} {' '.join(p.flags)}"
+                f"  {p.number:>2} {shown(p.fstype or '?'):7} {human_size(p.size):>9} "
+                f"used {used_text:>9}  "
+                f"{shown(p.label or '')} {' '.join(p.flags)}"
             )
         if len(d.partitions) > 8:
             lines.append(f"  ... and {len(d.partitions) - 8} more")
-        detail.update("\n".join(lines))
+        detail.update(plain("\n".join(lines)))
         missing = [p for p in d.partitions if (p.path, p.size) not in self._used_cache]
         if missing:
             self.run_worker(

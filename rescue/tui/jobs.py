@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Header, Input, Label, Log, ProgressBar, Static
+from textual.widgets import Footer, Header, Input, Log, ProgressBar, Static
 
 from rescue.errors import CancelledError, RescueError
+from rescue.operations.plan_text import Section, plan_lines, shown_message
 from rescue.progress import ProgressReporter
+from rescue.tui.widgets import plain
 from rescue.units import human_size
 
 Job = Callable[[ProgressReporter, threading.Event], str]
@@ -90,7 +92,7 @@ class JobScreen(Screen[str]):
 
     def compose(self) -> ComposeResult:
         yield Header(icon="*")
-        yield Static(self.job_title, id="phase")
+        yield Static(plain(self.job_title), id="phase")
         yield ProgressBar(id="bar", show_eta=False)
         yield Static("starting...", id="stats")
         yield Log(id="notes", highlight=False)
@@ -118,7 +120,7 @@ class JobScreen(Screen[str]):
     def set_phase(self, name: str, total: int | None) -> None:
         self._total = total
         self._started = time.monotonic()
-        self.query_one("#phase", Static).update(f"{self.job_title}: {name}")
+        self.query_one("#phase", Static).update(plain(f"{self.job_title}: {name}"))
         self.query_one("#bar", ProgressBar).update(total=total, progress=0)
         self.set_done(0)
 
@@ -136,7 +138,8 @@ class JobScreen(Screen[str]):
         self.query_one("#stats", Static).update(text)
 
     def add_note(self, message: str) -> None:
-        self.query_one("#notes", Log).write_line(message)
+        for line in shown_message(message).split("\n"):
+            self.query_one("#notes", Log).write_line(line)
 
     def _finish(self, outcome: str, message: str) -> None:
         self.outcome = outcome
@@ -146,7 +149,7 @@ class JobScreen(Screen[str]):
             self.query_one("#stats", Static).update(f"{human_size(self._total)} done")
         result = self.query_one("#result", Static)
         result.add_class(outcome)
-        result.update(f"{message}\nEnter or Esc: back.")
+        result.update(plain(f"{message}\nEnter or Esc: back."))
         self.add_note(message)
 
     def action_cancel_or_close(self) -> None:
@@ -170,7 +173,7 @@ class JobScreen(Screen[str]):
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Yes or no, with the question in plain words."""
+    """Yes or no, with the question in plain words (wrapped, never cut)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer(True)", "Yes"),
@@ -178,8 +181,8 @@ class ConfirmScreen(ModalScreen[bool]):
     ]
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 70; height: auto; border: thick $warning; padding: 1 2;
-                               background: $surface; }
+    ConfirmScreen > Vertical { width: 100%; max-width: 90; height: auto; max-height: 100%;
+                               border: thick $warning; padding: 1 2; background: $surface; }
     """
 
     def __init__(self, question: str) -> None:
@@ -188,45 +191,104 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self._question)
-            yield Label("y: yes   n: no")
+            yield Static(plain(self._question))
+            yield Static("y: yes   n: no")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
 
 
 class TypedConfirmScreen(ModalScreen[bool]):
-    """A destructive step: the technician must type the disk's name to go on."""
+    """A destructive step: everything it will do, then the technician types the disk's name.
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "abort", "Do not write")]
+    ``facts`` are sections of lines (:func:`rescue.operations.plan_text.describe_plan`),
+    or one text. Each line wraps to the screen's width, never cut; when they do
+    not fit the screen's height they scroll (PgUp/PgDn) while the typed name
+    stays in view.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "abort", "Do not write"),
+        Binding("pageup", "scroll_facts(-1)", "Scroll up", show=False),
+        Binding("pagedown", "scroll_facts(1)", "Scroll down", show=False),
+    ]
     DEFAULT_CSS = """
     TypedConfirmScreen { align: center middle; }
-    TypedConfirmScreen > Vertical { width: 76; height: auto; border: thick $error; padding: 1 2;
-                                    background: $surface; }
+    TypedConfirmScreen > Vertical { width: 100%; max-width: 110; height: auto; max-height: 100%;
+                                    border: thick $error; padding: 0 1; background: $surface; }
     TypedConfirmScreen #warning { color: $error; text-style: bold; }
+    TypedConfirmScreen #facts { height: auto; }
+    TypedConfirmScreen Input { width: 1fr; }
+    TypedConfirmScreen .heading { text-style: bold; }
+    TypedConfirmScreen .fact { padding: 0 0 0 2; }
+    TypedConfirmScreen #prompt { margin: 1 0 0 0; }
     TypedConfirmScreen #mismatch { color: $error; }
     """
 
-    def __init__(self, summary: str, name: str) -> None:
+    def __init__(
+        self,
+        facts: Sequence[Section] | str,
+        name: str,
+        *,
+        warning: str = "DESTRUCTIVE: this overwrites a disk.",
+    ) -> None:
         super().__init__()
-        self.summary = summary
+        self.sections: tuple[Section, ...] = (
+            (Section("", tuple(facts.splitlines())),) if isinstance(facts, str) else tuple(facts)
+        )
+        self.summary = "\n".join(plan_lines(self.sections))
+        """Everything the dialog says about the step, as plain text."""
         self.expected = name
+        self._warning = warning
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label("DESTRUCTIVE: this overwrites a disk.", id="warning")
-            yield Label(self.summary)
-            yield Label(f"Type {self.expected} and press Enter to go on; Esc does not write.")
+            yield Static(self._warning, id="warning")
+            with VerticalScroll(id="facts", can_focus=False):
+                for section in self.sections:
+                    if section.title:
+                        yield Static(plain(f"{section.title}:"), classes="heading")
+                    for line in section.lines:
+                        yield Static(plain(line), classes="fact" if section.title else "")
+            yield Static(
+                plain(
+                    f"Type {self.expected} and press Enter to write; Esc does not write."
+                    " PgUp/PgDn scroll."
+                ),
+                id="prompt",
+            )
             yield Input(placeholder=self.expected, id="typed")
-            yield Label("", id="mismatch")
+            yield Static("", id="mismatch")
+
+    FRAME = 9
+    """Rows that are not the facts: the border, the warning, the prompt, the input, a reply."""
+
+    def on_mount(self) -> None:
+        self._fit_facts()
+
+    def on_resize(self) -> None:
+        self._fit_facts()
+
+    def _fit_facts(self) -> None:
+        """The facts take the rows the rest leaves, so the typed name is always in view."""
+        self.query_one("#facts", VerticalScroll).styles.max_height = max(
+            3, self.size.height - self.FRAME
+        )
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.value.strip() == self.expected:
             self.dismiss(True)
         else:
-            self.query_one("#mismatch", Label).update(
-                f"That is not {self.expected}. Nothing was written."
+            self.query_one("#mismatch", Static).update(
+                plain(f"That is not {self.expected}. Nothing was written.")
             )
+
+    def action_scroll_facts(self, pages: int) -> None:
+        facts = self.query_one("#facts", VerticalScroll)
+        if pages < 0:
+            facts.scroll_page_up()
+        else:
+            facts.scroll_page_down()
 
     def action_abort(self) -> None:
         self.dismiss(False)

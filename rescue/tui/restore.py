@@ -6,38 +6,58 @@ import threading
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Label, Static
+from textual.widgets import Checkbox, DataTable, Footer, Header, Label, Static
 
 from rescue.devices import Disk
 from rescue.errors import RescueError
 from rescue.image.view import open_image
-from rescue.operations.restore import RestorePlan, plan_restore, restore
+from rescue.operations.plan_text import (
+    default_verify_first,
+    describe_plan,
+    restore_checked,
+    shown,
+    shown_message,
+)
+from rescue.operations.restore import RestorePlan, plan_restore
 from rescue.operations.verify import verify
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen, TypedConfirmScreen
 from rescue.tui.services import Services
-from rescue.tui.widgets import ImagePicker
+from rescue.tui.widgets import ImagePicker, plain
 from rescue.units import human_size
 
 
+def verify_label(on: bool) -> str:
+    """The checkbox says its state in words: the Linux console shows no colour difference."""
+    state = "ON" if on else "off"
+    return f"Verify the whole image first (F5): {state}. If damaged, nothing is written."
+
+
 class RestoreScreen(Screen[None]):
-    """Image, target disk, a typed confirmation naming the disk, then the job."""
+    """Image, target disk, a typed confirmation naming the disk, then the job.
+
+    "Verify the whole image first" starts on for an image rescue did not write
+    (Clonezilla's) and off for rescue's own; the technician may change it.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "start", "Restore..."),
         Binding("f2", "toggle_keep", "Keep layout"),
         Binding("f3", "toggle_new_ids", "New IDs"),
         Binding("f4", "next_grow", "Grows"),
+        Binding("f5", "toggle_verify", "Verify first", show=False),  # the box names F5
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
     RestoreScreen > Vertical { padding: 0 1; }
     RestoreScreen #targets { height: auto; max-height: 8; }
     RestoreScreen #options { padding: 0 1; color: $text-muted; }
+    RestoreScreen #verify_first { border: none; padding: 0 1; height: 1; }
     """
 
     def __init__(self, services: Services) -> None:
@@ -55,6 +75,7 @@ class RestoreScreen(Screen[None]):
             yield ImagePicker(self.services.find_images)
             yield Label("Target disk (Up/Down), everything on it is replaced:")
             yield DataTable(id="targets", cursor_type="row")
+        yield Checkbox(verify_label(False), value=False, id="verify_first")
         yield Static("", id="options")
         yield Footer()
 
@@ -64,11 +85,11 @@ class RestoreScreen(Screen[None]):
         self.disks = self.services.list_disks()
         self._show_options()
         for d in self.disks:
-            table.add_row(
-                d.path,
+            table.add_row(  # names from the disk: text, never markup or control codes
+                Text(shown(d.path)),
                 human_size(d.size),
-                d.model or d.backing_file or "",
-                d.serial or "",
+                Text(shown(d.model or d.backing_file or "")),
+                Text(shown(d.serial or "")),
                 ", ".join(d.flags) or "-",
                 key=d.path,
             )
@@ -83,6 +104,22 @@ class RestoreScreen(Screen[None]):
         ids = "new GUIDs and UUIDs (a clone)" if self.new_ids else "kept"
         self.query_one("#options", Static).update(f"Layout: {layout}. Identities: {ids}.")
 
+    def on_image_picker_changed(self, event: ImagePicker.Changed) -> None:
+        """A new image: its own default for verifying first (on for one rescue did not write)."""
+        if event.image is not None:
+            self.query_one("#verify_first", Checkbox).value = default_verify_first(event.image)
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id == "verify_first":
+            event.checkbox.label = verify_label(event.value)
+
+    @property
+    def verify_first(self) -> bool:
+        return self.query_one("#verify_first", Checkbox).value
+
+    def action_toggle_verify(self) -> None:
+        self.query_one("#verify_first", Checkbox).toggle()
+
     def action_toggle_keep(self) -> None:
         self.keep_layout = not self.keep_layout
         self._show_options()
@@ -93,7 +130,7 @@ class RestoreScreen(Screen[None]):
         try:
             image = open_image(folder) if folder is not None else None
         except RescueError as exc:
-            self.notify(f"{exc}", severity="warning")
+            self.notify(shown(exc), severity="warning", markup=False)
             return
         numbers = sorted(p.number for p in image.parts if p.number is not None) if image else []
         if not numbers:
@@ -118,7 +155,9 @@ class RestoreScreen(Screen[None]):
         layout = "keep" if self.keep_layout else "auto"
         new_ids, grow = self.new_ids, None if self.keep_layout else self.grow
         # planning reads the image (how small each filesystem can get): not on the UI thread
-        self.notify(f"Checking {image} against {target}...", timeout=3)
+        self.query_one("#options", Static).update(
+            plain(f"Checking {image} against {target}...")
+        )  # until the plan is ready (or refused): then the options again
         self.run_worker(
             lambda: self._plan(image, target, layout, new_ids, grow),
             thread=True, exclusive=True, group="plan",
@@ -129,24 +168,36 @@ class RestoreScreen(Screen[None]):
         try:
             plan = plan_restore(image, target, layout, new_ids=new_ids, grow=grow)
         except RescueError as exc:
-            self.app.call_from_thread(self.notify, f"Refused: {exc}", severity="error", timeout=15)
+            self.app.call_from_thread(self._show_options)
+            self.app.call_from_thread(
+                self.notify,
+                f"Refused: {shown_message(str(exc))}",
+                severity="error",
+                timeout=15,
+                markup=False,
+            )
             return
         self.app.call_from_thread(self._ask, plan)
 
     def _ask(self, plan: RestorePlan) -> None:
+        self._show_options()
         name = plan.target.path.rsplit("/", 1)[-1]
+        verify_first = self.verify_first
 
         def confirmed(ok: bool | None) -> None:
             if ok:
-                self._run(plan)
+                self._run(plan, verify_first)
             else:
                 self.notify("Not confirmed: nothing was written.")
 
-        self.app.push_screen(TypedConfirmScreen(plan.summary, name), confirmed)
+        facts = describe_plan(plan, verify_first=verify_first)
+        self.app.push_screen(TypedConfirmScreen(facts, name), confirmed)
 
-    def _run(self, plan: RestorePlan) -> None:
+    def _run(self, plan: RestorePlan, verify_first: bool) -> None:
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
-            restore(plan, confirmed=True, progress=progress, cancel=cancel)
+            restore_checked(
+                plan, confirmed=True, verify_first=verify_first, progress=progress, cancel=cancel
+            )
             return f"Restore complete: {plan.image.folder} -> {plan.target.path}."
 
         self.app.push_screen(JobScreen(f"Restore -> {plan.target.path}", job))

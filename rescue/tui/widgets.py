@@ -6,36 +6,54 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.content import Content
+from textual.message import Message
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from rescue.errors import RescueError
 from rescue.image.view import ImageView, open_image
+from rescue.operations.plan_text import shown, shown_message
 from rescue.tui.services import ImageFinder
 from rescue.units import human_size
 
 
 def describe_image(image: ImageView) -> str:
-    lines = [f"{image.folder}: {image.kind} image{' (' + image.table + ')' if image.table else ''}"]
+    """A few lines on an image; every name in them shown safely (no control characters)."""
+    table = f" ({shown(image.table)})" if image.table else ""
+    lines = [f"{shown(image.folder)}: {image.kind} image{table}"]
     m = image.manifest
     if m is not None:
         src = m.source
         lines.append(
-            f"  from {src.model or src.path} {src.serial or ''} "
-            f"{human_size(src.size)}, captured {m.created} by {m.tool}"
+            f"  from {shown(src.model or src.path)} {shown(src.serial or '')} "
+            f"{human_size(src.size)}, captured {shown(m.created)} by {shown(m.tool)}"
         )
     else:
         lines.append("  written by Clonezilla")
     lines.extend(
-        f"  {p.name:10} {p.fstype or 'raw':6} {human_size(p.size):>9} "
-        f"used {human_size(p.used_bytes):>9}  {p.label or ''}"
+        f"  {shown(p.name):10} {shown(p.fstype or 'raw'):6} {human_size(p.size):>9} "
+        f"used {human_size(p.used_bytes):>9}  {shown(p.label or '')}"
         for p in image.parts
     )
     return "\n".join(lines)
 
 
+def plain(text: str) -> Content:
+    """Text that is never read as markup, its control characters escaped (its lines kept)."""
+    return Content(shown_message(text))
+
+
 class ImagePicker(Vertical):
-    """An image folder: typed in, or chosen from those found on the mounted drives."""
+    """An image folder: typed in, or chosen from those found on the mounted drives.
+
+    Posts :class:`ImagePicker.Changed` with the image it opened (None: no usable image).
+    """
+
+    class Changed(Message):
+        def __init__(self, image: ImageView | None) -> None:
+            super().__init__()
+            self.image = image
 
     DEFAULT_CSS = """
     ImagePicker { height: auto; }
@@ -64,7 +82,7 @@ class ImagePicker(Vertical):
         ol = self.query_one("#found", OptionList)
         ol.clear_options()
         for f in found:
-            ol.add_option(Option(str(f), id=str(f)))
+            ol.add_option(Option(Content(shown(f)), id=str(f)))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option_list.id == "found" and event.option.id:
@@ -77,11 +95,16 @@ class ImagePicker(Vertical):
         path = Path(event.value.strip())
         if not event.value.strip() or not path.is_dir():
             about.update("")
+            self.post_message(self.Changed(None))
             return
         try:
-            about.update(describe_image(open_image(path)))
+            image = open_image(path)
         except RescueError as exc:
-            about.update(f"Not usable: {exc}")
+            about.update(plain(f"Not usable: {exc}"))
+            self.post_message(self.Changed(None))
+            return
+        about.update(plain(describe_image(image)))
+        self.post_message(self.Changed(image))
 
     @property
     def value(self) -> Path | None:
