@@ -97,8 +97,11 @@ def run_bounded(argv: list[str], cwd: Path) -> tuple[int, str, int, float]:
                 pytest.fail(f"{argv} did not finish within {TIME_LIMIT} s (it hangs)")
             time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(errors="replace"), usage.ru_maxrss * 1024, (
-        time.monotonic() - start
+    return (
+        proc.returncode,
+        err.read_text(errors="replace"),
+        usage.ru_maxrss * 1024,
+        (time.monotonic() - start),
     )
 
 
@@ -209,9 +212,7 @@ def test_any_damage_ends_in_a_message_or_a_result(
     one()
 
 
-def test_the_pristine_images_restore(
-    pristine: dict[str, Path], tmp_path: Path
-) -> None:
+def test_the_pristine_images_restore(pristine: dict[str, Path], tmp_path: Path) -> None:
     """The property holds for the right reason: unmutated, both images restore and verify."""
     for kind, folder in pristine.items():
         target = tmp_path / f"{kind}.img"
