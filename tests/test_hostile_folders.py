@@ -209,3 +209,20 @@ def test_the_untouched_image_still_restores(image: Path, target: Path) -> None:
     assert res.returncode == 0, res.stderr
     res = rescue("verify", str(image))
     assert res.returncode == 0, res.stderr
+
+
+def test_a_target_file_on_a_full_filesystem_is_a_message(image: Path, tmp_path: Path) -> None:
+    """ENOSPC while writing (the data or the tail after it) ends in words, not a traceback."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        target = small / "target.img"
+        with target.open("wb") as f:
+            f.truncate(64 << 20)  # sparse: room for its size, not for its data
+        res = rescue("restore", str(image), str(target), "--yes")
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    assert "No space left on device" in res.stderr, res.stderr
