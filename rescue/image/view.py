@@ -9,6 +9,7 @@ from pathlib import Path
 from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageError, RescueError
 from rescue.filesystems.swap import SWAP
 from rescue.image import layout as layout_mod
+from rescue.image.folder import plain_name
 from rescue.image.manifest import Manifest, StoredAs, StoredFile, read_manifest
 from rescue.image.names import (
     CLONEZILLA_LOG,
@@ -122,7 +123,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
             size=r.size,
             fstype=r.fstype,
             stored_as=r.stored_as,
-            stream=folder / r.stream if r.stream else None,
+            stream=folder / plain_name(r.stream, "a stream") if r.stream else None,
             compression="zst",
             uuid=r.uuid,
             label=r.label,
