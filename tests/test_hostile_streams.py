@@ -32,8 +32,14 @@ from diskbench import clonezilla_copy, make_disk, run
 
 from rescue.browse import mounts
 from rescue.cli import main
+from rescue.errors import ImageDamagedError
+from rescue.image.names import INDEX_DIR
 from rescue.image.partclone import HEADER_SIZE, PartcloneHeader
-from rescue.image.seekable import seek_table_bytes
+from rescue.image.seekable import SeekTable, seek_table_bytes
+from rescue.image.view import ImagePart, open_image
+from rescue.imagedev import index
+from rescue.imagedev.spec import ServerSpec
+from rescue.progress import NullProgress
 
 pytestmark = need("root", "loop", "fuse")
 
@@ -445,7 +451,6 @@ def test_the_untouched_image_passes_under_the_same_limits(
 
 def test_a_fifo_is_refused_at_once(made: Path, tmp_path: Path) -> None:
     """No reader waits on a FIFO: the error comes within a second, in-process too."""
-    from rescue.errors import ImageDamagedError  # noqa: PLC0415
     from rescue.image.volumes import VolumeReader, volume_paths  # noqa: PLC0415
 
     image = clonezilla_image(made, tmp_path / "image")
@@ -467,3 +472,76 @@ def test_a_fifo_is_refused_at_once(made: Path, tmp_path: Path) -> None:
         pytest.fail(f"opening {stream.name} waited on the FIFO")
     assert len(raised) == 1 and isinstance(raised[0], ImageDamagedError), raised
     assert "FIFO" in raised[0].message and stream.name in raised[0].message
+
+
+# --- mount's index: inside the image folder or in rescue's cache, never through a link ----
+
+
+def _clonezilla_part(made: Path, tmp_path: Path) -> tuple[Path, ImagePart]:
+    image = clonezilla_image(made, tmp_path / "image")
+    (part,) = open_image(image).parts
+    return image, part
+
+
+def test_an_index_folder_that_is_a_link_is_not_used(
+    made: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    image, part = _clonezilla_part(made, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (image / INDEX_DIR).symlink_to(outside)
+    _kind, path = index.build_index(part, NullProgress())
+    assert not any(outside.iterdir())
+    assert path.is_relative_to(tmp_path / "cache")
+    assert index.find_index(part.stream) == (_kind, path)  # type: ignore[arg-type]
+
+
+def test_index_files_are_never_written_through_links(
+    made: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    image, part = _clonezilla_part(made, tmp_path)
+    assert part.stream is not None
+    folder = image / INDEX_DIR
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    name = part.stream.name
+    for planted in (f"{name}.seekable.zst.tmp", f"{name}.index.tmp", f".write-test-{os.getpid()}"):
+        (folder / planted).symlink_to(victim)
+    kind, path = index.build_index(part, NullProgress())
+    assert victim.read_bytes() == b"precious"
+    assert (kind, path) == ("copy", folder / f"{name}.seekable.zst")
+    assert not path.is_symlink()
+
+
+def test_a_forged_index_record_is_not_followed(
+    made: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    _image, part = _clonezilla_part(made, tmp_path)
+    assert part.stream is not None
+    kind, path = index.build_index(part, NullProgress())
+    assert index.find_index(part.stream) == (kind, path)
+    record = path.parent / f"{part.stream.name}.index.json"
+    doc = json.loads(record.read_text())
+    outside = tmp_path / "outside.zst"
+    shutil.copy(path, outside)
+    for forged in ({**doc, "file": "../../outside.zst"}, {**doc, "file": str(outside)}):
+        record.write_text(json.dumps(forged))
+        assert index.find_index(part.stream) is None
+    record.write_text(json.dumps(doc))
+    path.unlink()
+    path.symlink_to(outside)  # the right name, but a link out of the folder
+    assert index.find_index(part.stream) is None
+    record.write_text("[" * 200_000)  # a record too large (and no JSON)
+    assert index.find_index(part.stream) is None
+
+
+def test_a_damaged_index_table_is_refused(made: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    """A .seektable index claiming more frames than the stream holds is refused in words."""
+    _image, part = _clonezilla_part(made, tmp_path)
+    assert part.stream is not None
+    table = tmp_path / "bad.seektable"
+    table.write_bytes(SeekTable.build([1 << 20] * 64, [4 * MiB] * 64, None).to_bytes())
+    spec = ServerSpec(stream=part.stream, raw=False, size=part.size, table=table)
+    with pytest.raises(ImageDamagedError, match="delete it"):
+        index.open_reader(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import random
@@ -236,3 +237,10 @@ def test_an_index_table_round_trips_and_is_checked() -> None:
 def test_scan_refuses_frames_too_large_to_read_at_random() -> None:
     with pytest.raises(ImageDamagedError, match="too many to read at random"):
         SeekTable.scan(io.BytesIO(_rle_frame(MAX_FRAME_CONTENT + BLOCK_MAX, declare=True)))
+
+
+def test_a_gzip_bomb_is_decoded_in_bounded_pieces() -> None:
+    bomb = gzip.compress(b"\0" * (256 << 20), compresslevel=1)
+    assert len(bomb) < 2 << 20
+    chunks = iter_decompressed_gzip(io.BytesIO(bomb))
+    assert max(len(c) for c in chunks) <= 4 << 20
