@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +36,9 @@ from rescue.errors import ImageDamagedError
 from rescue.image.names import INDEX_DIR
 from rescue.image.partclone import HEADER_SIZE, PartcloneHeader
 from rescue.image.seekable import SeekTable, seek_table_bytes
+from rescue.image.streams import check_stream
 from rescue.image.view import ImagePart, open_image
+from rescue.image.volumes import VolumeReader, volume_paths
 from rescue.imagedev import index
 from rescue.imagedev.spec import ServerSpec
 from rescue.progress import NullProgress
@@ -70,27 +72,39 @@ def _pump(stream: object, into: list[bytes]) -> None:
     into.append(stream.read())  # type: ignore[attr-defined]
 
 
+LAUNCHER = """
+import json, os, resource, subprocess, sys
+result, limit, *argv = sys.argv[1:]
+resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+proc = subprocess.Popen(argv)
+_pid, status, usage = os.wait4(proc.pid, 0)
+proc.returncode = os.waitstatus_to_exitcode(status)
+with open(result, "w") as f:
+    json.dump({"code": proc.returncode, "max_rss": usage.ru_maxrss * 1024}, f)
+"""
+"""Runs the command and reports its exit and peak RSS. A child's ``ru_maxrss`` counts the
+memory of the process it was forked from (the kernel keeps the high-water mark across
+exec): forked from this small launcher, not from pytest, it measures the command."""
+
+
 def run_limited(argv: list[str], env: dict[str, str], timeout: float = TIMEOUT) -> Outcome:
     """Run ``argv`` with the address-space limit; its exit, output, time and peak RSS."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
-
+    fd, result = tempfile.mkstemp(prefix="rescue-hostile-", suffix=".json")
+    os.close(fd)
     started = time.monotonic()
     proc = subprocess.Popen(
-        argv,
+        [sys.executable, "-c", LAUNCHER, result, str(AS_LIMIT), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=env,
-        preexec_fn=limit,  # noqa: PLW1509  (no threads of ours run between fork and exec)
         start_new_session=True,
     )
     killed = threading.Event()
 
     def kill() -> None:
         killed.set()
-        os.killpg(proc.pid, signal.SIGKILL)  # the child's own group: it and what it started
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's own group: it and the command
 
     timer = threading.Timer(timeout, kill)
     timer.start()
@@ -102,18 +116,21 @@ def run_limited(argv: list[str], env: dict[str, str], timeout: float = TIMEOUT) 
     ]
     for t in readers:
         t.start()
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.wait()
     seconds = time.monotonic() - started
     timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     for t in readers:
         t.join(10)
+    try:
+        doc = json.loads(Path(result).read_text() or "{}")
+    finally:
+        os.unlink(result)
     return Outcome(
-        code=proc.returncode,
+        code=int(doc.get("code", -9)),
         stdout=b"".join(out).decode(errors="replace"),
         stderr=b"".join(err).decode(errors="replace"),
         seconds=seconds,
-        max_rss=usage.ru_maxrss * 1024,
+        max_rss=int(doc.get("max_rss", 0)),
         timed_out=killed.is_set(),
     )
 
@@ -451,8 +468,6 @@ def test_the_untouched_image_passes_under_the_same_limits(
 
 def test_a_fifo_is_refused_at_once(made: Path, tmp_path: Path) -> None:
     """No reader waits on a FIFO: the error comes within a second, in-process too."""
-    from rescue.image.volumes import VolumeReader, volume_paths  # noqa: PLC0415
-
     image = clonezilla_image(made, tmp_path / "image")
     stream = case_fifo(image)
     raised: list[BaseException] = []
@@ -545,3 +560,40 @@ def test_a_damaged_index_table_is_refused(made: Path, tmp_path: Path, env: dict[
     spec = ServerSpec(stream=part.stream, raw=False, size=part.size, table=table)
     with pytest.raises(ImageDamagedError, match="delete it"):
         index.open_reader(spec)
+
+
+def test_check_stream_takes_good_streams_of_every_kind(made: Path, tmp_path: Path) -> None:
+    """Split, gzip and single-frame streams pass; the wrong filesystem or size does not."""
+    split = tmp_path / "split"
+    assert main(["capture", str(made.parent / "part.img"), str(split), "--split", "1M"]) == 0
+    gz = tmp_path / "gz"
+    clonezilla_copy(made, gz, "gzip -1")
+    images = [made, split, clonezilla_image(made, tmp_path / "cz"), gz]
+    for image in images:
+        (part,) = open_image(image).parts
+        assert part.stream is not None
+        header = check_stream(
+            part.stream, part.compression, partition_size=part.size, expect_fstype=part.fstype
+        )
+        assert header.fs == "EXTFS" and header.device_size == 48 * MiB
+    assert len(volume_paths(split / stream_of(made).name)) > 2
+    (part,) = open_image(made).parts
+    assert part.stream is not None
+    with pytest.raises(ImageDamagedError, match="not of the ntfs filesystem"):
+        check_stream(part.stream, "zst", partition_size=None, expect_fstype="ntfs")
+    with pytest.raises(ImageDamagedError, match="larger than its"):
+        check_stream(part.stream, "zst", partition_size=part.size - 4096)
+
+
+def test_the_measure_sees_the_command_and_only_it(tmp_path: Path) -> None:
+    """Peak RSS is the command's own, however large this process is, and a large one shows."""
+    ballast = bytearray(300 * MiB)  # pytest grown large: not counted in the command's peak
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    env = dict(os.environ)
+    small = run_limited([sys.executable, "-c", "pass"], env)
+    big = run_limited(
+        [sys.executable, "-c", "b = bytearray(300 << 20); b[::4096] = b'1' * len(b[::4096])"], env
+    )
+    del ballast
+    assert small.code == 0 and small.max_rss < 64 * MiB, small
+    assert big.code == 0 and big.max_rss > 300 * MiB, big
