@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 import subprocess
 from pathlib import Path
 
@@ -13,14 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rescue.errors import ImageDamagedError, NotAnImageError, UnsupportedImageError
-from rescue.filesystems.base import Allocation, bitmap_from_runs, count_bits
+from rescue.filesystems.base import Allocation, bitmap_from_runs, bitmap_runs, count_bits
 from rescue.filesystems.ext import read_allocation
 from rescue.image.partclone import (
     HEADER_SIZE,
+    PIECE,
+    Bitmap,
     BlockEncoder,
+    BlockRanks,
     PartcloneHeader,
     StreamReader,
     block_offset,
+    crc32,
     header_for,
     stream_prefix,
 )
@@ -106,7 +111,7 @@ def test_reader_yields_exactly_partclones_blocks(ext4: tuple[Path, bytes]) -> No
         for first, data in reader.iter_runs(max_bytes=100_000):
             assert data == fs[first * h.block_size : first * h.block_size + len(data)]
             got += len(data) // h.block_size
-        assert got == h.used_blocks == count_bits(reader.bitmap, h.total_blocks)
+        assert got == h.used_blocks == reader.bitmap.count(h.total_blocks)
         assert reader.end_offset == len(theirs) == h.stream_size
 
 
@@ -182,3 +187,81 @@ def test_truncation_is_detected(ext4: tuple[Path, bytes], cut: int) -> None:
 def test_not_a_partclone_stream() -> None:
     with pytest.raises(NotAnImageError):
         StreamReader(io.BytesIO(b"x" * 200))
+
+
+# --- what a reader enforces: header fields first, then a bitmap only as the stream holds it ---
+
+
+def _header(**fields: int) -> bytes:
+    base = {
+        "device_size": 1 << 30,
+        "total_blocks": 1 << 18,
+        "used_blocks_sb": 0,
+        "used_blocks": 0,
+        "block_size": 4096,
+    }
+    return PartcloneHeader(fs="EXTFS", **{**base, **fields}).pack()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"block_size": 3000}, "block size"),
+        ({"block_size": 256}, "block size"),
+        ({"block_size": 1 << 25}, "block size"),
+        ({"total_blocks": 1 << 60, "device_size": (1 << 64) - 4096}, "device of"),
+        ({"total_blocks": 1 << 40}, "do not fit"),
+        ({"used_blocks": (1 << 18) + 1}, "blocks used"),
+    ],
+)
+def test_impossible_header_fields_are_damage(fields: dict[str, int], words: str) -> None:
+    with pytest.raises(ImageDamagedError, match=words):
+        PartcloneHeader.unpack(_header(**fields))
+
+
+def test_the_header_is_checked_against_the_partition_and_the_stream() -> None:
+    h = PartcloneHeader.unpack(_header())
+    h.check(partition_size=1 << 30, stream_size=h.data_start)
+    with pytest.raises(ImageDamagedError, match="larger than its"):
+        h.check(partition_size=(1 << 30) - 1)
+    with pytest.raises(ImageDamagedError, match="more than the"):
+        h.check(stream_size=h.data_start - 1)
+
+
+def test_a_vast_empty_bitmap_costs_no_memory() -> None:
+    """A header claiming 2^26 free blocks: 8 MiB of zero bitmap, held as shared pieces."""
+    total = 1 << 26
+    head = _header(total_blocks=total, device_size=total * 4096)
+    bitmap = bytes(total // 8)
+    stream = head + bitmap + struct.pack("<I", crc32(bitmap))
+    reader = StreamReader(io.BytesIO(stream), name="sda1.ext4-ptcl-img.zst")
+    assert len({id(p) for p in reader.bitmap.pieces}) == 1
+    assert list(reader.iter_runs()) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, (3 << 23) - 1), max_size=40), st.booleans())
+def test_bitmap_pieces_answer_as_the_bytes_do(bits: list[int], full: bool) -> None:
+    """Runs, counts and ranks across 1 MiB pieces (some of them shared) match the bytes."""
+    total = 3 << 23  # three pieces
+    bm = bytearray(b"\xff" * (total // 8) if full else total // 8)
+    for b in bits:
+        bm[b >> 3] ^= 1 << (b & 7)
+    data = bytes(bm)
+    pieces = Bitmap([Bitmap.shared(data[i : i + PIECE]) for i in range(0, len(data), PIECE)])
+    assert list(pieces.runs(total)) == list(bitmap_runs(data, total))
+    assert pieces.count(total) == count_bits(data, total)
+    plain, sparse = BlockRanks(data), BlockRanks(pieces)
+    for b in [0, total - 1, PIECE * 8, *bits]:
+        assert sparse.rank(b) == plain.rank(b)
+        assert sparse.used(b) == plain.used(b)
+    used = count_bits(data, total)
+    for r in {0, used // 2, max(used - 1, 0)}:
+        assert sparse.select(r) == plain.select(r)
+
+
+def test_errors_name_the_stream() -> None:
+    with pytest.raises(NotAnImageError, match=r"^sda1\.ext4-ptcl-img\.zst: "):
+        StreamReader(io.BytesIO(b"x" * 200), name="sda1.ext4-ptcl-img.zst")
+    with pytest.raises(ImageDamagedError, match=r"^sda1\.ext4-ptcl-img\.zst: .*bitmap"):
+        StreamReader(io.BytesIO(_header() + b"\0" * 100), name="sda1.ext4-ptcl-img.zst")

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import random
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rescue.errors import ImageDamagedError
+from rescue.errors import ImageDamagedError, UnsupportedImageError
 from rescue.image.seekable import (
+    BLOCK_MAX,
+    MAX_FRAME_CONTENT,
+    MAX_FRAMES,
+    MIN_FRAME,
     SeekableZstdReader,
     SeekableZstdWriter,
     SeekTable,
     iter_decompressed,
     iter_decompressed_gzip,
+    seek_table_bytes,
 )
 
 
@@ -140,3 +148,99 @@ def test_incompressible_frames_stay_small() -> None:
     data = os.urandom(300_000)
     blob = _compress(data)
     assert len(blob) < len(data) * 1.01
+
+
+# --- what a reader enforces (docs/FORMAT.md): sizes a file states are checked first -------
+
+ZSTD_MAGIC = 0xFD2FB528
+
+
+def _rle_frame(size: int, *, declare: bool, window_log: int = 21) -> bytes:
+    """A frame of ``size`` zeros in RLE blocks (4 bytes a 128 KiB block)."""
+    fhd = 0xC0 if declare else 0x00
+    out = bytearray(struct.pack("<IBB", ZSTD_MAGIC, fhd, (window_log - 10) << 3))
+    if declare:
+        out += struct.pack("<Q", size)
+    left = size
+    while left > 0:
+        n = min(BLOCK_MAX, left)
+        left -= n
+        out += ((n << 3) | 2 | int(left == 0)).to_bytes(3, "little") + b"\0"
+    return bytes(out)
+
+
+def _with_table(frames: list[tuple[bytes, int]]) -> bytes:
+    entries = [(len(f), d, struct.unpack_from("<I", f, len(f) - 4)[0]) for f, d in frames]
+    return b"".join(f for f, _ in frames) + seek_table_bytes(entries)
+
+
+@pytest.mark.parametrize("declare", [True, False])
+def test_a_frame_larger_than_its_entry_is_damage(declare: bool) -> None:
+    """8 GiB of zeros in a frame whose entry says 4 MiB: refused, never allocated."""
+    blob = _with_table([(_rle_frame(8 << 30, declare=declare), 4 << 20)])
+    with pytest.raises(ImageDamagedError, match="at byte 0"):
+        b"".join(iter_decompressed(io.BytesIO(blob)))
+    table = SeekTable.read_from(io.BytesIO(blob))
+    assert table is not None
+    with pytest.raises(ImageDamagedError, match="at byte 0"):
+        SeekableZstdReader(io.BytesIO(blob), table).pread(0, 10)
+
+
+def test_one_long_frame_is_decoded_in_bounded_pieces() -> None:
+    """A Clonezilla-style frame that expands to 1 GiB comes out 4 MiB at a time."""
+    chunks = iter_decompressed(io.BytesIO(_rle_frame(1 << 30, declare=False)))
+    sizes = [len(next(chunks)) for _ in range(20)]
+    assert max(sizes) <= 4 << 20
+    assert sum(len(c) for c in chunks) + sum(sizes) == 1 << 30
+
+
+def test_a_frame_asking_for_a_huge_window_is_refused() -> None:
+    with pytest.raises(UnsupportedImageError, match="window"):
+        next(iter_decompressed(io.BytesIO(_rle_frame(1 << 20, declare=False, window_log=31))))
+
+
+def _footer(count: int, body: bytes = b"") -> bytes:
+    payload = body + struct.pack("<IBI", count, 0x80, 0x8F92EAB1)
+    return struct.pack("<II", 0x184D2A5E, len(payload)) + payload
+
+
+def test_a_seek_table_count_is_checked_against_the_file() -> None:
+    frames = BLOB[: SeekTable.read_from(io.BytesIO(BLOB)).c_offsets[-1]]  # type: ignore[union-attr]
+    # entries that cannot fit the file, and entries that fit but whose frames cannot
+    with pytest.raises(ImageDamagedError, match="more than the file"):
+        SeekTable.read_from(io.BytesIO(frames + _footer(1_000_000)))
+    n = len(frames) // MIN_FRAME + 1
+    with pytest.raises(ImageDamagedError, match="cannot hold that many"):
+        SeekTable.read_from(io.BytesIO(frames + _footer(n, bytes(12 * n))))
+    with pytest.raises(ImageDamagedError, match="more than any stream"):
+        SeekTable.read_from(io.BytesIO(frames + _footer(MAX_FRAMES + 1)))
+
+
+def test_seek_table_entries_are_checked() -> None:
+    frame = zstandard.ZstdCompressor().compress(b"x" * 1000)
+    for entry in ((len(frame), MAX_FRAME_CONTENT + 1), (4, 1000), (5000, 10)):
+        blob = frame + seek_table_bytes([(*entry, 0)])
+        with pytest.raises(ImageDamagedError, match="seek table"):
+            SeekTable.read_from(io.BytesIO(blob))
+
+
+def test_an_index_table_round_trips_and_is_checked() -> None:
+    table = SeekTable.read_from(io.BytesIO(BLOB))
+    assert table is not None
+    again = SeekTable.read_index(io.BytesIO(table.to_bytes()), table.c_offsets[-1])
+    assert list(again.c_offsets) == list(table.c_offsets)
+    assert list(again.d_offsets) == list(table.d_offsets)
+    with pytest.raises(ImageDamagedError):  # it describes more frames than the stream holds
+        SeekTable.read_index(io.BytesIO(table.to_bytes()), table.c_offsets[-1] // 2)
+
+
+def test_scan_refuses_frames_too_large_to_read_at_random() -> None:
+    with pytest.raises(ImageDamagedError, match="too many to read at random"):
+        SeekTable.scan(io.BytesIO(_rle_frame(MAX_FRAME_CONTENT + BLOCK_MAX, declare=True)))
+
+
+def test_a_gzip_bomb_is_decoded_in_bounded_pieces() -> None:
+    bomb = gzip.compress(b"\0" * (256 << 20), compresslevel=1)
+    assert len(bomb) < 2 << 20
+    chunks = iter_decompressed_gzip(io.BytesIO(bomb))
+    assert max(len(c) for c in chunks) <= 4 << 20

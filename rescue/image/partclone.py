@@ -13,11 +13,12 @@ from __future__ import annotations
 import bisect
 import struct
 import zlib
-from collections.abc import Iterator
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from rescue.errors import ImageDamagedError, NotAnImageError, UnsupportedImageError
+from rescue.errors import ImageDamagedError, ImageError, NotAnImageError, UnsupportedImageError
 from rescue.filesystems.base import Allocation, bitmap_runs, count_bits
 
 MAGIC = b"partclone-image\0"
@@ -40,6 +41,13 @@ BITMAP_BYTE = 8
 
 _STRIP_BYTES = 1 << 20
 """partclone's default strip: one checksum per MiB of blocks."""
+
+MIN_BLOCK_SIZE = 512
+MAX_BLOCK_SIZE = 1 << 24
+"""Block sizes a header may give: a power of two from one sector to 16 MiB (NTFS clusters go
+to 2 MiB, every other filesystem stays far below)."""
+MAX_DEVICE_SIZE = 1 << 53
+"""The largest device a header may describe (8 PiB)."""
 
 _HEADER = struct.Struct("<16s14s4sH16sQQQQIIHHHHIBB")
 assert _HEADER.size == HEADER_SIZE - 4
@@ -142,9 +150,7 @@ class PartcloneHeader:
             raise UnsupportedImageError(f"Unknown partclone checksum mode {mode:#x}/{cs_size}.")
         if bm_mode != BITMAP_BIT:
             raise UnsupportedImageError(f"Unsupported partclone bitmap mode {bm_mode}.")
-        if block_size <= 0 or block_size > 1 << 24 or (cs_size and bpc <= 0):
-            raise ImageDamagedError("The partclone header has impossible sizes.")
-        return cls(
+        header = cls(
             fs=fs.rstrip(b"\0").decode(errors="replace"),
             device_size=device_size,
             total_blocks=total,
@@ -159,6 +165,47 @@ class PartcloneHeader:
             cpu_bits=cpu_bits,
             feature_size=feature_size,
         )
+        header._check_sizes()
+        return header
+
+    def _check_sizes(self) -> None:
+        """The header's sizes agree with each other, before anything is allocated for them."""
+        bs, total, device = self.block_size, self.total_blocks, self.device_size
+        if not MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE or bs & (bs - 1):
+            raise ImageDamagedError(
+                f"The partclone header is damaged: a block size of {bs} bytes "
+                f"(a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} is expected)."
+            )
+        if device > MAX_DEVICE_SIZE:
+            raise ImageDamagedError(
+                f"The partclone header is damaged: it describes a device of {device} bytes."
+            )
+        if total > device // bs + 1:
+            raise ImageDamagedError(
+                f"The partclone header is damaged: {total} blocks of {bs} bytes do not "
+                f"fit the {device}-byte device it describes."
+            )
+        if self.used_blocks > total:
+            raise ImageDamagedError(
+                f"The partclone header is damaged: {self.used_blocks} of {total} blocks used."
+            )
+        if self.checksum_size and self.blocks_per_checksum <= 0:
+            raise ImageDamagedError("The partclone header is damaged: no blocks per checksum.")
+
+    def check(self, *, partition_size: int | None = None, stream_size: int | None = None) -> None:
+        """The header against what the caller knows: the size of the partition it was
+        taken from (manifest or partition table) and the decoded size of the stream (a
+        seek table's total). Either is damage when the header does not fit it."""
+        if partition_size is not None and self.device_size > partition_size:
+            raise ImageDamagedError(
+                f"The partclone header describes a {self.device_size}-byte filesystem, "
+                f"larger than its {partition_size}-byte partition: it is damaged."
+            )
+        if stream_size is not None and self.data_start > stream_size:
+            raise ImageDamagedError(
+                f"The partclone header promises a bitmap of {self.bitmap_bytes} bytes, "
+                f"more than the {stream_size}-byte stream holds: it is damaged."
+            )
 
 
 def header_for(alloc: Allocation, *, blocks_per_checksum: int | None = None) -> PartcloneHeader:
@@ -246,28 +293,158 @@ def _read_exact(f: Readable, n: int, offset: int, what: str) -> bytes:
     return data
 
 
-class StreamReader:
-    """Reads a partclone v2 stream front to back, checking every checksum it can."""
+def named(exc: ImageError, name: str) -> ImageError:
+    """``exc`` with the stream's name in front (once), of the same kind."""
+    if exc.message.startswith(name) or f"{name}:" in exc.message:
+        return exc
+    message = f"{name}: {exc.message}"
+    if isinstance(exc, ImageDamagedError):
+        return ImageDamagedError(message, hint=exc.hint, offset=exc.offset)
+    return type(exc)(message, hint=exc.hint)
 
-    def __init__(self, f: Readable, *, name: str = "stream") -> None:
-        self._f = f
-        self.name = name
-        self.header = PartcloneHeader.unpack(_read_exact(f, HEADER_SIZE, 0, "the header"))
-        h = self.header
-        bitmap = _read_exact(f, h.bitmap_bytes, HEADER_SIZE, "the bitmap")
-        (stored,) = struct.unpack(
-            "<I", _read_exact(f, 4, HEADER_SIZE + h.bitmap_bytes, "the bitmap")
+
+# --- the bitmap ---------------------------------------------------------------------------
+
+PIECE = 1 << 20
+"""Bytes of bitmap per piece (a multiple of :attr:`BlockRanks.STEP` / 8)."""
+_ZEROS = bytes(PIECE)
+_ONES = b"\xff" * PIECE
+
+
+class Bitmap:
+    """A block bitmap in pieces of 1 MiB; a piece of all zeros or all ones is one shared
+    object, so a bitmap costs memory only where used and free blocks mix (a stream that
+    claims a vast empty or full filesystem costs almost nothing)."""
+
+    __slots__ = ("nbytes", "pieces")
+
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
+        self.pieces = pieces
+        self.nbytes = sum(len(p) for p in pieces)
+
+    @staticmethod
+    def shared(piece: bytes | memoryview) -> bytes | memoryview:
+        if len(piece) == PIECE:
+            if piece == _ZEROS:
+                return _ZEROS
+            if piece == _ONES:
+                return _ONES
+        return piece
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Bitmap:
+        view = memoryview(data).cast("B")
+        return cls([view[i : i + PIECE] for i in range(0, len(view), PIECE)])
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def byte(self, i: int) -> int:
+        return self.pieces[i // PIECE][i % PIECE]
+
+    def span(self, lo: int, hi: int) -> bytes | memoryview:
+        """Bytes ``lo`` to ``hi``, which must lie in one piece."""
+        k = lo // PIECE
+        return self.pieces[k][lo - k * PIECE : hi - k * PIECE]
+
+    def tobytes(self) -> bytes:
+        return b"".join(bytes(p) for p in self.pieces)
+
+    def count(self, total_blocks: int) -> int:
+        """Set bits among the first ``total_blocks``."""
+        n = 0
+        for k, piece in enumerate(self.pieces):
+            blocks = min(total_blocks - k * PIECE * 8, len(piece) * 8)
+            if blocks <= 0:
+                break
+            if piece is _ONES:
+                n += blocks
+            elif piece is not _ZEROS:
+                n += count_bits(bytes(piece[: -(-blocks // 8)]), blocks)
+        return n
+
+    def runs(self, total_blocks: int) -> Iterator[tuple[int, int]]:
+        """Used blocks as merged ``(first, count)`` runs, never past ``total_blocks``."""
+        start = end = -1
+        for k, piece in enumerate(self.pieces):
+            base = k * PIECE * 8
+            blocks = min(total_blocks - base, len(piece) * 8)
+            if blocks <= 0:
+                break
+            if piece is _ZEROS:
+                continue
+            found = [(0, blocks)] if piece is _ONES else bitmap_runs(bytes(piece), blocks)
+            for first, count in found:
+                a = base + first
+                if a == end:
+                    end = a + count
+                    continue
+                if start >= 0:
+                    yield start, end - start
+                start, end = a, a + count
+        if start >= 0:
+            yield start, end - start
+
+
+def read_bitmap(read: Callable[[int], bytes], header: PartcloneHeader) -> Bitmap:
+    """The bitmap and its CRC32 that follow the header, read a piece at a time with
+    ``read(n)`` (exactly ``n`` bytes, fewer only where the stream ends): memory is taken
+    only for bitmap bytes the stream really holds, and shared where they are uniform."""
+    h = header
+    pieces: list[bytes | memoryview] = []
+    crc = 0xFFFFFFFF
+    left = h.bitmap_bytes
+    offset = HEADER_SIZE
+    while left:
+        n = min(left, PIECE)
+        data = read(n)
+        if len(data) != n:
+            raise ImageDamagedError(
+                f"The partclone stream ends at byte {offset + len(data)}, inside the bitmap "
+                "(the image is truncated)."
+            )
+        crc = crc32(data, crc)
+        pieces.append(Bitmap.shared(data))
+        left -= n
+        offset += n
+    tail = read(4)
+    if len(tail) != 4:
+        raise ImageDamagedError(
+            f"The partclone stream ends at byte {offset + len(tail)}, inside the bitmap "
+            "(the image is truncated)."
         )
-        if crc32(bitmap) != stored:
-            raise ImageDamagedError(
-                f"{name}: the block bitmap is damaged (CRC32 mismatch at byte {HEADER_SIZE})."
-            )
-        if count_bits(bitmap, h.total_blocks) != h.used_blocks:
-            raise ImageDamagedError(
-                f"{name}: the bitmap marks {count_bits(bitmap, h.total_blocks)} blocks used, "
-                f"the header says {h.used_blocks}."
-            )
-        self.bitmap = bitmap
+    (stored,) = struct.unpack("<I", tail)
+    if crc != stored:
+        raise ImageDamagedError(
+            f"The block bitmap is damaged (CRC32 mismatch at byte {HEADER_SIZE})."
+        )
+    bitmap = Bitmap(pieces)
+    used = bitmap.count(h.total_blocks)
+    if used != h.used_blocks:
+        raise ImageDamagedError(
+            f"The bitmap marks {used} blocks used, the header says {h.used_blocks}."
+        )
+    return bitmap
+
+
+class StreamReader:
+    """Reads a partclone v2 stream front to back, checking every checksum it can.
+
+    The header is checked (against ``partition_size`` too, when the caller
+    knows it) before anything is read for the bitmap.
+    """
+
+    def __init__(
+        self, f: Readable, *, name: str | None = None, partition_size: int | None = None
+    ) -> None:
+        self._f = f
+        self.name = name or str(getattr(f, "name", None) or "stream")
+        try:
+            self.header = PartcloneHeader.unpack(_read_exact(f, HEADER_SIZE, 0, "the header"))
+            self.header.check(partition_size=partition_size)
+            self.bitmap = read_bitmap(f.read, self.header)
+        except ImageError as exc:
+            raise named(exc, self.name) from exc
         self.unchecked_checksums = 0
         """Checksums skipped because rescue has no implementation of their kind (XXH)."""
 
@@ -282,7 +459,7 @@ class StreamReader:
         in_strip = 0  # blocks of the current strip read so far
         crc = 0xFFFFFFFF
         max_blocks = max(1, max_bytes // bs)
-        for first, count in bitmap_runs(self.bitmap, h.total_blocks):
+        for first, count in self.bitmap.runs(h.total_blocks):
             block = first
             end = first + count
             while block < end:
@@ -330,16 +507,26 @@ class BlockRanks:
 
     STEP = 4096
 
-    def __init__(self, bitmap: bytes) -> None:
-        self.bitmap = bitmap
+    def __init__(self, bitmap: bytes | Bitmap) -> None:
+        bm = bitmap if isinstance(bitmap, Bitmap) else Bitmap.from_bytes(bitmap)
+        self.bitmap = bm
         step = self.STEP // 8
-        index = [0]
-        for pos in range(0, len(bitmap), step):
-            index.append(index[-1] + int.from_bytes(bitmap[pos : pos + step], "little").bit_count())
+        index = array("Q", [0])
+        for piece in bm.pieces:
+            steps = -(-len(piece) // step)
+            if piece is _ZEROS:
+                index.extend([index[-1]] * steps)
+            elif piece is _ONES:
+                base = index[-1]
+                index.extend(range(base + self.STEP, base + self.STEP * steps + 1, self.STEP))
+            else:
+                for pos in range(0, len(piece), step):
+                    count = int.from_bytes(piece[pos : pos + step], "little").bit_count()
+                    index.append(index[-1] + count)
         self._index = index
 
     def used(self, block: int) -> bool:
-        return bool(self.bitmap[block >> 3] >> (block & 7) & 1)
+        return bool(self.bitmap.byte(block >> 3) >> (block & 7) & 1)
 
     def select(self, rank: int) -> int:
         """The block that is the ``rank``-th used one (the inverse of :meth:`rank`)."""
@@ -347,12 +534,13 @@ class BlockRanks:
         count = self._index[chunk]
         pos = chunk * (self.STEP // 8)
         bm = self.bitmap
-        while pos < len(bm) and count + bm[pos].bit_count() <= rank:
-            count += bm[pos].bit_count()
+        size = len(bm)
+        while pos < size and count + bm.byte(pos).bit_count() <= rank:
+            count += bm.byte(pos).bit_count()
             pos += 1
-        if pos >= len(bm):
-            return len(bm) * 8
-        byte = bm[pos]
+        if pos >= size:
+            return size * 8
+        byte = bm.byte(pos)
         for bit in range(8):
             if byte >> bit & 1:
                 if count == rank:
@@ -363,10 +551,13 @@ class BlockRanks:
     def rank(self, block: int) -> int:
         chunk = block // self.STEP
         lo = chunk * (self.STEP // 8)
-        n = self._index[chunk] + int.from_bytes(self.bitmap[lo : block >> 3], "little").bit_count()
+        n = (
+            self._index[chunk]
+            + int.from_bytes(self.bitmap.span(lo, block >> 3), "little").bit_count()
+        )
         rest = block & 7
         if rest:
-            n += (self.bitmap[block >> 3] & ((1 << rest) - 1)).bit_count()
+            n += (self.bitmap.byte(block >> 3) & ((1 << rest) - 1)).bit_count()
         return n
 
 

@@ -9,17 +9,17 @@ zeros. Opening reads only the seek table, the header and the bitmap.
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 from rescue.blockio import binary
-from rescue.errors import ImageDamagedError, UnsupportedImageError
+from rescue.errors import ImageDamagedError, ImageError, UnsupportedImageError
 from rescue.image.partclone import (
     HEADER_SIZE,
     BlockRanks,
     PartcloneHeader,
     block_offset,
-    crc32,
+    named,
+    read_bitmap,
 )
 from rescue.image.seekable import SeekableZstdReader, SeekTable
 from rescue.image.volumes import VolumeReader, volume_paths
@@ -38,36 +38,54 @@ class PartitionReader:
         cache_frames: int = 16,
     ) -> None:
         """Open ``stream`` (split volumes found by name) with its own seek table,
-        or with ``table`` when an index built elsewhere describes its frames."""
+        or with ``table`` when an index built elsewhere describes its frames.
+
+        ``size`` is the partition's size: the header must describe a filesystem
+        that fits it, and a bitmap the stream can hold, before the bitmap is read.
+        """
         self._volumes = VolumeReader(volume_paths(stream))
+        try:
+            self._open(stream, raw, size, table, cache_frames)
+        except BaseException:
+            self._volumes.close()
+            raise
+
+    def _open(
+        self, stream: Path, raw: bool, size: int | None, table: SeekTable | None, cache: int
+    ) -> None:
         f = binary(self._volumes)
         if table is None:
-            try:
-                table = SeekTable.read_from(f)
-            except BaseException:
-                self._volumes.close()
-                raise
+            table = SeekTable.read_from(f)
         if table is None:
-            self._volumes.close()
             raise UnsupportedImageError(
                 f"{stream.name} has no seek table (written by Clonezilla?): "
                 "it cannot be opened at random without an index."
             )
-        self._z = SeekableZstdReader(f, table, cache_frames=cache_frames)
+        if table.c_offsets[-1] > self._volumes.size:
+            raise ImageDamagedError(
+                f"{stream.name}: its index describes {table.c_offsets[-1]} bytes of frames, "
+                f"but the file holds {self._volumes.size}; delete the index."
+            )
+        self._z = SeekableZstdReader(f, table, cache_frames=cache)
         self.raw = raw
         if raw:
             self.size = table.size if size is None else size
             return
-        head = self._z.pread(0, HEADER_SIZE)
-        self.header = PartcloneHeader.unpack(head)
-        h = self.header
-        bitmap = self._z.pread(HEADER_SIZE, h.bitmap_bytes + 4)
-        if len(bitmap) != h.bitmap_bytes + 4:
-            raise ImageDamagedError(f"{stream.name}: the stream ends inside its bitmap.")
-        (stored,) = struct.unpack_from("<I", bitmap, h.bitmap_bytes)
-        self.bitmap = bitmap[: h.bitmap_bytes]
-        if crc32(self.bitmap) != stored:
-            raise ImageDamagedError(f"{stream.name}: the block bitmap is damaged.")
+        try:
+            self.header = PartcloneHeader.unpack(self._z.pread(0, HEADER_SIZE))
+            h = self.header
+            h.check(partition_size=size, stream_size=table.size)
+            pos = HEADER_SIZE
+
+            def read(n: int) -> bytes:
+                nonlocal pos
+                data = self._z.pread(pos, n)
+                pos += len(data)
+                return data
+
+            self.bitmap = read_bitmap(read, h)
+        except ImageError as exc:
+            raise named(exc, stream.name) from exc
         self.size = h.device_size if size is None else size
         self._ranks = BlockRanks(self.bitmap)
 

@@ -20,16 +20,18 @@ import gzip
 import os
 import queue
 import struct
+import sys
 import threading
 import zlib
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
 
-from rescue.errors import ImageDamagedError
+from rescue.errors import BadInputError, ImageDamagedError, UnsupportedImageError
 
 MiB = 1 << 20
 ZSTD_MAGIC = 0xFD2FB528
@@ -37,7 +39,6 @@ SKIPPABLE_MIN, SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F
 SEEKTABLE_SKIPPABLE = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
 FOOTER_SIZE = 9
-_MAX_FRAMES = 1 << 27
 
 
 def _threads(threads: int) -> int:
@@ -230,6 +231,12 @@ class SeekableZstdWriter:
         pieces, size = self._pieces, self._held
         self._pieces = []
         self._held = 0
+        if self._cut_count >= MAX_FRAMES:
+            raise BadInputError(
+                f"The stream needs more than {MAX_FRAMES} frames of {self._frame_size} bytes, "
+                "more than a reader of the image format takes (docs/FORMAT.md, section 3).",
+                hint="Image this partition in parts, or with a tool made for such sizes.",
+            )
         start = self._frame_start
         self._frame_start += size
         index = self._cut_count
@@ -297,75 +304,183 @@ def seek_table_bytes(entries: list[tuple[int, int, int]]) -> bytes:
     return struct.pack("<II", SEEKTABLE_SKIPPABLE, len(payload)) + payload
 
 
-@dataclass(frozen=True)
+# --- reading: every size a file states is checked before memory is given for it -----------
+
+MAX_FRAME_CONTENT = 64 * MiB
+"""The most one frame of a seek table may hold decoded (rescue writes 4 MiB frames; an index
+table of a foreign stream takes frames up to this size)."""
+MAX_FRAMES = 1 << 22
+"""The most frames a seek table may list: 16 TiB of stream in 4 MiB frames, about 100 MB of
+table in memory."""
+MIN_FRAME = 9
+"""The smallest zstd frame: magic, frame header descriptor, one header byte, one empty block."""
+MAX_WINDOW = 1 << 27
+"""The largest window a frame decoded as a stream may ask for (zstd's own default limit;
+``zstd --long`` and level 22 use this much)."""
+BLOCK_MAX = 128 * 1024
+"""A zstd block never holds (or decodes to) more than this."""
+_FEED_BLOCKS = 32
+"""Blocks given to the streaming decoder at a time: at most 4 MiB of output per call."""
+INFLIGHT = 64 * MiB
+"""Decoded bytes of frames in flight (parallel decoding) or kept in a random reader's cache."""
+
+
+def max_compressed(decompressed: int) -> int:
+    """The largest frame a writer can make of ``decompressed`` bytes (zstd's bound, generously;
+    a frame of raw blocks included)."""
+    return decompressed + (decompressed >> 6) + 1024
+
+
+def _entry_error(i: int, c: int, d: int) -> ImageDamagedError:
+    if d > MAX_FRAME_CONTENT:
+        why = f"it would decode to {d} bytes, more than the {MAX_FRAME_CONTENT} a frame may hold"
+    elif c < MIN_FRAME:
+        why = f"{c} bytes cannot hold a zstd frame"
+    else:
+        why = f"{c} bytes are more than a frame of {d} bytes can take"
+    return ImageDamagedError(f"The zstd seek table is damaged: entry {i} says {c} bytes ({why}).")
+
+
+class FrameSizes:
+    """The sizes of a table's frames, as the differences of its offsets (no list of its own)."""
+
+    __slots__ = ("_offsets",)
+
+    def __init__(self, offsets: array[int]) -> None:
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> int:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._offsets[i + 1] - self._offsets[i]
+
+    def __iter__(self) -> Iterator[int]:
+        off = self._offsets
+        return (off[i + 1] - off[i] for i in range(len(off) - 1))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrameSizes):
+            return list(self) == list(other)
+        if isinstance(other, (list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Entries:
+    """Accumulates validated (compressed, decompressed[, checksum]) entries into offsets."""
+
+    def __init__(self, has_sum: bool, frames_end: int | None) -> None:
+        self.c_offsets = array("Q", [0])
+        self.d_offsets = array("Q", [0])
+        self.checksums: array[int] | None = array("I") if has_sum else None
+        self._frames_end = frames_end
+
+    def add_words(self, words: array[int]) -> None:
+        """Entries as 32-bit words: (c, d) or (c, d, checksum) each."""
+        step = 2 if self.checksums is None else 3
+        cs, ds = words[0::step], words[1::step]
+        if self.checksums is not None:
+            self.checksums.extend(words[2::step])
+        self.add(cs, ds)
+
+    def add(self, cs: Iterable[int], ds: Iterable[int]) -> None:
+        c_off, d_off = self.c_offsets, self.d_offsets
+        pc, pd = c_off[-1], d_off[-1]
+        i = len(c_off) - 1
+        end = self._frames_end
+        for c, d in zip(cs, ds, strict=True):
+            if d > MAX_FRAME_CONTENT or c < MIN_FRAME or c > max_compressed(d):
+                raise _entry_error(i, c, d)
+            pc += c
+            pd += d
+            if end is not None and pc > end:
+                raise ImageDamagedError(
+                    f"The zstd seek table is damaged: its frames go past byte {end}, "
+                    "where the frames end."
+                )
+            c_off.append(pc)
+            d_off.append(pd)
+            i += 1
+        if i > MAX_FRAMES:
+            raise ImageDamagedError(
+                f"The zstd seek table lists more than {MAX_FRAMES} frames, more than any "
+                "stream rescue reads."
+            )
+
+
+@dataclass(frozen=True, eq=False)
 class SeekTable:
-    compressed: tuple[int, ...]
-    decompressed: tuple[int, ...]
-    checksums: tuple[int, ...] | None
-    c_offsets: tuple[int, ...]
+    """Where each frame of a zstd file is, and how much it decodes to.
+
+    Built only from entries that were checked: every frame can hold its bytes
+    (at least :data:`MIN_FRAME`, at most :func:`max_compressed`), decodes to at
+    most :data:`MAX_FRAME_CONTENT`, and there are at most :data:`MAX_FRAMES`.
+    """
+
+    c_offsets: array[int]
     """File offset of each frame (plus one entry: the end of the last frame)."""
-    d_offsets: tuple[int, ...]
+    d_offsets: array[int]
     """Decompressed offset of each frame (plus the total size)."""
+    checksums: array[int] | None = None
+
+    @property
+    def compressed(self) -> FrameSizes:
+        return FrameSizes(self.c_offsets)
+
+    @property
+    def decompressed(self) -> FrameSizes:
+        return FrameSizes(self.d_offsets)
 
     @property
     def size(self) -> int:
-        return self.d_offsets[-1]
+        return int(self.d_offsets[-1])
 
     @property
     def frames(self) -> int:
-        return len(self.compressed)
+        return len(self.c_offsets) - 1
+
+    @property
+    def max_frame(self) -> int:
+        return max(self.decompressed, default=0)
 
     @classmethod
     def build(
-        cls, compressed: list[int], decompressed: list[int], checksums: list[int] | None
+        cls,
+        compressed: Iterable[int],
+        decompressed: Iterable[int],
+        checksums: Iterable[int] | None,
+        *,
+        frames_end: int | None = None,
     ) -> SeekTable:
-        c_off = [0]
-        d_off = [0]
-        for c, d in zip(compressed, decompressed, strict=True):
-            c_off.append(c_off[-1] + c)
-            d_off.append(d_off[-1] + d)
-        return cls(
-            tuple(compressed),
-            tuple(decompressed),
-            tuple(checksums) if checksums is not None else None,
-            tuple(c_off),
-            tuple(d_off),
-        )
+        entries = _Entries(checksums is not None, frames_end)
+        entries.add(compressed, decompressed)
+        if checksums is not None:
+            assert entries.checksums is not None
+            entries.checksums.extend(checksums)
+            if len(entries.checksums) != len(entries.c_offsets) - 1:
+                raise ValueError("one checksum a frame")
+        return cls(entries.c_offsets, entries.d_offsets, entries.checksums)
 
     @classmethod
     def read_from(cls, f: BinaryIO) -> SeekTable | None:
-        """The table at the end of ``f``, or None when the file has none."""
+        """The table at the end of ``f``, or None when the file has none.
+
+        Its count is checked against the file's size before anything is read
+        for it, and its entries are read a piece at a time.
+        """
         end = f.seek(0, os.SEEK_END)
-        if end < FOOTER_SIZE + 8:
+        footer = _read_footer(f, end, room=None)
+        if footer is None:
             return None
-        f.seek(end - FOOTER_SIZE)
-        count, desc, magic = struct.unpack("<IBI", f.read(FOOTER_SIZE))
-        if magic != SEEKABLE_MAGIC:
-            return None
-        if desc & 0x7C or count > _MAX_FRAMES:
-            raise ImageDamagedError("The zstd seek table is damaged (bad descriptor or count).")
-        has_sum = bool(desc & 0x80)
-        esize = 12 if has_sum else 8
-        payload = count * esize + FOOTER_SIZE
-        start = end - payload - 8
-        if start < 0:
-            raise ImageDamagedError("The zstd seek table is larger than the file.")
-        f.seek(start)
-        head = f.read(8)
-        magic2, size = struct.unpack("<II", head)
-        if magic2 != SEEKTABLE_SKIPPABLE or size != payload:
-            raise ImageDamagedError("The zstd seek table's frame header is damaged.")
-        body = f.read(count * esize)
-        comp, decomp, sums = [], [], []
-        for i in range(count):
-            if has_sum:
-                c, d, x = struct.unpack_from("<III", body, i * 12)
-                sums.append(x)
-            else:
-                c, d = struct.unpack_from("<II", body, i * 8)
-            comp.append(c)
-            decomp.append(d)
-        table = cls.build(comp, decomp, sums if has_sum else None)
+        count, has_sum, start = footer
+        table = cls._read_entries(f, count, has_sum, start, frames_end=start)
         if table.c_offsets[-1] != start:
             raise ImageDamagedError(
                 f"The zstd seek table describes {table.c_offsets[-1]} bytes of frames, "
@@ -374,11 +489,55 @@ class SeekTable:
         return table
 
     @classmethod
+    def read_index(cls, f: BinaryIO, frames_end: int) -> SeekTable:
+        """A table kept in a file of its own (an index of a stream whose frames end by
+        byte ``frames_end``): the whole file is one seek-table frame."""
+        end = f.seek(0, os.SEEK_END)
+        footer = _read_footer(f, end, room=frames_end)
+        if footer is None or footer[2] != 0:
+            raise ImageDamagedError("The index is not a seek table.")
+        count, has_sum, _start = footer
+        return cls._read_entries(f, count, has_sum, 0, frames_end=frames_end)
+
+    def to_bytes(self) -> bytes:
+        """The table as a seek-table frame without checksums (an index file's content)."""
+        body = b"".join(
+            struct.pack("<II", c, d)
+            for c, d in zip(self.compressed, self.decompressed, strict=True)
+        )
+        footer = struct.pack("<IBI", self.frames, 0, SEEKABLE_MAGIC)
+        return struct.pack("<II", SEEKTABLE_SKIPPABLE, len(body) + len(footer)) + body + footer
+
+    @classmethod
+    def _read_entries(
+        cls, f: BinaryIO, count: int, has_sum: bool, start: int, *, frames_end: int
+    ) -> SeekTable:
+        esize = 12 if has_sum else 8
+        entries = _Entries(has_sum, frames_end)
+        left = count
+        at = start + 8
+        f.seek(at)
+        while left:
+            n = min(left, 1 << 16)
+            words = array("I")
+            words.frombytes(_read_exact(f, n * esize, at))
+            if sys.byteorder == "big":
+                words.byteswap()
+            entries.add_words(words)
+            left -= n
+            at += n * esize
+        return cls(entries.c_offsets, entries.d_offsets, entries.checksums)
+
+    @classmethod
     def scan(cls, f: BinaryIO) -> SeekTable:
-        """Build a table by walking frame and block headers (no decompression)."""
-        comp: list[int] = []
-        decomp: list[int] = []
-        for _offset, csize, dsize, is_data in walk_frames(f):
+        """Build a table by walking frame and block headers (no decompression).
+
+        Skippable frames are counted with the data frame after them (decoding
+        skips them); any after the last data frame are left out.
+        """
+        entries = _Entries(False, None)
+        frame_start = 0
+        for offset, csize, dsize, is_data in walk_frames(f):
             if not is_data:
                 continue
             if dsize is None:
@@ -386,9 +545,62 @@ class SeekTable:
                     "A zstd frame does not record its size; the stream must be indexed "
                     "by decompressing it."
                 )
-            comp.append(csize)
-            decomp.append(dsize)
-        return cls.build(comp, decomp, None)
+            if dsize > MAX_FRAME_CONTENT:
+                raise ImageDamagedError(
+                    f"The zstd frame at byte {offset} holds {dsize} bytes, too many to read "
+                    "at random; the stream must be indexed by decompressing it."
+                )
+            entries.add((offset + csize - frame_start,), (dsize,))
+            frame_start = offset + csize
+        return cls(entries.c_offsets, entries.d_offsets, None)
+
+
+def _read_footer(f: BinaryIO, end: int, *, room: int | None) -> tuple[int, bool, int] | None:
+    """(count, has checksums, start) of the seek-table frame that ends at ``end``; None
+    when there is none. The count is checked against the file (and against ``room``, the
+    bytes its frames have, when they are elsewhere) before anything is read for it."""
+    if end < FOOTER_SIZE + 8:
+        return None
+    f.seek(end - FOOTER_SIZE)
+    count, desc, magic = struct.unpack("<IBI", _read_exact(f, FOOTER_SIZE, end - FOOTER_SIZE))
+    if magic != SEEKABLE_MAGIC:
+        return None
+    if desc & 0x7C:
+        raise ImageDamagedError("The zstd seek table is damaged (bad descriptor).")
+    has_sum = bool(desc & 0x80)
+    esize = 12 if has_sum else 8
+    if count > MAX_FRAMES:
+        raise ImageDamagedError(
+            f"The zstd seek table lists {count} frames, more than any stream rescue reads "
+            f"({MAX_FRAMES}): it is damaged."
+        )
+    payload = count * esize + FOOTER_SIZE
+    start = end - payload - 8
+    if start < 0:
+        raise ImageDamagedError(
+            f"The zstd seek table lists {count} frames ({count * esize} bytes of entries), "
+            f"more than the file's {end} bytes hold."
+        )
+    room = start if room is None else room
+    if count * MIN_FRAME > room:
+        raise ImageDamagedError(
+            f"The zstd seek table lists {count} frames, but the {room} bytes of frames "
+            f"cannot hold that many (a frame takes at least {MIN_FRAME} bytes)."
+        )
+    f.seek(start)
+    magic2, size = struct.unpack("<II", _read_exact(f, 8, start))
+    if magic2 != SEEKTABLE_SKIPPABLE or size != payload:
+        raise ImageDamagedError("The zstd seek table's frame header is damaged.")
+    return count, has_sum, start
+
+
+def _read_exact(f: BinaryIO, n: int, at: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ImageDamagedError(
+            f"The zstd file ends at byte {at + len(data)}, inside its seek table."
+        )
+    return data
 
 
 def walk_frames(f: BinaryIO) -> Iterator[tuple[int, int, int | None, bool]]:
@@ -403,6 +615,8 @@ def walk_frames(f: BinaryIO) -> Iterator[tuple[int, int, int | None, bool]]:
         (magic,) = struct.unpack_from("<I", head)
         if SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
             (size,) = struct.unpack_from("<I", head, 4)
+            if pos + 8 + size > end:
+                raise ImageDamagedError(f"Truncated skippable frame at byte {pos}.")
             yield pos, 8 + size, 0, False
             pos += 8 + size
             continue
@@ -421,7 +635,7 @@ def walk_frames(f: BinaryIO) -> Iterator[tuple[int, int, int | None, bool]]:
                 raise ImageDamagedError(f"The zstd frame at byte {pos} is truncated.")
             v = bh[0] | bh[1] << 8 | bh[2] << 16
             last, btype, bsize = v & 1, (v >> 1) & 3, v >> 3
-            if btype == 3:
+            if btype == 3 or bsize > BLOCK_MAX:
                 raise ImageDamagedError(f"Damaged zstd block at byte {p}.")
             p += 3 + (1 if btype == 1 else bsize)
             if last:
@@ -435,9 +649,40 @@ def walk_frames(f: BinaryIO) -> Iterator[tuple[int, int, int | None, bool]]:
         pos = p
 
 
+def _skip_skippable(raw: memoryview, where: int) -> memoryview:
+    """``raw`` after the skippable frames at its start (an index counts them with a frame)."""
+    while len(raw) >= 8:
+        magic, size = struct.unpack_from("<II", raw)
+        if not SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
+            break
+        if 8 + size > len(raw):
+            raise ImageDamagedError(f"Truncated skippable frame at byte {where}.", offset=where)
+        raw = raw[8 + size :]
+        where += 8 + size
+    return raw
+
+
 def _decode_frame(frame: bytes, expected: int, where: int) -> bytes:
+    """The ``expected`` bytes the frame at file offset ``where`` holds; any other size is
+    damage, found before the output is allocated (a frame's header may declare any size)."""
+    if expected > MAX_FRAME_CONTENT:
+        raise ImageDamagedError(
+            f"The zstd frame at byte {where} is said to hold {expected} bytes, more than "
+            f"a frame may ({MAX_FRAME_CONTENT}).",
+            offset=where,
+        )
+    data = _skip_skippable(memoryview(frame), where)
     try:
-        out = _decompressor().decompress(frame, max_output_size=expected)
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared not in (zstandard.CONTENTSIZE_UNKNOWN, expected):
+            raise ImageDamagedError(
+                f"The zstd frame at byte {where} declares {declared} bytes; its seek-table "
+                f"entry says {expected}.",
+                offset=where,
+            )
+        out = _decompressor().decompress(
+            data, max_output_size=max(expected, 1), allow_extra_data=False
+        )
     except zstandard.ZstdError as exc:
         raise ImageDamagedError(
             f"Damaged zstd frame at byte {where}: {exc}.", offset=where
@@ -450,12 +695,17 @@ def _decode_frame(frame: bytes, expected: int, where: int) -> bytes:
 
 
 class SeekableZstdReader:
-    """Random access to the decompressed bytes of a seekable zstd file."""
+    """Random access to the decompressed bytes of a seekable zstd file.
+
+    Keeps up to ``cache_frames`` decoded frames, and never more than
+    :data:`INFLIGHT` bytes of them.
+    """
 
     def __init__(self, f: BinaryIO, table: SeekTable, cache_frames: int = 8) -> None:
         self._f = f
         self.table = table
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._cached = 0
         self._cache_frames = cache_frames
         self._lock = threading.Lock()
 
@@ -470,18 +720,22 @@ class SeekableZstdReader:
                 self._cache.move_to_end(i)
                 return data
             t = self.table
-            self._f.seek(t.c_offsets[i])
-            raw = self._f.read(t.compressed[i])
-            if len(raw) != t.compressed[i]:
-                raise ImageDamagedError(f"The zstd frame at byte {t.c_offsets[i]} is truncated.")
-            data = _decode_frame(raw, t.decompressed[i], t.c_offsets[i])
+            at, size = t.c_offsets[i], t.compressed[i]
+            self._f.seek(at)
+            raw = self._f.read(size)
+            if len(raw) != size:
+                raise ImageDamagedError(f"The zstd frame at byte {at} is truncated.", offset=at)
+            data = _decode_frame(raw, t.decompressed[i], at)
             self._cache[i] = data
-            if len(self._cache) > self._cache_frames:
-                self._cache.popitem(last=False)
+            self._cached += len(data)
+            while len(self._cache) > 1 and (
+                len(self._cache) > self._cache_frames or self._cached > INFLIGHT
+            ):
+                _, old = self._cache.popitem(last=False)
+                self._cached -= len(old)
             return data
 
     def pread(self, offset: int, length: int) -> bytes:
-
         end = min(offset + length, self.size)
         out = []
         pos = offset
@@ -497,102 +751,206 @@ class SeekableZstdReader:
 
 
 def iter_decompressed(f: BinaryIO, *, threads: int = 0) -> Iterator[bytes]:
-    """The decompressed content of any zstd file, in order, in frame-sized chunks."""
+    """The decompressed content of any zstd file, in order, in frame-sized chunks.
+
+    With a seek table, frames are decoded in parallel, with at most
+    :data:`INFLIGHT` decoded bytes waiting; without one, as a stream in pieces
+    of at most 4 MiB.
+    """
     table = SeekTable.read_from(f)
     if table is None:
         yield from _iter_sequential(f)
         return
     workers = _threads(threads)
-    pending: collections.deque[Future[bytes]] = collections.deque()
+    pending: collections.deque[tuple[Future[bytes], int]] = collections.deque()
+    held = 0
     with ThreadPoolExecutor(workers, thread_name_prefix="rescue-unzstd") as pool:
         try:
             f.seek(0)
             for i in range(table.frames):
-                raw = f.read(table.compressed[i])
+                size, expected = table.compressed[i], table.decompressed[i]
+                raw = f.read(size)
                 where = table.c_offsets[i]
-                if len(raw) != table.compressed[i]:
+                if len(raw) != size:
                     raise ImageDamagedError(
                         f"The zstd frame at byte {where} is truncated.", offset=where
                     )
-                if table.checksums is not None and len(raw) >= 4:
+                if table.checksums is not None:
                     (x,) = struct.unpack_from("<I", raw, len(raw) - 4)
                     if x != table.checksums[i]:
                         raise ImageDamagedError(
                             f"The zstd frame at byte {where} does not match its seek-table entry.",
                             offset=where,
                         )
-                pending.append(pool.submit(_decode_frame, raw, table.decompressed[i], where))
-                while len(pending) > 2 * workers:
-                    yield pending.popleft().result()
+                pending.append((pool.submit(_decode_frame, raw, expected, where), size + expected))
+                held += size + expected
+                while len(pending) > 2 * workers or (len(pending) > 1 and held > INFLIGHT):
+                    fut, cost = pending.popleft()
+                    held -= cost
+                    yield fut.result()
             while pending:
-                yield pending.popleft().result()
+                fut, _ = pending.popleft()
+                yield fut.result()
         finally:
-            for fut in pending:
+            for fut, _ in pending:
                 fut.cancel()
 
 
-def _iter_sequential(f: BinaryIO, chunk: int = 4 * MiB) -> Iterator[bytes]:
-    """Frame after frame with a streaming decoder; a frame cut short is an error."""
-    f.seek(0)
-    dctx = zstandard.ZstdDecompressor()
-    obj = None
-    buf = b""
-    offset = 0  # file offset of buf[0]
-    frame_start = 0
+class _Source:
+    """Exact sequential reads of a file, with the offset of the next byte."""
+
+    def __init__(self, f: BinaryIO, chunk: int) -> None:
+        self._f = f
+        self._chunk = chunk
+        self._buf = b""
+        self._i = 0
+        self._at = 0  # file offset of _buf[0]
+
+    @property
+    def pos(self) -> int:
+        return self._at + self._i
+
+    def _fill(self, n: int) -> bool:
+        """At least ``n`` bytes buffered (False: the file ends first)."""
+        while len(self._buf) - self._i < n:
+            data = self._f.read(max(self._chunk, n - (len(self._buf) - self._i)))
+            if not data:
+                return False
+            self._at += self._i
+            self._buf = self._buf[self._i :] + data
+            self._i = 0
+        return True
+
+    def more(self) -> bool:
+        return self._fill(1)
+
+    def peek(self, n: int) -> bytes:
+        self._fill(n)
+        return self._buf[self._i : self._i + n]
+
+    def take(self, n: int) -> bytes:
+        """``n`` bytes, or fewer where the file ends."""
+        self._fill(n)
+        data = self._buf[self._i : self._i + n]
+        self._i += len(data)
+        return data
+
+    def skip(self, n: int) -> bool:
+        """Pass over ``n`` bytes without keeping them (False: the file ends first)."""
+        have = len(self._buf) - self._i
+        if n <= have:
+            self._i += n
+            return True
+        target = self.pos + n
+        end = self._f.seek(0, os.SEEK_END)
+        self._f.seek(min(target, end))
+        self._buf, self._i, self._at = b"", 0, min(target, end)
+        return target <= end
+
+
+def _truncated(start: int) -> ImageDamagedError:
+    return ImageDamagedError(
+        f"The zstd frame starting at byte {start} is truncated (the file ends early).",
+        offset=start,
+    )
+
+
+def _frame_pieces(src: _Source, start: int, hsize: int, has_checksum: bool) -> Iterator[bytes]:
+    """The bytes of the frame at ``start``, a few blocks at a time, as the block headers
+    delimit them: so each piece decodes to at most ``_FEED_BLOCKS`` blocks."""
+    group = [src.take(hsize)]
+    blocks = 0
     while True:
-        data = f.read(chunk)
-        if not data and not buf:
-            break
-        buf += data
-        while buf:
-            if obj is None:
-                if len(buf) < 8 and data:
-                    break  # read more
-                if len(buf) < 4:
-                    raise ImageDamagedError(f"Trailing garbage at byte {offset} of the zstd file.")
-                (magic,) = struct.unpack_from("<I", buf)
-                if SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
-                    if len(buf) < 8:
-                        raise ImageDamagedError(f"Truncated skippable frame at byte {offset}.")
-                    (size,) = struct.unpack_from("<I", buf, 4)
-                    if len(buf) < 8 + size:
-                        if not data:
-                            raise ImageDamagedError(f"Truncated skippable frame at byte {offset}.")
-                        break
-                    buf = buf[8 + size :]
-                    offset += 8 + size
-                    continue
-                if magic != ZSTD_MAGIC:
-                    raise ImageDamagedError(f"No zstd frame at byte {offset} (bad magic).")
-                obj = dctx.decompressobj()
-                frame_start = offset
+        at = src.pos
+        bh = src.take(3)
+        if len(bh) < 3:
+            raise _truncated(start)
+        v = bh[0] | bh[1] << 8 | bh[2] << 16
+        last, btype, bsize = v & 1, (v >> 1) & 3, v >> 3
+        if btype == 3 or bsize > BLOCK_MAX:
+            raise ImageDamagedError(f"Damaged zstd block at byte {at}.", offset=at)
+        n = 1 if btype == 1 else bsize
+        body = src.take(n)
+        if len(body) < n:
+            raise _truncated(start)
+        group += (bh, body)
+        blocks += 1
+        if last:
+            if has_checksum:
+                tail = src.take(4)
+                if len(tail) < 4:
+                    raise _truncated(start)
+                group.append(tail)
+            yield b"".join(group)
+            return
+        if blocks >= _FEED_BLOCKS:
+            yield b"".join(group)
+            group, blocks = [], 0
+
+
+def _iter_sequential(f: BinaryIO, chunk: int = 4 * MiB) -> Iterator[bytes]:
+    """Frame after frame with a streaming decoder, in pieces of at most 4 MiB of output
+    (a frame may decode to any size; its header may say anything); a frame cut short,
+    a damaged block and trailing garbage are errors."""
+    f.seek(0)
+    src = _Source(f, chunk)
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    while src.more():
+        start = src.pos
+        head = src.peek(18)
+        if len(head) < 4:
+            raise ImageDamagedError(f"Trailing garbage at byte {start} of the zstd file.")
+        (magic,) = struct.unpack_from("<I", head)
+        if SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
+            if len(head) < 8:
+                raise ImageDamagedError(f"Truncated skippable frame at byte {start}.")
+            (size,) = struct.unpack_from("<I", head, 4)
+            if not src.skip(8 + size):
+                raise ImageDamagedError(f"Truncated skippable frame at byte {start}.")
+            continue
+        if magic != ZSTD_MAGIC:
+            raise ImageDamagedError(f"No zstd frame at byte {start} (bad magic).", offset=start)
+        try:
+            hsize = zstandard.frame_header_size(head)
+            params = zstandard.get_frame_parameters(head)
+        except zstandard.ZstdError as exc:
+            if len(head) < 18 and not src.more():
+                raise _truncated(start) from exc
+            raise ImageDamagedError(
+                f"Damaged zstd frame header at byte {start}: {exc}.", offset=start
+            ) from exc
+        if len(head) < hsize:
+            raise _truncated(start)
+        if params.window_size > MAX_WINDOW:
+            raise UnsupportedImageError(
+                f"The zstd frame at byte {start} needs a {params.window_size}-byte window; "
+                f"rescue decodes frames of up to {MAX_WINDOW} (zstd's own limit).",
+                hint="Decompress the stream with zstd --long=31 and compress it again.",
+            )
+        obj = dctx.decompressobj()
+        produced = 0
+        for piece in _frame_pieces(src, start, hsize, params.has_checksum):
             try:
-                out = obj.decompress(buf)
+                out = obj.decompress(piece)
             except zstandard.ZstdError as exc:
                 raise ImageDamagedError(
-                    f"Damaged zstd frame starting at byte {frame_start}: {exc}.",
-                    offset=frame_start,
+                    f"Damaged zstd frame starting at byte {start}: {exc}.", offset=start
                 ) from exc
+            produced += len(out)
             if out:
                 yield out
-            if obj.eof:
-                rest = obj.unused_data
-                offset += len(buf) - len(rest)
-                buf = rest
-                obj = None
-            else:
-                offset += len(buf)
-                buf = b""
-        if not data:
-            break
-    if obj is not None:
-        raise ImageDamagedError(
-            f"The zstd frame starting at byte {frame_start} is truncated (the file ends early)."
-        )
+        declared = params.content_size
+        if not obj.eof or declared not in (zstandard.CONTENTSIZE_UNKNOWN, produced):
+            raise ImageDamagedError(
+                f"The zstd frame starting at byte {start} is damaged (its blocks do not "
+                "make the frame its header describes).",
+                offset=start,
+            )
 
 
 def iter_decompressed_gzip(f: BinaryIO, chunk: int = 4 * MiB) -> Iterator[bytes]:
-    """Clonezilla's gzip streams (possibly several members), with truncation detected."""
+    """Clonezilla's gzip streams (possibly several members), with truncation detected;
+    decoded in pieces of ``chunk`` bytes, whatever a member expands to."""
     f.seek(0)
     try:
         with gzip.GzipFile(fileobj=f, mode="rb") as g:

@@ -10,7 +10,14 @@ from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageErr
 from rescue.filesystems.swap import SWAP
 from rescue.image import layout as layout_mod
 from rescue.image import names
-from rescue.image.folder import MAX_LAYOUT_FILE, has_member, member_size, printable, read_member
+from rescue.image.folder import (
+    MAX_LAYOUT_FILE,
+    has_member,
+    member_size,
+    plain_name,
+    printable,
+    read_member,
+)
 from rescue.image.manifest import Manifest, StoredAs, StoredFile, read_manifest
 from rescue.image.names import (
     CLONEZILLA_LOG,
@@ -144,7 +151,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
             size=r.size,
             fstype=r.fstype,
             stored_as=r.stored_as,
-            stream=folder / r.stream if r.stream else None,
+            stream=folder / plain_name(r.stream, "a stream") if r.stream else None,
             compression="zst",
             uuid=r.uuid,
             label=r.label,

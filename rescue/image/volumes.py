@@ -19,6 +19,7 @@ import string
 from pathlib import Path
 
 from rescue.errors import BadInputError, ImageDamagedError
+from rescue.image.folder import open_member, plain_name, printable
 
 _LETTERS = string.ascii_lowercase
 MAX_VOLUMES = 26 * 26
@@ -248,34 +249,92 @@ class VolumeWriter(io.RawIOBase):
         return list(self._done)
 
 
+def _split_names(base: Path) -> list[str]:
+    """Names of the folder's entries that look like volumes of ``base`` (NAME.aa ...)."""
+    prefix = base.name + "."
+    try:
+        entries = os.listdir(base.parent)
+    except OSError as exc:
+        raise ImageDamagedError(f"{base.parent} cannot be listed: {exc.strerror or exc}.") from exc
+    return sorted(
+        e
+        for e in entries
+        if len(e) == len(prefix) + 2
+        and e.startswith(prefix)
+        and e[-2] in _LETTERS
+        and e[-1] in _LETTERS
+    )
+
+
+def _check_member(path: Path) -> None:
+    """``path`` is a regular file of its folder (no link, FIFO, device or folder)."""
+    os.close(open_member(path.parent, path.name, "a stream"))
+
+
 def volume_paths(base: Path) -> list[Path]:
-    """The files holding the stream ``base``: itself, or its .aa, .ab, ... volumes in order."""
-    if base.exists():
+    """The files holding the stream ``base``: itself, or its .aa, .ab, ... volumes in order.
+
+    Each is a regular file directly inside the stream's folder: a symbolic
+    link, a FIFO, a device or a folder in its place is damage, found at once.
+    """
+    plain_name(base.name, "a stream")
+    try:
+        os.lstat(base)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ImageDamagedError(
+            f"{printable(base.name)} in {base.parent} cannot be read: {exc.strerror or exc}."
+        ) from exc
+    else:
+        _check_member(base)
         return [base]
-    parts = sorted(base.parent.glob(f"{base.name}.[a-z][a-z]"))
-    if not parts:
+    names = _split_names(base)
+    if not names:
         raise ImageDamagedError(f"{base} is missing (no file and no split volumes).")
-    for i, p in enumerate(parts):
-        want = base.with_name(f"{base.name}.{split_suffix(i)}")
-        if p != want:
+    if len(names) > MAX_VOLUMES:
+        raise ImageDamagedError(f"{base.name} has more than {MAX_VOLUMES} split volumes.")
+    parts = []
+    for i, name in enumerate(names):
+        want = f"{base.name}.{split_suffix(i)}"
+        if name != want:
             raise ImageDamagedError(
-                f"Split volume {want.name} is missing (found {p.name} after it)."
+                f"Split volume {printable(want)} is missing (found {printable(name)} after it)."
             )
+        path = base.with_name(name)
+        _check_member(path)
+        parts.append(path)
     return parts
 
 
 class VolumeReader(io.RawIOBase):
-    """One read-only, seekable file over a stream's volumes."""
+    """One read-only, seekable file over a stream's volumes.
+
+    Each volume is opened as :func:`rescue.image.folder.open_member` opens a
+    file of an image folder: never through a symbolic link, never a FIFO or a
+    device, never waiting.
+    """
 
     def __init__(self, paths: list[Path], *, hashing: bool = False, writable: bool = False) -> None:
         super().__init__()
+        self._fds: list[int] = []
         self._paths = paths
         self._hashes = [hashlib.sha256() for _ in paths] if hashing else None
         self._hashed = 0
         """With ``hashing``: bytes from the start hashed so far (sequential reads are hashed
         as they pass, so a verify reads each file once)."""
-        mode = os.O_RDWR if writable else os.O_RDONLY
-        self._fds = [os.open(p, mode | os.O_CLOEXEC) for p in paths]
+        try:
+            for p in paths:
+                if writable:  # the capture's own volumes, just written
+                    fd = os.open(p, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+                else:
+                    fd = open_member(p.parent, p.name, "a stream volume")
+                self._fds.append(fd)
+        except BaseException:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = []
+            raise
         self._starts = [0]
         for fd in self._fds:
             self._starts.append(self._starts[-1] + os.fstat(fd).st_size)

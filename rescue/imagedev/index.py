@@ -2,39 +2,49 @@
 
 Our own streams carry a seek table: nothing to build, a partition opens at once.
 Streams written by Clonezilla (``zstd -T0``: one frame for the whole stream;
-gzip) or ours with a damaged seek table cannot be read at random as they are.
-For those an index is built once, with progress, and kept:
+gzip) or a zstd stream that lost its seek table cannot be read at random as
+they are. For those an index is built once, with progress, and kept:
 
 - zstd made of many small frames that record their sizes: a seek table found by
   walking the frame headers (no decompression), kept as ``NAME.seektable``;
 - anything else: a seekable zstd copy of the decompressed stream, kept as
   ``NAME.seekable.zst`` (as large as the stream, built at decompression speed).
 
-The index goes beside the image, in a hidden folder ``.rescue-index`` that
-Clonezilla's file patterns never match; when the image folder cannot be written
-(a read-only share) or lacks room, it goes to a cache folder instead
-(``/var/cache/rescue/index``, or ``$RESCUE_CACHE_DIR``). Each index records the
-names, sizes and times of the files it was built from and is rebuilt when
-they change.
+The index goes inside the image folder, in a hidden folder ``.rescue-index``
+that Clonezilla's file patterns never match (never through a symbolic link:
+such an ``.rescue-index`` is passed over); when the image folder cannot be
+written (a read-only share) or lacks room, it goes to rescue's cache folder
+instead (``/var/cache/rescue/index``, or ``$RESCUE_CACHE_DIR``). Nowhere else:
+a stream is a file directly inside its image folder, or it is refused. Each
+index records the names, sizes and times of the files it was built from and is
+rebuilt when they change; an index found in an image is checked like the
+stream itself before it is used.
+
+Before anything is built or served, the stream is checked as a restore checks
+it (:func:`check_part`): a hostile header or seek table is refused in words.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import threading
 from pathlib import Path
 
-from rescue.blockio import binary
-from rescue.errors import BadInputError, ImageDamagedError, RescueError
+from rescue.blockio import binary, write_all
+from rescue.errors import BadInputError, ImageDamagedError, ImageError, RescueError
+from rescue.image.folder import read_member
 from rescue.image.manifest import DATA_STREAMS, StoredAs
 from rescue.image.names import INDEX_DIR
+from rescue.image.partclone import named
 from rescue.image.random_access import PartitionReader
-from rescue.image.seekable import MiB, SeekableZstdWriter, SeekTable
-from rescue.image.streams import open_stream_chunks, stream_error
+from rescue.image.seekable import MAX_FRAME_CONTENT, MiB, SeekableZstdWriter, SeekTable
+from rescue.image.streams import check_raw_stream, check_stream, open_stream_chunks, stream_error
 from rescue.image.view import ImagePart
 from rescue.image.volumes import VolumeReader, volume_paths
 from rescue.imagedev.spec import ServerSpec
@@ -43,8 +53,12 @@ from rescue.progress import NullProgress, ProgressReporter, check_cancel
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path("/var/cache/rescue/index")
-MAX_FRAME = 64 * MiB
+MAX_FRAME = MAX_FRAME_CONTENT
 """A frame larger than this makes every random read too slow: such streams get a copy."""
+INDEX_VERSION = 2
+"""Version of the index records (1, with JSON seek tables, is rebuilt)."""
+MAX_META = 64 * 1024
+"""An index record (``STREAM.index.json``) is small: names, sizes and times of the volumes."""
 
 
 def cache_root() -> Path:
@@ -53,54 +67,122 @@ def cache_root() -> Path:
 
 def _identity(stream: Path) -> list[list[object]]:
     """Name, size and modification time of every file of the stream."""
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in volume_paths(stream)]
+    out: list[list[object]] = []
+    for p in volume_paths(stream):
+        st = os.lstat(p)
+        out.append([p.name, st.st_size, st.st_mtime_ns])
+    return out
 
 
 def _own_table(stream: Path) -> SeekTable | None:
-    """The stream's own seek table; None when it has none or a damaged one."""
+    """The stream's own seek table (None when it has none)."""
     with VolumeReader(volume_paths(stream)) as v:
-        try:
-            return SeekTable.read_from(binary(v))
-        except ImageDamagedError as exc:
-            log.warning("%s: %s; an index will be built instead.", stream.name, exc.message)
-            return None
+        return SeekTable.read_from(binary(v))
 
 
 def _candidate_dirs(stream: Path) -> list[Path]:
+    """Where an index of ``stream`` may live: inside its image folder, or in rescue's cache.
+
+    ``stream`` names a file directly inside its image folder (the volume
+    reader refuses anything else), so its parent is the image folder.
+    """
+    volume_paths(stream)
     key = hashlib.sha256(str(stream.resolve()).encode()).hexdigest()[:16]
     return [stream.parent / INDEX_DIR, cache_root() / key]
 
 
-def _meta_path(folder: Path, stream: Path) -> Path:
-    return folder / f"{stream.name}.index.json"
+def _is_real_dir(folder: Path) -> bool:
+    """``folder`` is a folder itself, not a symbolic link to one (or anything else)."""
+    try:
+        return stat.S_ISDIR(os.lstat(folder).st_mode)
+    except OSError:
+        return False
+
+
+def _meta_name(stream: Path) -> str:
+    return f"{stream.name}.index.json"
+
+
+def _index_name(stream: Path, kind: str) -> str:
+    return f"{stream.name}.seektable" if kind == "table" else f"{stream.name}.seekable.zst"
 
 
 def find_index(stream: Path) -> tuple[str, Path] | None:
-    """("table" or "copy", file) of a valid index already built for ``stream``."""
+    """("table" or "copy", file) of a valid index already built for ``stream``.
+
+    An index folder inside an image may have been made by anyone: its record
+    is read with a size limit, it must name the file rescue would have made,
+    and that file must be a regular file of the index folder.
+    """
     ident = _identity(stream)
     for folder in _candidate_dirs(stream):
-        meta = _meta_path(folder, stream)
-        try:
-            doc = json.loads(meta.read_text())
-        except (OSError, ValueError):
+        if not _is_real_dir(folder):
             continue
-        target = folder / str(doc.get("file", ""))
-        if doc.get("source") == ident and doc.get("kind") in ("table", "copy") and target.is_file():
-            return str(doc["kind"]), target
+        try:
+            doc = json.loads(read_member(folder, _meta_name(stream), MAX_META))
+        except (RescueError, ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION:
+            log.info("the index in %s is of another version; it will be rebuilt", folder)
+            continue
+        kind = doc.get("kind")
+        if kind in ("table", "copy") and doc.get("file") == _index_name(stream, str(kind)):
+            target = folder / _index_name(stream, str(kind))
+            if doc.get("source") == ident and _is_regular(target):
+                return str(kind), target
         log.info("the index in %s is out of date; it will be rebuilt", folder)
     return None
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _create(path: Path) -> int:
+    """A new file at ``path`` for writing; whatever was there (a link included) is replaced,
+    never written through."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """``data`` in ``path`` (a new file, fsync'ed)."""
+    fd = _create(path)
+    try:
+        write_all(fd, data, path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _usable_dir(folder: Path, in_image: bool) -> bool:
+    """``folder`` exists (made if need be) as a folder of its own and can be written."""
+    try:
+        if in_image:  # directly inside the image folder: never through a link
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, 0o755)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+        if not _is_real_dir(folder):
+            log.warning("%s is not a folder of its own; it is not used for the index", folder)
+            return False
+        probe = folder / f".write-test-{os.getpid()}"
+        os.close(_create(probe))
+        probe.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def _writable_dir(
     candidates: list[Path], need: int, what: str = "the index this image needs"
 ) -> Path:
-    for folder in candidates:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError:
+    for k, folder in enumerate(candidates):
+        if not _usable_dir(folder, in_image=k == 0):
             continue
         if shutil.disk_usage(folder).free >= need + 64 * MiB:
             return folder
@@ -123,7 +205,7 @@ def _scan_table(stream: Path) -> SeekTable | None:
             table = SeekTable.scan(binary(v))
         except ImageDamagedError:
             return None
-    if table.frames == 0 or max(table.decompressed) > MAX_FRAME:
+    if table.frames == 0 or table.max_frame > MAX_FRAME:
         return None
     return table
 
@@ -131,12 +213,22 @@ def _scan_table(stream: Path) -> SeekTable | None:
 def _write_meta(
     folder: Path, stream: Path, kind: str, name: str, ident: list[list[object]]
 ) -> None:
-    meta = _meta_path(folder, stream)
+    doc = {"version": INDEX_VERSION, "kind": kind, "file": name, "source": ident}
+    meta = folder / _meta_name(stream)
     tmp = meta.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"kind": kind, "file": name, "source": ident}))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    _write_file(tmp, json.dumps(doc).encode())
     os.replace(tmp, meta)
+
+
+def check_part(part: ImagePart) -> None:
+    """The stream of ``part`` checked as a restore checks it first: volumes, seek table,
+    partclone header against the partition, bitmap (nothing else is decoded)."""
+    assert part.stream is not None
+    size = part.size or None
+    if part.stored_as == StoredAs.PARTCLONE:
+        check_stream(part.stream, part.compression, partition_size=size, expect_fstype=part.fstype)
+    else:
+        check_raw_stream(part.stream, part.compression, partition_size=size)
 
 
 def build_index(
@@ -149,22 +241,21 @@ def build_index(
     stored = sum(int(str(i[1])) for i in ident)
     if part.compression == "zst" and (table := _scan_table(stream)) is not None:
         folder = _writable_dir(_candidate_dirs(stream), 64 * MiB)
-        name = f"{stream.name}.seektable"
+        name = _index_name(stream, "table")
         tmp = folder / (name + ".tmp")
-        doc = {"compressed": table.compressed, "decompressed": table.decompressed}
-        tmp.write_text(json.dumps(doc))
+        _write_file(tmp, table.to_bytes())
         os.replace(tmp, folder / name)
         _write_meta(folder, stream, "table", name, ident)
         return "table", folder / name
     folder = _writable_dir(_candidate_dirs(stream), stored)
-    name = f"{stream.name}.seekable.zst"
+    name = _index_name(stream, "copy")
     target = folder / name
     tmp = folder / (name + ".tmp")
     progress.phase(f"Indexing {stream.name} (once, for random access)", stored)
     reader = VolumeReader(volume_paths(stream))
     done = 0
     try:
-        with open(tmp, "wb") as out:
+        with os.fdopen(_create(tmp), "wb") as out:
             writer = SeekableZstdWriter(out, level=1)
             try:
                 for chunk in open_stream_chunks(stream, part.compression, reader=reader):
@@ -209,6 +300,7 @@ def prepare(
         tail=part.tail,
         tail_offset=part.tail_offset,
     )
+    check_part(part)
     if part.compression == "zst" and _own_table(part.stream) is not None:
         return spec
     found = find_index(part.stream) or build_index(part, progress, cancel)
@@ -224,11 +316,7 @@ class VirtualPartition:
     def __init__(self, spec: ServerSpec) -> None:
         table = None
         if spec.table is not None:
-            try:
-                doc = json.loads(spec.table.read_text())
-                table = SeekTable.build(doc["compressed"], doc["decompressed"], None)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ImageDamagedError(f"The index {spec.table} is damaged; delete it.") from exc
+            table = _read_table_index(spec.table, spec.stream)
         source = spec.copy or spec.stream
         try:
             self._reader = PartitionReader(
@@ -236,6 +324,8 @@ class VirtualPartition:
             )
         except ImageDamagedError as exc:
             raise stream_error(spec.stream.name, exc) from exc
+        except ImageError as exc:
+            raise named(exc, spec.stream.name) from exc
         self.size = self._reader.size
         self._tail = spec.tail or b""
         self._tail_offset = spec.tail_offset
@@ -253,6 +343,17 @@ class VirtualPartition:
 
     def close(self) -> None:
         self._reader.close()
+
+
+def _read_table_index(path: Path, stream: Path) -> SeekTable:
+    """A seek table kept as an index, checked against the stream it describes."""
+    try:
+        with VolumeReader(volume_paths(stream)) as v:
+            frames_end = v.size
+        with VolumeReader([path]) as f:
+            return SeekTable.read_index(binary(f), frames_end)
+    except ImageDamagedError as exc:
+        raise ImageDamagedError(f"The index {path} is damaged ({exc.message}); delete it.") from exc
 
 
 def open_reader(spec: ServerSpec) -> VirtualPartition:
