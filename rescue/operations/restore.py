@@ -24,7 +24,12 @@ from rescue.filesystems import registry
 from rescue.filesystems.interface import Filesystem
 from rescue.image import layout as layout_mod
 from rescue.image.manifest import DATA_STREAMS, StoredAs
-from rescue.image.streams import open_stream_chunks, stream_error
+from rescue.image.streams import (
+    check_raw_stream,
+    check_stream,
+    open_stream_chunks,
+    stream_error,
+)
 from rescue.image.view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import grow_filesystem
@@ -91,6 +96,7 @@ def plan_restore(
         raise BadInputError(f"Choosing the partition that grows needs layout grow, not {layout}.")
     image = open_image(image_dir)
     check_all_present(image)
+    check_streams(image)
     if is_block_device(target_path):
         # before anything opens it: the boot disk or a mounted one is refused unread
         _check_device_safety(target_path)
@@ -147,6 +153,42 @@ def plan_restore(
     return RestorePlan(
         image=image, target=target, summary=summary, growth=growth, new_ids=new_ids, fit=fit
     )
+
+
+def check_streams(image: ImageView) -> None:
+    """Every stream a restore reads: its volumes, seek table, header and bitmap, checked
+    against the manifest and the partition sizes before the first byte is written.
+
+    Nothing of the data is decoded (``--verify-first`` does that); what this cannot see
+    (a damaged frame in the middle) stops the restore when it is reached.
+    """
+    for part in image.parts:
+        if part.stored_as not in DATA_STREAMS or part.stream is None:
+            continue
+        size = part.size or None
+        if part.stored_as != StoredAs.PARTCLONE:
+            check_raw_stream(part.stream, part.compression, partition_size=size)
+            continue
+        header = check_stream(
+            part.stream, part.compression, partition_size=size, expect_fstype=part.fstype
+        )
+        record = next(
+            (
+                r
+                for r in (image.manifest.partitions if image.manifest else ())
+                if r.name == part.name
+            ),
+            None,
+        )
+        if record is not None and (
+            (header.block_size, header.total_blocks, header.used_blocks)
+            != (record.block_size, record.total_blocks, record.used_blocks)
+        ):
+            raise ImageDamagedError(
+                f"{part.stream.name}: its header says {header.used_blocks} used of "
+                f"{header.total_blocks} blocks of {header.block_size} bytes; the manifest "
+                f"records {record.used_blocks} of {record.total_blocks} of {record.block_size}."
+            )
 
 
 def _check_device_safety(path: str) -> None:
