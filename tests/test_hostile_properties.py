@@ -20,10 +20,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from bounded import run_limited
 from capabilities import need
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -78,31 +78,12 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"rescue": ours, "clonezilla": clonezilla}
 
 
-def run_bounded(argv: list[str], cwd: Path) -> tuple[int, str, int, float]:
-    """(exit code, stderr, peak RSS in bytes, seconds) of the real command."""
-    err = cwd / "stderr.txt"
-    start = time.monotonic()
-    with err.open("wb") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rescue", *argv],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e, cwd=cwd,
-        )  # fmt: skip
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - start > TIME_LIMIT:
-                proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
-                pytest.fail(f"{argv} did not finish within {TIME_LIMIT} s (it hangs)")
-            time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return (
-        proc.returncode,
-        err.read_text(errors="replace"),
-        usage.ru_maxrss * 1024,
-        (time.monotonic() - start),
-    )
+def run_bounded(argv: list[str]) -> tuple[int, str, int]:
+    """(exit code, stderr, peak RSS in bytes) of the real command, within the time bound."""
+    res = run_limited([sys.executable, "-m", "rescue", *argv], dict(os.environ), TIME_LIMIT)
+    if res.timed_out:
+        pytest.fail(f"rescue {' '.join(argv)} did not finish within {TIME_LIMIT} s (it hangs)")
+    return res.code, res.stderr, res.max_rss
 
 
 MUTATIONS = ("flip", "overwrite", "truncate", "remove", "swap", "symlink", "fifo", "field")
@@ -174,7 +155,7 @@ def check_folder(folder: Path, target: Path, what: str) -> None:
         ["info", str(folder)],
         ["restore", str(folder), str(target), "--verify-first", "--yes"],
     ):
-        code, err, rss, _ = run_bounded(argv, folder.parent)
+        code, err, rss = run_bounded(argv)
         context = f"{what}: rescue {' '.join(argv[:1])} -> {code}\n{err}"
         assert code in (0, 1, 2, 3), context
         assert "Traceback" not in err, context
@@ -218,6 +199,6 @@ def test_the_pristine_images_restore(pristine: dict[str, Path], tmp_path: Path) 
         target = tmp_path / f"{kind}.img"
         target.write_bytes(b"\xa5" * TARGET_SIZE)
         for argv in (["verify", str(folder)], ["restore", str(folder), str(target), "--yes"]):
-            code, err, rss, _ = run_bounded(argv, tmp_path)
+            code, err, rss = run_bounded(argv)
             assert code == 0, (kind, argv, err)
             assert rss <= RSS_LIMIT

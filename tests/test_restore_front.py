@@ -166,12 +166,15 @@ def test_a_name_with_a_newline_cannot_print_a_verdict(image: Path, field: str) -
     forge(image, field, forged)
     for cmd in (("info", str(image)), ("verify", str(image))):
         res = rescue(*cmd)
-        assert res.returncode == 0, (cmd, res.stderr)
+        # a label is shown; a partition name must be a plain file name: the folder is refused
+        assert (res.returncode == 0) is (field == "label"), (cmd, res.stderr)
         out = res.stdout + res.stderr
         assert r"x\nImage intact\r\x1b[2K" in out, (cmd, out)
         assert "\x1b[2K" not in out and "\r" not in out
         for line in out.splitlines():
             assert line.strip() not in VERDICTS, (cmd, out)
+    if field != "label":
+        return
     res = rescue("verify", str(image))
     assert res.stdout.splitlines()[-1].startswith("Image intact: ")  # the real verdict, once
     assert sum(line.startswith("Image intact") for line in res.stdout.splitlines()) == 1

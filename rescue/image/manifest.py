@@ -25,6 +25,7 @@ from rescue.errors import (
 from rescue.filesystems import registry
 from rescue.image.folder import MAX_MANIFEST, has_member, printable, read_member
 from rescue.image.names import MANIFEST_NAME
+from rescue.image.partclone import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from rescue.image.schema import Fields, damaged
 
 FORMAT_NAME = "rescue-image"
@@ -138,8 +139,11 @@ def _record(f: Fields) -> PartitionRecord:
     if stored_as in DATA_STREAMS:
         if stream is None:
             raise damaged(f.at("stream"), f"is missing for a partition stored as {stored_as}")
-        if block_size < 512 or block_size > 1 << 26 or block_size & (block_size - 1):
-            raise damaged(f.at("block_size"), f"is {block_size}, not a power of two in 512..64 MiB")
+        if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
+            raise damaged(
+                f.at("block_size"),
+                f"is {block_size}, not a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}",
+            )
         if total * block_size >= size + block_size or used > total:
             raise damaged(
                 f.where,

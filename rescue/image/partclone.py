@@ -43,9 +43,9 @@ _STRIP_BYTES = 1 << 20
 """partclone's default strip: one checksum per MiB of blocks."""
 
 MIN_BLOCK_SIZE = 512
-MAX_BLOCK_SIZE = 1 << 24
-"""Block sizes a header may give: a power of two from one sector to 16 MiB (NTFS clusters go
-to 2 MiB, every other filesystem stays far below)."""
+MAX_BLOCK_SIZE = 1 << 25
+"""Block sizes a header may give: a power of two from one sector to 32 MiB (exFAT's largest
+cluster; NTFS clusters go to 2 MiB, every other filesystem stays far below)."""
 MAX_DEVICE_SIZE = 1 << 53
 """The largest device a header may describe (8 PiB)."""
 
