@@ -208,7 +208,7 @@ def _header(**fields: int) -> bytes:
     [
         ({"block_size": 3000}, "block size"),
         ({"block_size": 256}, "block size"),
-        ({"block_size": 1 << 25}, "block size"),
+        ({"block_size": 1 << 26}, "block size"),
         ({"total_blocks": 1 << 60, "device_size": (1 << 64) - 4096}, "device of"),
         ({"total_blocks": 1 << 40}, "do not fit"),
         ({"used_blocks": (1 << 18) + 1}, "blocks used"),
