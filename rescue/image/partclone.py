@@ -386,13 +386,17 @@ class Bitmap:
             yield start, end - start
 
 
-def read_bitmap(read: Callable[[int], bytes], header: PartcloneHeader) -> Bitmap:
+def read_bitmap(
+    read: Callable[[int], bytes], header: PartcloneHeader, *, keep: bool = True
+) -> Bitmap:
     """The bitmap and its CRC32 that follow the header, read a piece at a time with
     ``read(n)`` (exactly ``n`` bytes, fewer only where the stream ends): memory is taken
-    only for bitmap bytes the stream really holds, and shared where they are uniform."""
+    only for bitmap bytes the stream really holds, and shared where they are uniform.
+    Without ``keep`` only its CRC32 and count are checked, and no piece is kept."""
     h = header
     pieces: list[bytes | memoryview] = []
     crc = 0xFFFFFFFF
+    used = 0
     left = h.bitmap_bytes
     offset = HEADER_SIZE
     while left:
@@ -404,7 +408,10 @@ def read_bitmap(read: Callable[[int], bytes], header: PartcloneHeader) -> Bitmap
                 "(the image is truncated)."
             )
         crc = crc32(data, crc)
-        pieces.append(Bitmap.shared(data))
+        piece = Bitmap([Bitmap.shared(data)])
+        used += piece.count(h.total_blocks - (offset - HEADER_SIZE) * 8)
+        if keep:
+            pieces.extend(piece.pieces)
         left -= n
         offset += n
     tail = read(4)
@@ -418,13 +425,11 @@ def read_bitmap(read: Callable[[int], bytes], header: PartcloneHeader) -> Bitmap
         raise ImageDamagedError(
             f"The block bitmap is damaged (CRC32 mismatch at byte {HEADER_SIZE})."
         )
-    bitmap = Bitmap(pieces)
-    used = bitmap.count(h.total_blocks)
     if used != h.used_blocks:
         raise ImageDamagedError(
             f"The bitmap marks {used} blocks used, the header says {h.used_blocks}."
         )
-    return bitmap
+    return Bitmap(pieces)
 
 
 class StreamReader:

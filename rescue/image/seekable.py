@@ -396,6 +396,11 @@ class _Entries:
         i = len(c_off) - 1
         end = self._frames_end
         for c, d in zip(cs, ds, strict=True):
+            if i >= MAX_FRAMES:
+                raise ImageDamagedError(
+                    f"The zstd stream has more than {MAX_FRAMES} frames, more than any "
+                    "stream rescue reads at random."
+                )
             if d > MAX_FRAME_CONTENT or c < MIN_FRAME or c > max_compressed(d):
                 raise _entry_error(i, c, d)
             pc += c
@@ -408,11 +413,6 @@ class _Entries:
             c_off.append(pc)
             d_off.append(pd)
             i += 1
-        if i > MAX_FRAMES:
-            raise ImageDamagedError(
-                f"The zstd seek table lists more than {MAX_FRAMES} frames, more than any "
-                "stream rescue reads."
-            )
 
 
 @dataclass(frozen=True, eq=False)

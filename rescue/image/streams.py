@@ -248,7 +248,7 @@ def _checked_prefix(
         )
     header = PartcloneHeader.unpack(head)
     header.check(partition_size=partition_size, stream_size=stream_size)
-    read_bitmap(read, header)
+    read_bitmap(read, header, keep=False)
     return header
 
 

@@ -292,8 +292,6 @@ def volume_paths(base: Path) -> list[Path]:
     names = _split_names(base)
     if not names:
         raise ImageDamagedError(f"{base} is missing (no file and no split volumes).")
-    if len(names) > MAX_VOLUMES:
-        raise ImageDamagedError(f"{base.name} has more than {MAX_VOLUMES} split volumes.")
     parts = []
     for i, name in enumerate(names):
         want = f"{base.name}.{split_suffix(i)}"
