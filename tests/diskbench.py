@@ -12,6 +12,7 @@ import os
 import random
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,18 @@ def run(*argv: str, check: bool = True, input: str | None = None) -> str:
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
     return res.stdout
+
+
+def rescue_command(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real command as a technician runs it (no terminal on stdin): what they see, exit
+    code and all, never a traceback hidden by an in-process call."""
+    return subprocess.run(
+        [sys.executable, "-m", "rescue", *args],
+        capture_output=True, text=True, check=False, timeout=timeout,
+        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 def udev_alive() -> bool:

@@ -13,13 +13,12 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from capabilities import need
-from diskbench import clonezilla_copy
+from diskbench import clonezilla_copy, rescue_command
 
 from rescue.cli import main
 
@@ -67,10 +66,7 @@ def digest(path: Path) -> str:
 
 
 def rescue(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rescue", *args],
-        capture_output=True, text=True, check=False, timeout=TIME_LIMIT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    return rescue_command(*args, timeout=TIME_LIMIT)
 
 
 def refused(image: Path, target: Path, *words: str, commands: tuple[str, ...] = ()) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, fill_tree
+from diskbench import LoopDisk, PartSpec, fill_tree, rescue_command
 
 from rescue.cli import main
 from rescue.errors import EXIT_FAILED, EXIT_REFUSED
@@ -35,10 +34,7 @@ def target(loop_disk_factory: DiskFactory) -> LoopDisk:
 
 
 def rescue(*args: str) -> subprocess.CompletedProcess[str]:
-    """The real command, to see exactly what a technician sees (no traceback, exit code)."""
-    return subprocess.run(
-        [sys.executable, "-m", "rescue", *args], capture_output=True, text=True, check=False
-    )
+    return rescue_command(*args)
 
 
 def volumes(image: Path) -> list[Path]:

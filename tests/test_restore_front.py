@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, clonezilla_copy, fill_tree
+from diskbench import LoopDisk, PartSpec, clonezilla_copy, fill_tree, rescue_command
 
 from rescue.cli import main
 from rescue.errors import EXIT_REFUSED
@@ -30,16 +28,8 @@ VERDICTS = ("Image intact", "Restore complete", "Image complete")
 
 
 def rescue(*args: str) -> subprocess.CompletedProcess[str]:
-    """The real command, as a technician runs it (no terminal on stdin), on a wide terminal
-    (so that a table cell is not folded in the middle of a name)."""
-    return subprocess.run(
-        [sys.executable, "-m", "rescue", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    """On a wide terminal, so that a table cell is not folded in the middle of a name."""
+    return rescue_command(*args, env={"COLUMNS": "200"})
 
 
 def digest(path: str) -> str:

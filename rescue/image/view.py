@@ -14,7 +14,6 @@ from rescue.image.folder import (
     MAX_LAYOUT_FILE,
     has_member,
     member_size,
-    plain_name,
     printable,
     read_member,
 )
@@ -151,7 +150,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
             size=r.size,
             fstype=r.fstype,
             stored_as=r.stored_as,
-            stream=folder / plain_name(r.stream, "a stream") if r.stream else None,
+            stream=folder / r.stream if r.stream else None,  # a plain name: the schema checks it
             compression="zst",
             uuid=r.uuid,
             label=r.label,
