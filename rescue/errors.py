@@ -115,3 +115,9 @@ class CancelledError(RescueError):
 
     def __init__(self, message: str = "Cancelled.", *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
+
+
+class WrongKeyError(RescueError):
+    """The key given for an encrypted volume does not open it; nothing was written."""
+
+    exit_code = EXIT_REFUSED

@@ -9,10 +9,10 @@ RUNTIME_PACKAGES=(
   python3 python3-venv udev util-linux fdisk gdisk parted e2fsprogs ntfs-3g
   dosfstools exfatprogs xfsprogs btrfs-progs zstd fuse3 libfuse3-3 smartmontools partclone
   efibootmgr mtools
-  fusefat exfat-fuse
+  fusefat exfat-fuse cryptsetup-bin
 )
 # What the tests add: reference tools to compare against and to fill disks.
-TEST_PACKAGES=(xxhash kmod gzip acl cryptsetup-bin lvm2)
+TEST_PACKAGES=(xxhash kmod gzip acl lvm2 dislocker)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
