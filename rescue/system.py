@@ -49,8 +49,12 @@ def run(
     check: bool = True,
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` and return its result; raise ExternalToolError when it fails."""
+    """Run ``argv`` and return its result; raise ExternalToolError when it fails.
+
+    ``input`` (which may be a key) is never logged; only the argument list is.
+    """
     tool = require(argv[0])
     cmd = [tool, *argv[1:]]
     log.debug("run: %s", " ".join(cmd))
@@ -65,6 +69,7 @@ def run(
             check=False,
             timeout=timeout,
             env=full_env,
+            pass_fds=tuple(pass_fds),
         )
     except subprocess.TimeoutExpired as exc:
         raise ExternalToolError(f"{argv[0]} did not finish within {timeout} s.") from exc

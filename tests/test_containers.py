@@ -66,8 +66,28 @@ def test_luks_is_recognised_with_its_uuid_and_data_offset(tmp_path: Path, versio
     assert found is not None
     assert (found.kind, found.name, found.uuid) == ("luks", f"LUKS{version}", uuid)
     assert found.data_offset == data_offset(vol)
-    assert found.metadata == ((0, found.data_offset),)
+    # the headers and the key material of each keyslot, as luksDump places them
+    assert found.metadata[0][0] == 0
+    assert all(o + n <= found.data_offset for o, n in found.metadata)
+    assert keyslot_areas(vol) == list(found.metadata[1:])
     assert dict(found.details)["cipher"].startswith("aes-xts")
+
+
+def keyslot_areas(path: Path) -> list[tuple[int, int]]:
+    dump = run("cryptsetup", "luksDump", str(path))
+    areas = []
+    for line in dump.splitlines():
+        words = line.replace(":", " ").split()
+        if line.strip().startswith("Area offset"):  # LUKS2: in bytes, the length follows
+            areas.append((int(words[2]), -1))
+        elif line.strip().startswith("Area length"):
+            areas[-1] = (areas[-1][0], int(words[2]))
+        elif line.strip().startswith("Key material offset"):  # LUKS1: in sectors
+            areas.append((int(words[3]) * 512, -1))
+        elif line.strip().startswith("AF stripes") and areas and areas[-1][1] == -1:
+            stripes = int(words[2])
+            areas[-1] = (areas[-1][0], stripes * 64)  # 512-bit XTS key
+    return areas
 
 
 def test_a_luks_partition_is_stored_whole_with_the_reason(tmp_path: Path) -> None:

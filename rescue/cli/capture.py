@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rescue.cli.keys import add_key_arguments, ask_for_missing, secrets_from
 from rescue.cli.progress import reporter
 from rescue.cli.sizes import parse_size
 from rescue.copier import CompressionOptions, ReadOptions
@@ -17,6 +18,7 @@ from rescue.errors import EXIT_UNREADABLE, BadInputError
 from rescue.operations.capture import capture
 from rescue.operations.capture_map import CaptureMap, describe, resumable
 from rescue.operations.plan_text import shown
+from rescue.operations.unlock import encrypted_partitions
 
 
 def add_parser(sub: Any) -> None:
@@ -38,6 +40,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--stop-on-error", action="store_true",
                    help="stop at the first read error instead of going on around it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    add_key_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -72,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("Give the disk to capture and a new folder for the image.")
     else:
         refuse_an_interrupted_capture(args.source, args.image_dir)
+    secrets = ask_for_missing(secrets_from(args), encrypted_partitions(args.source))
     with reporter(args.json) as progress:
         manifest = capture(
             args.source, args.image_dir, options=options, reading=reading, progress=progress,
-            resume=args.resume is not None,
+            resume=args.resume is not None, secrets=secrets,
         )  # fmt: skip
     lost = [(p.name, off, n) for p in manifest.partitions for off, n in p.unreadable]
     if not args.json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, ClassVar, Protocol, cast
 
 PROBE_BYTES = 64 * 1024
 """The head of a partition read once for every probe (signatures lie in the first sectors)."""
@@ -120,3 +120,39 @@ class Opened:
     inside (a thin pool, an LV with extents on another disk, ...)."""
     details: tuple[tuple[str, str], ...] = ()
     """For ``rescue info``: how it was read (``read with``: the tool or library)."""
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """One inner volume as capture found it, for the manifest and ``rescue info``."""
+
+    name: str
+    size: int
+    fstype: str | None = None
+    used_bytes: int = 0
+    """Bytes stored for it (its filesystem's used blocks, mapped down)."""
+    uuid: str | None = None
+    label: str | None = None
+    note: str | None = None
+    """Why it was stored whole, or what else a technician should know."""
+    layers: tuple[LayerInfo, ...] = ()
+    """A layer inside it (LVM inside LUKS, LUKS inside an LV)."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One volume layer of a partition as capture read it (or could not)."""
+
+    kind: str
+    name: str
+    uuid: str | None
+    state: str
+    """``read`` (the volumes inside were read), ``locked`` (no key) or ``whole``."""
+    reason: str | None = None
+    metadata_bytes: int = 0
+    details: tuple[tuple[str, str], ...] = ()
+    volumes: tuple[VolumeInfo, ...] = ()
+
+    READ: ClassVar[str] = "read"
+    LOCKED: ClassVar[str] = "locked"
+    WHOLE: ClassVar[str] = "whole"

@@ -1,30 +1,75 @@
-"""What lies on a partition: a container layer first, then a filesystem.
+"""What lies on a partition: volume layers first, then a filesystem; and its used bytes.
 
 The probes run in order on the partition's head; the first that recognises its
-signature wins. A recognised container is stored whole for now (every block:
-an encrypted one's ciphertext does not compress, which the reason says), so a
-restore gives back exactly the volume that was there, openable with the same
-keys. Anything else goes to the filesystems' own detection.
+signature wins, before any filesystem (a BitLocker volume has a FAT-like boot
+sector). A layer is then read through when it can be: an LVM physical volume by
+its metadata, an encrypted volume with the key the technician gave. Inside, the
+same again (LVM inside LUKS, LUKS inside an LV), down to the filesystems, whose
+used blocks are mapped back down through every layer to byte ranges of the
+partition. Those ranges, with every layer's metadata, are what capture stores —
+as they are on disk, so an encrypted volume stays encrypted and opens with the
+same keys after a restore, which needs no key.
+
+A layer that cannot be read (no key, a cipher or layout rescue does not read) is
+stored whole, with the reason and its cost.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from rescue.containers import bitlocker, luks, lvm
-from rescue.containers.base import PROBE_BYTES, Container, Probe, read_at
-from rescue.filesystems.base import Allocation
+from rescue.containers.base import (
+    PROBE_BYTES,
+    Container,
+    LayerInfo,
+    Opened,
+    Probe,
+    VolumeInfo,
+    binary_view,
+    read_at,
+)
+from rescue.containers.keys import Secret
+from rescue.errors import FilesystemError, WrongKeyError
+from rescue.filesystems import registry
+from rescue.filesystems.base import Allocation, bitmap_from_runs, count_bits
 from rescue.filesystems.detect import allocation_for as filesystem_allocation
+from rescue.filesystems.layers import layer_block_size
+from rescue.filesystems.probe import probe_fstype
 from rescue.filesystems.raw import raw_allocation
+from rescue.units import human_size
+
+log = logging.getLogger(__name__)
 
 PROBES: tuple[Probe, ...] = (luks.probe, bitlocker.probe, lvm.probe)
 """Every container type rescue recognises, in the order they are tried."""
 
-_ENCRYPTED = ("luks", "bitlocker")
+ENCRYPTED = ("luks", "bitlocker")
+"""Container kinds that need a key to be read inside."""
+
+MAX_DEPTH = 4
+"""Layers within layers read at most (LUKS in LVM in LUKS ... is not met in practice)."""
+
+SWAP_HEADER = 64 * 1024
+"""What is kept of a swap volume inside a layer: its header, so it is found by its UUID."""
+
+Opener = Callable[[BinaryIO, int, Container, Secret | None], Opened]
+
+
+OPENERS: dict[str, Opener] = {
+    "luks": luks.open_layer,
+}
+"""How each container kind is read through; a kind without one is stored whole."""
+
+REGISTRY_NAMES = {"luks": "luks", "bitlocker": "bitlocker", "lvm2-pv": "lvm2"}
+"""The registry entry (and image file name) of a partition stored through each layer."""
 
 
 def find_container(f: BinaryIO, size: int) -> Container | None:
-    """The container layer at the start of the partition in ``f``, or None."""
+    """The container layer at the start of the device in ``f``, or None."""
     try:
         head = read_at(f, 0, min(PROBE_BYTES, size))
     except OSError:
@@ -36,19 +81,173 @@ def find_container(f: BinaryIO, size: int) -> Container | None:
     return None
 
 
-def stored_whole_reason(found: Container) -> str:
+def stored_whole_reason(found: Container, why: str | None = None) -> str:
     what = (
-        "an encrypted volume: stored whole, every block, as ciphertext (it does not "
-        "compress), so the restored volume opens with the same keys"
-        if found.kind in _ENCRYPTED
-        else "a volume layer: stored whole, every block, so it is restored as it was"
+        "an encrypted volume: stored whole, every block, as ciphertext (it does not compress)"
+        if found.kind in ENCRYPTED
+        else "a volume layer: stored whole, every block"
     )
-    return f"{found.describe()} is {what}; rescue does not read inside it yet"
+    return f"{found.describe()} is {what}" + (f"; {why}" if why else "")
 
 
-def allocation_for(f: BinaryIO, size: int, fstype: str | None = None) -> Allocation:
-    """Used blocks of the partition in ``f``: a container's every block, or its filesystem's."""
-    found = find_container(f, size)
+@dataclass
+class _Reading:
+    """The used byte ranges of one device (a partition, or a volume inside a layer)."""
+
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    layer: LayerInfo | None = None
+    alloc: Allocation | None = None
+    """The filesystem's own map, when no layer sits on the device."""
+    notes: list[str] = field(default_factory=list)
+
+
+def _fs_ranges(alloc: Allocation) -> list[tuple[int, int]]:
+    bs = alloc.block_size
+    return [
+        (first * bs, min(count * bs, alloc.device_size - first * bs))
+        for first, count in alloc.runs()
+        if first * bs < alloc.device_size
+    ]
+
+
+def _read_volume(f: BinaryIO, size: int, secret: Secret | None, depth: int) -> _Reading:
+    """A volume inside a layer: another layer, a filesystem, swap (its header) or raw."""
+    found = find_container(f, size) if depth < MAX_DEPTH else None
     if found is not None:
-        return raw_allocation(size, reason=stored_whole_reason(found))
-    return filesystem_allocation(f, size, fstype)
+        return _read_layer(f, size, found, secret, depth)
+    fstype = probe_fstype(f)
+    fs = registry.get(fstype)
+    if fs is not None and fs.recreated:
+        return _Reading(ranges=[(0, min(SWAP_HEADER, size))], notes=[
+            f"{fs.human_name}: only its header is kept (it holds nothing worth keeping)"
+        ])  # fmt: skip
+    alloc = filesystem_allocation(f, size, fstype)
+    return _Reading(ranges=_fs_ranges(alloc), alloc=alloc, notes=list(alloc.warnings))
+
+
+def _read_layer(
+    f: BinaryIO, size: int, found: Container, secret: Secret | None, depth: int
+) -> _Reading:
+    opener = OPENERS.get(found.kind)
+
+    def stored_whole(state: str, reason: str) -> _Reading:
+        info = LayerInfo(found.kind, found.name, found.uuid, state, reason, details=found.details)
+        return _Reading([(0, size)], info)
+
+    if opener is None:
+        return stored_whole(
+            LayerInfo.WHOLE, stored_whole_reason(found, "rescue does not read inside it yet")
+        )
+    try:
+        opened = opener(f, size, found, secret)
+    except WrongKeyError:
+        if secret is not None:
+            raise
+        reason = stored_whole_reason(
+            found, f"it is locked (no key was given): {human_size(size)} that a key would "
+            "shrink to the used blocks inside"
+        )  # fmt: skip
+        return stored_whole(LayerInfo.LOCKED, reason)
+    except FilesystemError as exc:
+        reason = stored_whole_reason(found, f"it cannot be read inside: {exc.message}")
+        log.warning("%s", reason)
+        return stored_whole(LayerInfo.WHOLE, reason)
+    ranges = list(found.metadata) + list(opened.metadata)
+    metadata = _total(_merge(ranges))
+    notes: list[str] = []
+    volumes = []
+    for vol in opened.volumes:
+        inner = _read_volume(binary_view(vol), vol.size, secret, depth + 1)
+        mapped = [r for off, n in inner.ranges for r in vol.outer_ranges(off, n)]
+        ranges += mapped
+        alloc = inner.alloc
+        note = "; ".join(inner.notes) or None
+        volumes.append(
+            VolumeInfo(
+                name=vol.name,
+                size=vol.size,
+                fstype=alloc.fstype if alloc is not None else None,
+                used_bytes=_total(_merge(mapped)),
+                uuid=alloc.uuid if alloc is not None else None,
+                label=alloc.label if alloc is not None else None,
+                note=note,
+                layers=(inner.layer,) if inner.layer is not None else (),
+            )
+        )
+        notes += [f"{vol.name}: {n}" for n in inner.notes]
+    for reason, kept in opened.whole:
+        ranges += kept
+        notes.append(reason)
+    said = dict(opened.details)
+    layer = LayerInfo(
+        found.kind, found.name, found.uuid, LayerInfo.READ, metadata_bytes=metadata,
+        details=tuple((k, v) for k, v in found.details if k not in said) + opened.details,
+        volumes=tuple(volumes), reason="; ".join(r for r, _ in opened.whole) or None,
+    )  # fmt: skip
+    return _Reading(ranges, layer, notes=notes)
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for off, n in sorted(r for r in ranges if r[1] > 0):
+        if out and off <= out[-1][0] + out[-1][1]:
+            last_off, last_n = out[-1]
+            out[-1] = (last_off, max(last_n, off + n - last_off))
+        else:
+            out.append((off, n))
+    return out
+
+
+def _total(ranges: list[tuple[int, int]]) -> int:
+    return sum(n for _, n in ranges)
+
+
+@dataclass(frozen=True)
+class PartitionReading:
+    """How a partition is stored: its allocation map, and the layers it was read through."""
+
+    alloc: Allocation
+    layers: tuple[LayerInfo, ...] = ()
+
+
+def read_partition(
+    f: BinaryIO, size: int, fstype: str | None = None, secret: Secret | None = None
+) -> PartitionReading:
+    """The used blocks of the partition in ``f``, through every layer rescue can read.
+
+    A wrong ``secret`` raises :class:`WrongKeyError` (nothing is stored); no secret
+    for an encrypted layer stores it whole, with the reason in the warnings.
+    """
+    found = find_container(f, size)
+    if found is None:
+        return PartitionReading(filesystem_allocation(f, size, fstype))
+    reading = _read_layer(f, size, found, secret, 0)
+    assert reading.layer is not None
+    layer = reading.layer
+    if layer.state != LayerInfo.READ:
+        return PartitionReading(raw_allocation(size, reason=layer.reason), (layer,))
+    block = layer_block_size(size)
+    runs = []
+    for off, n in _merge(reading.ranges):
+        end = min(off + n, size)
+        if end > off:
+            first = off // block
+            runs.append((first, -(-end // block) - first))
+    total = size // block
+    bitmap = bitmap_from_runs(total, runs)
+    used = count_bits(bytes(bitmap), total)
+    entry = registry.require(REGISTRY_NAMES[found.kind])
+    assert entry.partclone_name is not None
+    alloc = Allocation(
+        fstype=entry.name, partclone_fs=entry.partclone_name, block_size=block,
+        total_blocks=total, device_size=size, bitmap=bytes(bitmap), used_blocks=used,
+        fs_used_blocks=used, uuid=found.uuid, warnings=tuple(reading.notes),
+    )  # fmt: skip
+    return PartitionReading(alloc, (layer,))
+
+
+def allocation_for(
+    f: BinaryIO, size: int, fstype: str | None = None, secret: Secret | None = None
+) -> Allocation:
+    """Used blocks of the partition in ``f`` (see :func:`read_partition`)."""
+    return read_partition(f, size, fstype, secret).alloc

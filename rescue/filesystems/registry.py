@@ -16,6 +16,7 @@ from rescue.filesystems.exfat import EXFAT
 from rescue.filesystems.ext import EXT
 from rescue.filesystems.fat import FAT
 from rescue.filesystems.interface import Filesystem
+from rescue.filesystems.layers import LAYERS
 from rescue.filesystems.ntfs import NTFS
 from rescue.filesystems.raw import RAW
 from rescue.filesystems.swap import SWAP
@@ -47,7 +48,7 @@ def register(fs: Filesystem) -> Filesystem:
     return fs
 
 
-for _fs in (EXT, NTFS, FAT, EXFAT, XFS, BTRFS, SWAP, RAW):
+for _fs in (EXT, NTFS, FAT, EXFAT, XFS, BTRFS, SWAP, RAW, *LAYERS):
     register(_fs)
 
 

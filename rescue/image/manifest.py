@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rescue.blockio import write_all
+from rescue.containers.base import LayerInfo, VolumeInfo
 from rescue.errors import (
     ImageDamagedError,
     IncompleteImageError,
@@ -90,6 +91,9 @@ class PartitionRecord:
     tail: str | None = None
     """Base64 of the partition's bytes after the filesystem's last whole block (NTFS keeps
     its backup boot sector there), which a partclone stream cannot carry."""
+    layers: tuple[LayerInfo, ...] = ()
+    """The volume layers the partition was read through (LUKS, BitLocker, LVM): what
+    they are, whether they were read inside, and the volumes inside them."""
 
     @staticmethod
     def from_dict(data: object, where: str = "partition") -> PartitionRecord:
@@ -126,6 +130,49 @@ def _ranges(f: Fields, key: str, limit: int) -> tuple[tuple[int, int], ...]:
             raise damaged(f"{f.at(key)}[{i}]", f"is not a byte range inside the {limit} bytes")
         out.append((pair[0], pair[1]))
     return tuple(out)
+
+
+MAX_LAYER_DEPTH = 4
+MAX_VOLUMES = 4096
+
+
+def _pairs(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for i, pair in enumerate(f.items(key, max_items=64)):
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair)
+        ):
+            raise damaged(f"{f.at(key)}[{i}]", "is not a pair of texts")
+        out.append((printable(pair[0])[:64], printable(pair[1])[:1024]))
+    return tuple(out)
+
+
+def _layer(f: Fields, depth: int = 0) -> LayerInfo:
+    if depth >= MAX_LAYER_DEPTH:
+        raise damaged(f.at("volumes"), f"nests layers deeper than {MAX_LAYER_DEPTH}")
+    return LayerInfo(
+        kind=f.required_text("kind", max_len=32),
+        name=f.required_text("name", max_len=128),
+        uuid=f.text("uuid", optional=True, max_len=256),
+        state=f.choice("state", (LayerInfo.READ, LayerInfo.LOCKED, LayerInfo.WHOLE)),
+        reason=f.text("reason", optional=True),
+        metadata_bytes=f.count("metadata_bytes"),
+        details=_pairs(f, "details"),
+        volumes=f.each("volumes", lambda v: _volume(v, depth), max_items=MAX_VOLUMES),
+    )
+
+
+def _volume(f: Fields, depth: int) -> VolumeInfo:
+    return VolumeInfo(
+        name=f.required_text("name", max_len=256),
+        size=f.count("size"),
+        fstype=f.text("fstype", optional=True, max_len=64),
+        used_bytes=f.count("used_bytes"),
+        uuid=f.text("uuid", optional=True, max_len=256),
+        label=f.text("label", optional=True, max_len=256),
+        note=f.text("note", optional=True),
+        layers=f.each("layers", lambda inner: _layer(inner, depth + 1), max_items=4),
+    )
 
 
 def _record(f: Fields) -> PartitionRecord:
@@ -189,6 +236,7 @@ def _record(f: Fields) -> PartitionRecord:
         unreadable=_ranges(f, "unreadable", size),
         damaged_files=f.texts("damaged_files", max_items=MAX_RANGES),
         tail=tail,
+        layers=f.each("layers", _layer, max_items=4),
     )
 
 

@@ -8,12 +8,15 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rescue import __version__, system
 from rescue.blockio import Window, binary
-from rescue.containers.stack import allocation_for
+from rescue.containers.base import LayerInfo
+from rescue.containers.keys import Secret
+from rescue.containers.stack import read_partition
 from rescue.copier import Checkpoint, CompressionOptions, Extent, ReadOptions, write_stream
 from rescue.devices.smart import smart_summary
 from rescue.errors import BadInputError, DeviceError, DeviceGoneError, RefusedError
@@ -57,9 +60,11 @@ class _Planned:
     uuid: str | None
     label: str | None
     alloc: Allocation | None  # None: swap or nothing to store
+    layers: tuple[LayerInfo, ...] = ()
 
 
-def _prepare_folder(image_dir: Path, src: Source) -> None:
+def _check_folder(image_dir: Path, src: Source) -> None:
+    """Refuse a destination that cannot take a new image of ``src`` (nothing is made)."""
     if image_dir.exists():
         if not image_dir.is_dir():
             raise BadInputError(f"{image_dir} exists and is not a folder.")
@@ -70,6 +75,10 @@ def _prepare_folder(image_dir: Path, src: Source) -> None:
             )
     refuse_if_on_device(image_dir, src.path, "the disk being imaged")
     refuse_if_mounted_rw(src)
+
+
+def _prepare_folder(image_dir: Path, src: Source) -> None:
+    _check_folder(image_dir, src)
     image_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -107,17 +116,51 @@ def capture(
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
     resume: bool = False,
+    secrets: Mapping[str, Secret] | None = None,
 ) -> Manifest:
     """Image ``source_path`` into the new folder ``image_dir``; returns the manifest written.
 
     With ``resume``, go on with the capture whose map is in ``image_dir`` (killed,
     out of room, or the disk unplugged): what is safely on disk is kept, the
     rest is read again, and the image is the same as an uninterrupted capture's.
+
+    ``secrets`` open encrypted partitions (by kernel name, ``sda3``): each is read
+    inside and only its used sectors are stored, still encrypted. Every key is
+    tried before anything is written; a wrong one raises WrongKeyError.
     """
     options = options or CompressionOptions()
     progress = progress or NullProgress()
     src = resolve_source(source_path)
+    secrets = dict(secrets or {})
     marker = image_dir / INCOMPLETE_MARKER
+    if not resume:
+        _check_folder(image_dir, src)
+    fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        progress.phase("Reading the partition table and allocation maps", None)
+        disk, plan = _read_plan(fd, src, secrets)
+        return _capture(
+            fd, src, image_dir, disk, plan, options=options, reading=reading,
+            progress=progress, cancel=cancel, resume=resume, marker=marker,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def _capture(
+    fd: int,
+    src: Source,
+    image_dir: Path,
+    disk: layout_mod.DiskLayout | None,
+    plan: list[_Planned],
+    *,
+    options: CompressionOptions,
+    reading: ReadOptions | None,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+    resume: bool,
+    marker: Path,
+) -> Manifest:
     if resume:
         state = _resume_state(image_dir, src)
         options = CompressionOptions(
@@ -143,95 +186,112 @@ def capture(
         )  # fmt: skip
         state.save(image_dir)
     _health_note(src, progress)
-    fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    table = _save_plan(image_dir, src, disk, plan)
+    for p in plan:
+        if p.alloc is not None:
+            for w in p.alloc.warnings:
+                progress.note(f"{p.name}: {w}")
     try:
-        progress.phase("Reading the partition table and allocation maps", None)
-        table, plan = _plan(fd, src, image_dir)
-        for p in plan:
-            if p.alloc is not None:
-                for w in p.alloc.warnings:
-                    progress.note(f"{p.name}: {w}")
-        try:
-            records = _store_all(
-                fd, src, image_dir, plan, options, state=state,
-                reading=reading or ReadOptions(), progress=progress, cancel=cancel,
-            )  # fmt: skip
-        except DeviceGoneError as exc:
-            raise DeviceGoneError(
-                f"{exc.message} The image is incomplete.",
-                hint=f"Plug the disk back in, then: rescue capture DISK --resume {image_dir} "
-                "(DISK may have a new name; its size and serial are checked).",
-            ) from exc
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DeviceError(
-                    f"The destination of {image_dir} is full: the image is incomplete.",
-                    hint=f"Free some space there, then run: rescue capture --resume {image_dir}",
-                ) from exc
+        records = _store_all(
+            fd, src, image_dir, plan, options, state=state,
+            reading=reading or ReadOptions(), progress=progress, cancel=cancel,
+        )  # fmt: skip
+    except DeviceGoneError as exc:
+        raise DeviceGoneError(
+            f"{exc.message} The image is incomplete.",
+            hint=f"Plug the disk back in, then: rescue capture DISK --resume {image_dir} "
+            "(DISK may have a new name; its size and serial are checked).",
+        ) from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DeviceError(
-                f"Writing the image to {image_dir} failed ({exc.strerror or exc}): "
-                "the image is incomplete.",
-                hint="Check the destination drive (unplugged? read-only?), then run: "
-                f"rescue capture --resume {image_dir}",
+                f"The destination of {image_dir} is full: the image is incomplete.",
+                hint=f"Free some space there, then run: rescue capture --resume {image_dir}",
             ) from exc
-        if any(r.unreadable for r in records):
-            write_damage_report(image_dir, records)
-        layout_files = _layout_files(image_dir, records)
-        manifest = Manifest(
-            tool=f"rescue {__version__}",
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            source=SourceIdentity(
-                path=src.path,
-                name=src.name,
-                kind="partition" if table is None else "disk",
-                size=src.size,
-                model=src.model,
-                serial=src.serial,
-                logical_sector_size=src.logical_sector_size,
-                physical_sector_size=src.physical_sector_size,
-                partition_table=table,
-            ),
-            compression={
-                "algorithm": "zstd",
-                "level": options.level,
-                "frame_size": options.frame_size,
-                "seekable": True,
-                "split": options.split,
-            },
-            partitions=tuple(records),
-            files=layout_files,
-        )
-        check_cancel(cancel)
-        write_manifest(image_dir, manifest)
-        state.remove(image_dir)
-        marker.unlink()
-        fsync_dir(image_dir)
-        return manifest
-    finally:
-        os.close(fd)
+        raise DeviceError(
+            f"Writing the image to {image_dir} failed ({exc.strerror or exc}): "
+            "the image is incomplete.",
+            hint="Check the destination drive (unplugged? read-only?), then run: "
+            f"rescue capture --resume {image_dir}",
+        ) from exc
+    if any(r.unreadable for r in records):
+        write_damage_report(image_dir, records)
+    layout_files = _layout_files(image_dir, records)
+    manifest = Manifest(
+        tool=f"rescue {__version__}",
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        source=SourceIdentity(
+            path=src.path,
+            name=src.name,
+            kind="partition" if table is None else "disk",
+            size=src.size,
+            model=src.model,
+            serial=src.serial,
+            logical_sector_size=src.logical_sector_size,
+            physical_sector_size=src.physical_sector_size,
+            partition_table=table,
+        ),
+        compression={
+            "algorithm": "zstd",
+            "level": options.level,
+            "frame_size": options.frame_size,
+            "seekable": True,
+            "split": options.split,
+        },
+        partitions=tuple(records),
+        files=layout_files,
+    )
+    check_cancel(cancel)
+    write_manifest(image_dir, manifest)
+    state.remove(image_dir)
+    marker.unlink()
+    fsync_dir(image_dir)
+    return manifest
 
 
-def _plan(fd: int, src: Source, image_dir: Path) -> tuple[str | None, list[_Planned]]:
-    """Save the layout files and decide how each partition is stored."""
+def _read_plan(
+    fd: int, src: Source, secrets: dict[str, Secret]
+) -> tuple[layout_mod.DiskLayout | None, list[_Planned]]:
+    """Decide how each partition is stored (reading its allocation map); nothing is written.
+
+    Keys are tried here, so a wrong one stops the capture before the folder exists.
+    """
     if not src.is_partition:
         disk = layout_mod.read_source_layout(src.path, src.name)
         if disk.table is not None:
-            plan = []
-            for part in disk.partitions:
-                if str(part.type).lower() in _EXTENDED_TYPES:
-                    continue
-                plan.append(_plan_one(fd, part, part.number))
-            layout_mod.save_layout(
-                image_dir,
-                disk,
-                src.path,
-                parts=[p.name for p in plan],
-                fstypes={p.name: _stored_fstype(p) for p in plan},
-            )
-            return disk.table, plan
+            parts = [p for p in disk.partitions if str(p.type).lower() not in _EXTENDED_TYPES]
+            _check_secret_names(secrets, [p.name for p in parts], src)
+            plan = [_plan_one(fd, part, part.number, secrets.get(part.name)) for part in parts]
+            return disk, plan
     # a partition, or a disk without a partition table: one filesystem
+    _check_secret_names(secrets, [src.name], src)
     whole = layout_mod.PartitionEntry(name=src.name, number=0, start=0, size=src.size, type="")
-    planned = _plan_one(fd, whole, None)
+    return None, [_plan_one(fd, whole, None, secrets.get(src.name))]
+
+
+def _check_secret_names(secrets: dict[str, Secret], names: list[str], src: Source) -> None:
+    unknown = sorted(set(secrets) - set(names))
+    if unknown:
+        raise BadInputError(
+            f"A key was given for {', '.join(unknown)}, which is not a partition of {src.path}.",
+            hint=f"Its partitions are: {', '.join(names)}. Name one as /dev/NAME or NAME.",
+        )
+
+
+def _save_plan(
+    image_dir: Path, src: Source, disk: layout_mod.DiskLayout | None, plan: list[_Planned]
+) -> str | None:
+    """Save the layout files; returns the partition table type (None: a lone filesystem)."""
+    if disk is not None:
+        layout_mod.save_layout(
+            image_dir,
+            disk,
+            src.path,
+            parts=[p.name for p in plan],
+            fstypes={p.name: _stored_fstype(p) for p in plan},
+        )
+        return disk.table
+    (planned,) = plan
     layout_mod.save_partition_only(
         image_dir,
         src.name,
@@ -241,7 +301,7 @@ def _plan(fd: int, src: Source, image_dir: Path) -> tuple[str | None, list[_Plan
         uuid=planned.uuid,
         label=planned.label,
     )
-    return None, [planned]
+    return None
 
 
 def _stored_fstype(p: _Planned) -> str:
@@ -250,7 +310,9 @@ def _stored_fstype(p: _Planned) -> str:
     return p.alloc.fstype
 
 
-def _plan_one(fd: int, part: layout_mod.PartitionEntry, number: int | None) -> _Planned:
+def _plan_one(
+    fd: int, part: layout_mod.PartitionEntry, number: int | None, secret: Secret | None
+) -> _Planned:
     """Read the allocation map of one partition (swap: nothing to read)."""
     window = binary(Window(fd, part.start, part.size))
     fstype = part.fstype or probe_fstype(window)
@@ -258,7 +320,8 @@ def _plan_one(fd: int, part: layout_mod.PartitionEntry, number: int | None) -> _
     fs = registry.get(fstype)
     if fs is not None and not fs.imaged:  # swap: recreated on restore from its identity
         return _Planned(part.name, number, part.start, part.size, fstype, uuid, label, None)
-    alloc = allocation_for(window, part.size, fstype)
+    reading = read_partition(window, part.size, fstype, secret)
+    alloc = reading.alloc
     return _Planned(
         part.name,
         number,
@@ -268,6 +331,7 @@ def _plan_one(fd: int, part: layout_mod.PartitionEntry, number: int | None) -> _
         uuid or alloc.uuid,
         label or alloc.label,
         alloc,
+        reading.layers,
     )
 
 
@@ -297,6 +361,7 @@ def _store_all(
             uuid=p.uuid,
             label=p.label,
             stored_as=StoredAs.SWAP,
+            layers=p.layers,
         )
         done = next((r for r in state.done if r.name == p.name), None)
         if done is not None:  # stored before the capture was interrupted

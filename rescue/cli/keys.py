@@ -1,0 +1,87 @@
+"""Keys for encrypted partitions on the command line: ``--passphrase-file`` and ``--key-file``.
+
+``--passphrase-file PART=FILE`` takes the first line of FILE (a LUKS passphrase,
+a BitLocker password or recovery password); ``--key-file PART=FILE`` its exact
+bytes (a LUKS key file, a BitLocker ``.bek``). PART is the partition's device
+path or kernel name. On a terminal, an encrypted partition without one is asked
+for with a hidden prompt; an empty answer leaves it locked (stored whole). A key
+is never an argument itself, so it never shows in a process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from rescue.containers.keys import Secret, SecretKind, passphrase_from_file
+from rescue.errors import BadInputError
+from rescue.operations.unlock import EncryptedPartition, partition_name
+from rescue.units import human_size
+
+MAX_KEY_FILE = 1 << 20
+"""A key file larger than this is not one (cryptsetup's own default limit is 8 MiB)."""
+
+
+def add_key_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--passphrase-file", action="append", default=[], metavar="PART=FILE",
+                   help="open encrypted partition PART with the first line of FILE "
+                   "(LUKS passphrase, BitLocker password or recovery password)"
+                   )  # fmt: skip
+    p.add_argument("--key-file", action="append", default=[], metavar="PART=FILE",
+                   help="open encrypted partition PART with the exact bytes of FILE "
+                   "(LUKS key file, BitLocker .bek startup key)"
+                   )  # fmt: skip
+
+
+def _read_key_file(path: Path, option: str) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise BadInputError(f"{option}: cannot read {path}: {exc.strerror or exc}.") from None
+    if len(data) > MAX_KEY_FILE:
+        raise BadInputError(f"{option}: {path} is larger than any key file ({MAX_KEY_FILE} bytes).")
+    if not data:
+        raise BadInputError(f"{option}: {path} is empty.")
+    return data
+
+
+def secrets_from(args: argparse.Namespace) -> dict[str, Secret]:
+    """The keys named on the command line, by partition kernel name."""
+    out: dict[str, Secret] = {}
+    given = [("--passphrase-file", v, SecretKind.PASSPHRASE) for v in args.passphrase_file]
+    given += [("--key-file", v, SecretKind.KEY_FILE) for v in args.key_file]
+    for option, value, kind in given:
+        part, sep, file = value.partition("=")
+        if not sep or not part or not file:
+            raise BadInputError(f"{option} takes PART=FILE (e.g. /dev/sda3=/root/pass.txt).")
+        name = partition_name(part)
+        if name in out:
+            raise BadInputError(f"Two keys were given for {name}: give one.")
+        data = _read_key_file(Path(file), option)
+        if kind == SecretKind.PASSPHRASE:
+            data = passphrase_from_file(data)
+            if not data:
+                raise BadInputError(f"{option}: the first line of {file} is empty.")
+        out[name] = Secret(kind, data)
+    return out
+
+
+def ask_for_missing(
+    secrets: dict[str, Secret], encrypted: list[EncryptedPartition]
+) -> dict[str, Secret]:
+    """On a terminal, ask for the key of each encrypted partition that has none."""
+    if not sys.stdin.isatty():
+        return secrets
+    for part in encrypted:
+        if part.name in secrets:
+            continue
+        typed = getpass.getpass(
+            f"{part.name} is {part.what}. Passphrase or recovery password "
+            f"(empty: leave it locked and store all {human_size(part.size)} as they are): "
+        )
+        if typed:
+            secrets[part.name] = Secret(SecretKind.PASSPHRASE, typed.encode())
+    return secrets
