@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, rescue_command, run
+from diskbench import LoopDisk, PartSpec, rescue_command, run, tree_digest
 from layer_fixtures import (
     PASSPHRASE,
     MiB,
@@ -62,14 +62,8 @@ def test_luks_round_trip_keeps_it_encrypted_and_stores_only_used_blocks(
     src, digest = luks_disk(loop_disk_factory, tmp_path, version)
     image = tmp_path / "image"
     part = src.parts[1]
-    args = [
-        "capture",
-        src.path,
-        str(image),
-        "--passphrase-file",
-        f"{part}={passphrase_file(tmp_path)}",
-    ]
-    assert main(args) == 0
+    key = f"{part}={passphrase_file(tmp_path)}"
+    assert main(["capture", src.path, str(image), "--passphrase-file", key]) == 0
     assert main(["verify", str(image)]) == 0
     record = next(
         p for p in json.loads((image / "rescue.json").read_text())["partitions"]
@@ -85,6 +79,28 @@ def test_luks_round_trip_keeps_it_encrypted_and_stores_only_used_blocks(
     stored = sum(f["size"] for f in record["files"])
     assert stored <= 1.05 * inner["used_bytes"] + layer["metadata_bytes"]
     assert stored < PART_MIB * MiB / 3
+
+    # browse it with the key, without a restore
+    mnt = tmp_path / "mnt"
+    assert main(["mount", str(image), str(mnt), "--partition", "2", "--passphrase-file", key]) == 0
+    try:
+        assert tree_digest(mnt) == digest
+    finally:
+        assert main(["unmount", str(mnt)]) == 0
+    out = tmp_path / "out"
+    args = ["extract", str(image), "/docs", "--partition", "2", "--to", str(out)]
+    assert main([*args, "--passphrase-file", str(passphrase_file(tmp_path))]) == 0
+    assert tree_digest(out / "docs") == {
+        k.removeprefix("docs/"): v for k, v in digest.items() if k.startswith("docs/")
+    }
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("wrong\n")
+    assert (
+        main(["mount", str(image), str(mnt), "--partition", "2", "--passphrase-file", str(wrong)])
+        == EXIT_REFUSED
+    )
+    assert main(["mount", str(image), str(mnt), "--partition", "2"]) == EXIT_REFUSED
+    assert not any(mnt.iterdir())
 
     target = loop_disk_factory(PART_MIB + 60, None, [])  # a larger disk: the partition grows
     assert main(["restore", str(image), target.path, "--yes"]) == 0

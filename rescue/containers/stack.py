@@ -28,12 +28,13 @@ from rescue.containers.base import (
     LayerInfo,
     Opened,
     Probe,
+    Volume,
     VolumeInfo,
     binary_view,
     read_at,
 )
 from rescue.containers.keys import Secret
-from rescue.errors import FilesystemError, WrongKeyError
+from rescue.errors import BadInputError, FilesystemError, WrongKeyError
 from rescue.filesystems import registry
 from rescue.filesystems.base import Allocation, bitmap_from_runs, count_bits
 from rescue.filesystems.detect import allocation_for as filesystem_allocation
@@ -251,3 +252,37 @@ def allocation_for(
 ) -> Allocation:
     """Used blocks of the partition in ``f`` (see :func:`read_partition`)."""
     return read_partition(f, size, fstype, secret).alloc
+
+
+def volumes_inside(f: BinaryIO, size: int, secret: Secret | None, depth: int = 0) -> list[Volume]:
+    """The innermost volumes of the layers on the device in ``f``: what holds filesystems.
+
+    A partition with no layer has none. A locked layer without ``secret`` raises
+    :class:`WrongKeyError`, as does a wrong one.
+    """
+    found = find_container(f, size) if depth < MAX_DEPTH else None
+    if found is None:
+        return []
+    opener = OPENERS.get(found.kind)
+    if opener is None:
+        raise FilesystemError(f"{found.describe()}: rescue does not read inside it yet.")
+    leaves: list[Volume] = []
+    for vol in opener(f, size, found, secret).volumes:
+        inner = volumes_inside(binary_view(vol), vol.size, secret, depth + 1)
+        leaves += inner or [vol]
+    return leaves
+
+
+def choose_volume(volumes: list[Volume], name: str | None, what: str) -> Volume:
+    """The volume called ``name`` (``VG/LV``), or the only one when no name is given."""
+    names = ", ".join(v.name for v in volumes)
+    if name is None:
+        if len(volumes) == 1:
+            return volumes[0]
+        raise BadInputError(
+            f"{what} holds {len(volumes)} volumes: choose one with --volume ({names})."
+        )
+    for vol in volumes:
+        if vol.name == name:
+            return vol
+    raise BadInputError(f"{what} holds no volume {name!r}; it holds: {names or 'none'}.")

@@ -30,6 +30,8 @@ def layer_block_size(size: int) -> int:
 class Layered(Filesystem):
     """A partition whose stream holds a volume layer's sectors as they are on disk."""
 
+    layer = True
+
     @staticmethod
     def reasons(what: str, inside: str, grow: str) -> Reasons:
         """The refusals of a layer: ``what`` it is, how to reach ``inside``, what ``grow`` does."""
@@ -76,6 +78,7 @@ _GROW_ENCRYPTED = (
 
 
 class Luks(Layered):
+    encrypted = True
     names = ("luks",)
     aliases = ("crypto_LUKS",)
     human_name = "LUKS encrypted volume"
@@ -88,6 +91,7 @@ class Luks(Layered):
 
 
 class BitLocker(Layered):
+    encrypted = True
     names = ("bitlocker",)
     aliases = ("BitLocker",)
     human_name = "BitLocker encrypted volume"
