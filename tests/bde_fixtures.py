@@ -27,7 +27,7 @@ from typing import IO
 import pytest
 
 SDIST = "dissect.fve==4.6"
-PASSWORD = "password12!@"  # noqa: S105 (a test volume's published password)
+PASSWORD = "password12!@"
 RECOVERY = {
     "recovery_password.bin": "284867-596541-514998-422114-660297-261613-215424-199408",
     "vista.bin": "517506-503998-044583-576191-587004-635965-501270-087802",
@@ -160,7 +160,9 @@ def fill_with_ntfs(samples: Samples, sample: str, work: Path, ntfs_size: int = 3
             check=True, capture_output=True,
         )  # fmt: skip
         for f in sorted(files.iterdir()):
-            subprocess.run(["ntfscp", "-q", str(plain), str(f), f.name], check=True, capture_output=True)
+            subprocess.run(
+                ["ntfscp", "-q", str(plain), str(f), f.name], check=True, capture_output=True
+            )
         with plain.open("rb") as fh:
             plaintext = fh.read(ntfs_size)
     return Filled(volume=volume, ntfs_size=ntfs_size, plaintext=plaintext)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bde_fixtures import BEK, MiB, PASSWORD, RECOVERY, Samples, fill_with_ntfs
+from bde_fixtures import BEK, PASSWORD, RECOVERY, MiB, Samples, fill_with_ntfs
 from dissect.fve.bde import BDE
 
 from rescue.containers import bitlocker
@@ -115,7 +115,7 @@ def test_each_key_reads_the_ntfs_that_dislocker_wrote(
         assert offset + length <= filled.ntfs_size
         assert vol.pread(offset, length) == filled.plaintext[offset : offset + length]
         for outer, n in vol.outer_ranges(offset, length):
-            assert 0 <= outer and outer + n <= size
+            assert outer >= 0 and outer + n <= size
     # the NTFS boot sector and what follows were moved: they are stored where they lie
     (head,) = vol.outer_ranges(0, 8192)
     assert head[0] != 0 and inside(opened.metadata, *head)
@@ -141,7 +141,7 @@ def test_plaintext_matches_dissect_fve_on_the_same_sectors(
 ) -> None:
     path = samples.get(sample)
     secret = secret_for(sample, samples)
-    opened, size = open_file(path, secret)
+    opened, _ = open_file(path, secret)
     (vol,) = opened.volumes
     stream = dissect_stream(path, secret)
     # the moved header, a stretch of data, and every BitLocker area with its edges
@@ -248,7 +248,11 @@ def test_another_volumes_startup_key_is_refused(samples: Samples) -> None:
     ("sample", "opens", "protectors"),
     [
         ("recovery_password.bin", "recovery password, password", "recovery password, password"),
-        ("startup_key.bin", "password, startup key (.bek file)", "startup key (.bek file), password"),
+        (
+            "startup_key.bin",
+            "password, startup key (.bek file)",
+            "startup key (.bek file), password",
+        ),
     ],
 )
 def test_no_key_names_the_protectors(

@@ -50,6 +50,6 @@ def open_layer(f: BinaryIO, size: int, found: Container, secret: Secret | None) 
     See :mod:`rescue.containers.bitlocker_open`; imported here on first use, so
     probing needs neither dissect.fve nor OpenSSL.
     """
-    from rescue.containers.bitlocker_open import open_bitlocker
+    from rescue.containers.bitlocker_open import open_bitlocker  # noqa: PLC0415  (80 ms of imports)
 
     return open_bitlocker(f, size, found, secret)

@@ -105,7 +105,7 @@ class _CbcSectors:
     """
 
     def __init__(self, key: bytes, sector_size: int) -> None:
-        self._ecb = Cipher(algorithms.AES(key), modes.ECB())
+        self._ecb = Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305 (CBC done by hand)
         self._sector_size = sector_size
 
     def decrypt(self, data: bytes, sector: int) -> bytes:
@@ -304,7 +304,7 @@ def layout_of(bde: BDE, size: int) -> Layout:
         head = min(int(info.virtualized_sectors), sectors)
         base = int(info.virtualized_block_offset) // ss
         if head and base + head > sectors:
-            raise FilesystemError("The BitLocker metadata puts the volume header past the partition.")
+            raise FilesystemError("BitLocker's metadata puts the volume header past the partition.")
         if head:
             fixed.append((0, head, _MAPPED, base))
     zeros = _merge(
@@ -378,9 +378,7 @@ class BitLockerVolume:
         self._f.seek(sector * ss)
         data = self._f.read(count * ss)
         if len(data) != count * ss:
-            raise DeviceError(
-                f"The BitLocker partition ends before sector {sector + count} that it says it holds."
-            )
+            raise DeviceError(f"The BitLocker partition ends before its sector {sector + count}.")
         return data
 
     def pread(self, offset: int, size: int) -> bytes:
@@ -516,16 +514,13 @@ def _metadata(bde: BDE, layout: Layout, size: int) -> tuple[tuple[int, int], ...
     """The partition's ranges BitLocker keeps for itself: stored always, as they are."""
     ss = layout.sector_size
     info = bde.information
-    if int(bde.version) == 1:
-        head = _VISTA_PLAIN
-    else:
-        head = max(1, int(info.virtualized_sectors)) * ss
+    head = _VISTA_PLAIN if int(bde.version) == 1 else max(1, int(info.virtualized_sectors)) * ss
     regions = [(0, head)]
     for first, n in bde.reserved_regions():  # FVE blocks, moved header, EOW bitmaps, logs
         regions.append((first * ss, (first + n) * ss))
     block = max(n for _first, n in bde.reserved_regions()[:1]) * ss
-    for offset in bde.boot_sector.information_offsets:  # every copy, valid or not
-        regions.append((int(offset), int(offset) + block))
+    # every copy, valid or not
+    regions.extend((int(o), int(o) + block) for o in bde.boot_sector.information_offsets)
     clipped = [(a, min(b, size)) for a, b in regions if a < size]
     return tuple((a, b - a) for a, b in _merge(clipped))
 
@@ -541,8 +536,9 @@ def open_bitlocker(f: BinaryIO, size: int, found: Container, secret: Secret | No
         ) from None
     unlock(bde, secret)
     layout = layout_of(bde, size)
-    key_type = bde._fvek_type  # noqa: SLF001 (dissect.fve keeps the FVEK and its type here)
-    fvek = bde._fvek  # noqa: SLF001
+    # dissect.fve keeps the unlocked FVEK and its type in these attributes
+    key_type = bde._fvek_type
+    fvek = bde._fvek
     cipher: SectorCipher | None = None
     encryption = "none (decrypted)"
     read_with = READ_WITH
