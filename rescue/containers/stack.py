@@ -62,6 +62,7 @@ Opener = Callable[[BinaryIO, int, Container, Secret | None], Opened]
 
 OPENERS: dict[str, Opener] = {
     "luks": luks.open_layer,
+    "bitlocker": bitlocker.open_layer,
 }
 """How each container kind is read through; a kind without one is stored whole."""
 
