@@ -44,6 +44,8 @@ MAX_TEXT = 32 << 20
 """Metadata text rescue reads at most (LVM's own metadata areas are 1 MiB by default)."""
 MAX_DEPTH = 8
 """Sections nested deeper than this are refused (LVM writes at most four levels)."""
+MAX_NAME = 128
+"""Longest name of a section or key (LVM's names of VGs and LVs are at most 127 characters)."""
 MAX_NUMBER = (1 << 63) - 1
 """Largest integer taken (LVM stores sizes and extents as 64-bit numbers)."""
 MAX_EXTENT_SECTORS = 1 << 32
@@ -65,7 +67,7 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
-_INTEGER = re.compile(r"-?[0-9]{1,19}")
+_INTEGER = re.compile(r"-?[0-9]+")
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
@@ -107,6 +109,11 @@ class Section:
         return found
 
 
+def _short(lexeme: str) -> str:
+    """A token as an error message shows it (hostile text may hold a word of megabytes)."""
+    return lexeme if len(lexeme) <= 40 else f"{lexeme[:40]}..."
+
+
 class _Tokens:
     """The text as tokens (kind, text), with the line each is on for messages."""
 
@@ -119,6 +126,8 @@ class _Tokens:
         while self.pos < len(self.text):
             m = _TOKEN.match(self.text, self.pos)
             if m is None:
+                if self.text[self.pos] == '"':
+                    raise self.error("a string that does not end")
                 raise self.error(f"unexpected character {self.text[self.pos]!r}")
             self.pos = m.end()
             kind = m.lastgroup or ""
@@ -137,11 +146,10 @@ def _scalar(tokens: _Tokens, kind: str, lexeme: str) -> Scalar:
     if kind == "string":
         return _ESCAPE.sub(r"\1", lexeme[1:-1])
     if kind == "word" and _INTEGER.fullmatch(lexeme):
-        value = int(lexeme)
-        if abs(value) > MAX_NUMBER:
-            raise tokens.error(f"number {lexeme} is too large")
+        if len(lexeme) > 20 or abs(value := int(lexeme)) > MAX_NUMBER:
+            raise tokens.error(f"number {_short(lexeme)} is too large")
         return value
-    raise tokens.error(f"{lexeme or 'the end'} where a value belongs")
+    raise tokens.error(f"{_short(lexeme) or 'the end'} where a value belongs")
 
 
 def _value(tokens: _Tokens) -> Value:
@@ -156,7 +164,9 @@ def _value(tokens: _Tokens) -> Value:
         if lexeme == ",":
             kind, lexeme = tokens.next()
         elif lexeme != "]":
-            raise tokens.error(f"{lexeme or 'the end'} in a list (a comma or ] belongs there)")
+            raise tokens.error(
+                f"{_short(lexeme) or 'the end'} in a list (a comma or ] belongs there)"
+            )
     return tuple(items)
 
 
@@ -180,11 +190,13 @@ def parse(text: str) -> Section:
             stack.pop()
             continue
         if kind != "word":
-            raise tokens.error(f"{lexeme} where a name belongs")
+            raise tokens.error(f"{_short(lexeme)} where a name belongs")
         name = lexeme
+        if len(name) > MAX_NAME:
+            raise tokens.error(f"name {_short(name)} is longer than LVM allows")
         _, after = tokens.next()
         if name in current.values or name in current.sections:
-            raise tokens.error(f"{name} given twice in {current.name}")
+            raise tokens.error(f"{_short(name)} given twice in {current.name}")
         if after == "=":
             current.values[name] = _value(tokens)
         elif after == "{":
@@ -194,7 +206,9 @@ def parse(text: str) -> Section:
             current.sections[name] = section
             stack.append(section)
         else:
-            raise tokens.error(f"{after or 'the end'} after {name} (= or {{ belongs there)")
+            raise tokens.error(
+                f"{_short(after) or 'the end'} after {_short(name)} (= or {{ belongs there)"
+            )
 
 
 @dataclass(frozen=True)
