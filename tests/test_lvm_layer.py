@@ -714,3 +714,32 @@ def test_random_damage_is_an_error_or_a_reading_never_a_hang(real_pv: bytes) -> 
                 assert at >= 0 and at + n <= len(real_pv)
     assert outcomes["read"] and outcomes["refused"]
     assert time.monotonic() - started < 60
+
+
+def test_an_lv_on_another_lv_is_stored_whole_with_what_it_lies_on(real_pv: bytes) -> None:
+    image = edited(real_pv, SEGMENT_TWO, 'stripes = ["one", 0]')  # as pvmove leaves an LV
+    opened = open_image(image)
+    assert opened.volumes == ()
+    ((reason, ranges),) = opened.whole
+    assert (
+        reason
+        == "rlvm_bad/two lies on other LVs (rlvm_bad/one), as while pvmove runs: stored whole"
+    )
+    pe_start = opened.metadata[0][1]
+    assert ranges == ((pe_start, 2 * MiB),)  # one's extents; two's own are none now
+
+
+def test_an_orphan_pv_and_a_pv_without_metadata(tmp_path: Path) -> None:
+    backing = sparse(tmp_path / "pv.img", 16 * MiB)
+    with attached(backing) as pv:
+        lvm_ = Lvm(pv)
+        lvm_("pvcreate", "-q", pv)
+        pe_start = lvm_.report().pe_start[pv]
+        orphan, _ = open_pv(pv)
+        lvm_("pvremove", "-q", pv)
+        lvm_("pvcreate", "-q", "--metadatacopies", "0", pv)
+        with pytest.raises(FilesystemError, match="keeps no metadata area"):
+            open_pv(pv)
+    assert (orphan.volumes, orphan.whole) == ((), ())
+    assert orphan.metadata == ((0, pe_start),)
+    assert dict(orphan.details)["volume group"].startswith("none (an orphan physical volume")

@@ -362,6 +362,9 @@ def _reason(vg: VolumeGroup, lv: LogicalVolume, elsewhere: bool, own: str) -> st
         return (
             f"{q} has segments of type {', '.join(types)}, which rescue does not read: stored whole"
         )
+    if any(s.uses for s in lv.segments):
+        names = ", ".join(f"{vg.name}/{n}" for s in lv.segments for n in s.uses)
+        return f"{q} lies on other LVs ({names}), as while pvmove runs: stored whole"
     if elsewhere:
         return (
             f"{q} has extents on another physical volume too: its part on this one "
@@ -394,7 +397,9 @@ def open_layer(f: BinaryIO, size: int, found: Container) -> Opened:
     if vg is None:
         return Opened(
             volumes=(),
-            metadata=_merged([(0, max(pe_start, label.offset + _SECTOR)), *label.metadata_areas]),
+            metadata=_merged(
+                [(0, min(size, max(pe_start, label.offset + _SECTOR))), *label.metadata_areas]
+            ),
             details=(
                 ("volume group", "none (an orphan physical volume: nothing is allocated)"),
                 ("read with", "rescue's LVM2 metadata reader"),
@@ -526,7 +531,7 @@ def _pieces(
     lv: LogicalVolume, data_start: int, extent: int, elsewhere: set[str], key: str
 ) -> tuple[_Piece, ...] | None:
     """``lv``'s segments as pieces of this PV, or None when it cannot be read here."""
-    if lv.name in elsewhere or lv.types != ("striped",):
+    if lv.name in elsewhere or lv.types != ("striped",) or any(s.uses for s in lv.segments):
         return None
     pieces = []
     for segment in lv.segments:

@@ -224,7 +224,8 @@ class Segment:
     areas: tuple[tuple[str, int], ...]
     """``(physical volume key or LV name, first extent)`` of each stripe or mirror leg."""
     uses: tuple[str, ...]
-    """Names of other LVs the segment is built on (a pool's data, a RAID's images, ...)."""
+    """Names of other LVs the segment is built on (a pool's data, a RAID's images, the
+    temporary mirror of a pvmove, ...), each once."""
     values: dict[str, Value]
     """Everything the segment says, for the few types read by name (snapshots, thin)."""
 
@@ -313,10 +314,10 @@ def _segment(section: Section, lv_names: set[str]) -> Segment:
     stripe_size = 0
     if kind == "striped":
         stripes = section.integer("stripe_count", low=1, high=1 << 16)
-        if stripes != len(areas) or uses:
+        listed = len(areas) + len(uses)  # stripes on other LVs: a pvmove under way
+        if stripes != listed:
             raise FilesystemError(
-                f"LVM metadata: {section.name} says {stripes} stripes but lists "
-                f"{len(areas) + len(uses)}."
+                f"LVM metadata: {section.name} says {stripes} stripes but lists {listed}."
             )
         if stripes > 1:
             stripe_size = section.integer("stripe_size", low=1, high=MAX_EXTENT_SECTORS)
