@@ -533,11 +533,12 @@ def test_a_wrapped_metadata_ring_and_the_copy_at_the_end(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def real_pv(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """A small PV with a VG ``rlvm_bad`` and LVs ``one`` (2 extents) and ``two`` (3)."""
+    """A small PV with a VG ``rlvm_bad`` and LVs ``one`` (2 extents) and ``two`` (3); its
+    metadata area of 8 MiB holds texts far larger than LVM writes."""
     backing = sparse(tmp_path_factory.mktemp("lvm") / "pv.img", 16 * MiB)
     with attached(backing) as pv:
         lvm_ = Lvm(pv)
-        lvm_("pvcreate", "-q", pv)
+        lvm_("pvcreate", "-q", "--metadatasize", "8m", pv)
         lvm_("vgcreate", "-q", "-s", "1m", "rlvm_bad", pv)
         lvm_.lv("lvcreate", "-an", "-Zn", "-q", "-L", "2m", "-n", "one", "rlvm_bad")
         lvm_.lv("lvcreate", "-an", "-Zn", "-q", "-L", "3m", "-n", "two", "rlvm_bad")
@@ -550,12 +551,12 @@ def current_text(image: bytes) -> str:
 
 
 def with_text(image: bytes, text: bytes) -> bytes:
-    """``image`` whose metadata area holds ``text`` (checksums made right)."""
+    """``image`` whose metadata area holds ``text`` at the start of its ring (checksums made
+    right)."""
     out = bytearray(image)
-    rel, _ = struct.unpack_from("<QQ", out, MDA + 40)
     raw = text + b"\0"
-    out[MDA + rel : MDA + rel + len(raw)] = raw
-    struct.pack_into("<QI", out, MDA + 48, len(raw), lvm.lvm_crc(raw))
+    out[MDA + 512 : MDA + 512 + len(raw)] = raw
+    struct.pack_into("<QQI", out, MDA + 40, 512, len(raw), lvm.lvm_crc(raw))
     struct.pack_into("<I", out, MDA, lvm.lvm_crc(bytes(out[MDA + 4 : MDA + 512])))
     return bytes(out)
 
@@ -682,7 +683,7 @@ def test_damaged_areas_and_headers(real_pv: bytes) -> None:
     label[512 + 100] ^= 1
     fails(bytes(label), "label sector is damaged")
     fails(real_pv, "which does not fit on the", length=512 * 1024)  # an image cut short
-    fails(real_pv, "which has 8388608 bytes", length=8 * MiB)
+    fails(real_pv, "which has 15728640 bytes", length=15 * MiB)
     uuid = lvm.read_label(io.BytesIO(real_pv), size).uuid
     fails(edited(real_pv, uuid, "x" + uuid[1:]), f"does not list this physical volume ({uuid})")
 
@@ -743,3 +744,29 @@ def test_an_orphan_pv_and_a_pv_without_metadata(tmp_path: Path) -> None:
     assert (orphan.volumes, orphan.whole) == ((), ())
     assert orphan.metadata == ((0, pe_start),)
     assert dict(orphan.details)["volume group"].startswith("none (an orphan physical volume")
+
+
+def test_long_chains_and_crowded_pools_cost_their_length(real_pv: bytes) -> None:
+    """40,000 LVs each built on the next, and a pool of 20,000 thin volumes: read in one pass."""
+    chain = "".join(
+        lv_text(f"c{i}", "cache", ("origin", f"c{i + 1}"), ("cache_pool", "none"))
+        for i in range(40_000)
+    )
+    chain = chain.replace('"c40000"', '"one"')  # the last one lies on LV one
+    started = time.monotonic()
+    opened = open_image(edited(real_pv, "logical_volumes {\n", "logical_volumes {\n" + chain))
+    assert time.monotonic() - started < 20
+    ((reason, _),) = opened.whole
+    assert reason == "rlvm_bad/c0 is a cached LV (cache): stored whole, with its cache"
+    assert [v.name for v in opened.volumes] == ["rlvm_bad/two"]
+    thin = "".join(
+        lv_text(f"t{i}", "thin", ("thin_pool", "pool")) for i in range(20_000)
+    ) + lv_text("pool", "thin-pool", ("pool", "one"), ("metadata", "two"))
+    started = time.monotonic()
+    opened = open_image(edited(real_pv, "logical_volumes {\n", "logical_volumes {\n" + thin))
+    assert time.monotonic() - started < 20
+    ((reason, _),) = opened.whole
+    assert reason == (
+        "rlvm_bad/pool is a thin pool (holding rlvm_bad/t0, rlvm_bad/t1, rlvm_bad/t2, "
+        "rlvm_bad/t3, rlvm_bad/t4 and 19995 more): stored whole, its data and metadata"
+    )

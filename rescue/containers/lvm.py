@@ -324,20 +324,20 @@ def _choose(f: BinaryIO, label: PvLabel) -> tuple[VolumeGroup | None, int]:
     return None, 0
 
 
-def _reason(vg: VolumeGroup, lv: LogicalVolume, elsewhere: bool, own: str) -> str:
+def _listed(vg: VolumeGroup, names: Iterable[str]) -> str:
+    """``vg/a, vg/b``: at most five names, then how many more (hostile metadata may hold many)."""
+    unique = list(dict.fromkeys(names))
+    shown = ", ".join(f"{vg.name}/{n}" for n in unique[:5])
+    return shown + (f" and {len(unique) - 5} more" if len(unique) > 5 else "")
+
+
+def _reason(vg: VolumeGroup, lv: LogicalVolume, elsewhere: bool, own: str, thin: list[str]) -> str:
     """Why ``lv`` (with whatever it is built on) is stored whole, for a technician."""
     q = f"{vg.name}/{lv.name}"
     types = lv.types
     segment = lv.segments[0]
     if "thin-pool" in types:
-        volumes = [
-            f"{vg.name}/{other.name}"
-            for other in vg.lvs
-            if any(
-                s.type == "thin" and s.values.get("thin_pool") == lv.name for s in other.segments
-            )
-        ]
-        holding = f" (holding {', '.join(volumes)})" if volumes else ""
+        holding = f" (holding {_listed(vg, thin)})" if thin else ""
         return f"{q} is a thin pool{holding}: stored whole, its data and metadata"
     if "snapshot" in types:
         cow = segment.values.get("cow_store", "?")
@@ -363,7 +363,7 @@ def _reason(vg: VolumeGroup, lv: LogicalVolume, elsewhere: bool, own: str) -> st
             f"{q} has segments of type {', '.join(types)}, which rescue does not read: stored whole"
         )
     if any(s.uses for s in lv.segments):
-        names = ", ".join(f"{vg.name}/{n}" for s in lv.segments for n in s.uses)
+        names = _listed(vg, (n for s in lv.segments for n in s.uses))
         return f"{q} lies on other LVs ({names}), as while pvmove runs: stored whole"
     if elsewhere:
         return (
@@ -446,18 +446,32 @@ def _area_extents(segment: Segment) -> int:
     return segment.extent_count
 
 
-def _top(vg: VolumeGroup, name: str, owner: dict[str, str]) -> str:
-    """The LV at the top of what ``name`` is part of (a pool's data LV → the pool)."""
-    seen = [name]
-    while name in owner:
-        name = owner[name]
-        if name in seen:
-            raise FilesystemError(
-                f"LVM metadata of {vg.name} is damaged: LVs {', '.join(seen)} are built on "
-                "each other in a loop."
-            )
-        seen.append(name)
-    return name
+def _tops(vg: VolumeGroup, owner: dict[str, str]) -> dict[str, str]:
+    """Each LV -> the LV at the top of what it is part of (a pool's data LV -> the pool).
+
+    Every chain is walked once (what an earlier walk found is reused), so a long
+    chain of LVs built on each other costs no more than its length.
+    """
+    top: dict[str, str] = {}
+    for lv in vg.lvs:
+        path: list[str] = []
+        on_path: set[str] = set()
+        name = lv.name
+        while name not in top and name in owner:
+            if name in on_path:
+                shown = ", ".join(path[:5]) + (", ..." if len(path) > 5 else "")
+                raise FilesystemError(
+                    f"LVM metadata of {vg.name} is damaged: LVs {shown} are built on each "
+                    "other in a loop."
+                )
+            path.append(name)
+            on_path.add(name)
+            name = owner[name]
+        root = top.get(name, name)
+        top[name] = root
+        for member in path:
+            top[member] = root
+    return top
 
 
 def _layout(
@@ -505,9 +519,14 @@ def _layout(
     volumes: list[LogicalVolumeOnPv] = []
     stored: dict[str, list[tuple[int, int]]] = {}
     tops: dict[str, list[str]] = {}
+    for name, top in _tops(vg, owner).items():
+        tops.setdefault(top, []).append(name)
+    thin: dict[str, list[str]] = {}
     for lv in vg.lvs:
-        top = _top(vg, lv.name, owner)
-        tops.setdefault(top, []).append(lv.name)
+        for segment in lv.segments:
+            pool = segment.values.get("thin_pool")
+            if segment.type == "thin" and isinstance(pool, str):
+                thin.setdefault(pool, []).append(lv.name)
     for lv in vg.lvs:
         if lv.name not in tops:
             continue
@@ -523,7 +542,7 @@ def _layout(
         ]
         if ranges:
             split = any(member in elsewhere for member in members)
-            stored[_reason(vg, lv, split, pv.uuid)] = ranges
+            stored[_reason(vg, lv, split, pv.uuid, thin.get(lv.name, []))] = ranges
     return tuple(volumes), tuple((reason, _merged(r)) for reason, r in stored.items())
 
 
