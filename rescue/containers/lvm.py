@@ -5,6 +5,13 @@ points to the PV header: the PV's UUID, its size, the data area (where the
 physical extents start, ``pe_start``) and the metadata areas, which hold the
 volume group's text metadata (a ring buffer after the label, usually in the
 first MiB).
+
+``probe`` recognises the PV from its label. ``open_layer`` reads through it:
+the metadata areas' current text (parsed by :mod:`rescue.containers.lvm_metadata`)
+gives the volume group, and each LV whose linear or striped segments all lie on
+this PV becomes a volume read through its extents; what cannot be read inside
+(thin pools, RAID, mirrors, caches, snapshot stores, LVs on several PVs) is
+stored whole with the reason, and free extents are not stored.
 """
 
 from __future__ import annotations
