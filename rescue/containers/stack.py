@@ -60,9 +60,14 @@ SWAP_HEADER = 64 * 1024
 Opener = Callable[[BinaryIO, int, Container, Secret | None], Opened]
 
 
+def _open_lvm(f: BinaryIO, size: int, found: Container, secret: Secret | None) -> Opened:
+    return lvm.open_layer(f, size, found)  # no key: LVM is not encrypted
+
+
 OPENERS: dict[str, Opener] = {
     "luks": luks.open_layer,
     "bitlocker": bitlocker.open_layer,
+    "lvm2-pv": _open_lvm,
 }
 """How each container kind is read through; a kind without one is stored whole."""
 
