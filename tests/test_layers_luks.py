@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, rescue_command, run, tree_digest
+from diskbench import LoopDisk, PartSpec, rescue_command, run, settle, tree_digest
 from layer_fixtures import (
     PASSPHRASE,
     MiB,
@@ -26,9 +26,13 @@ from layer_fixtures import (
     make_luks_ext4,
     mounted_digest,
 )
+from test_tui_workflows import finish_job, make_app, run_ui, select_disk, wait_for
+from textual.pilot import Pilot
+from textual.widgets import Input
 
 from rescue.cli import main
 from rescue.errors import EXIT_REFUSED
+from rescue.tui.app import RescueApp
 
 pytestmark = need("root", "loop", "partclone")
 
@@ -46,6 +50,8 @@ def luks_disk(factory: DiskFactory, tmp: Path, version: int) -> tuple[LoopDisk, 
         dst.flush()
         os.fsync(dst.fileno())
     volume.unlink()
+    run("udevadm", "trigger", "--action=change", disk.parts[1], check=False)
+    settle()
     return disk, digest
 
 
@@ -191,3 +197,36 @@ def test_keys_reach_no_file_log_output_or_argument(
     for path in image.rglob("*"):
         if path.is_file():
             assert PASSPHRASE.encode() not in path.read_bytes(), path
+
+
+def test_the_capture_screen_asks_for_the_key_of_each_encrypted_partition(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """The key typed into the capture screen's hidden field opens the volume; the image
+    is then small and the layer read."""
+    src, _ = luks_disk(loop_disk_factory, tmp_path, 2)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    name = Path(src.parts[1]).name
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        select_disk(app, "disks", src.path)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: bool(app.screen.query("#keys Input")))
+        label = " ".join(str(w.render()) for w in app.screen.query("#keys Label"))
+        assert src.parts[1] in label and "LUKS" in label and "96.0 MiB" in label
+        (key,) = app.screen.query("#keys Input").results(Input)
+        assert key.password  # typed characters are not shown
+        key.value = PASSPHRASE
+        app.screen.query_one("#dest", Input).value = str(dest)
+        app.screen.query_one("#name", Input).value = "pc-image"
+        await pilot.press("ctrl+s")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+
+    run_ui(scenario, make_app())
+    record = next(
+        p for p in json.loads((dest / "pc-image" / "rescue.json").read_text())["partitions"]
+        if p["name"] == name
+    )  # fmt: skip
+    assert record["stored_as"] == "partclone" and record["layers"][0]["state"] == "read"

@@ -72,3 +72,11 @@ def encrypted_image_partition(image_dir: Path, number: int | None) -> str | None
     if fs is None or not fs.layer or not fs.encrypted:
         return None
     return f"{parts[0].name} is a {fs.human_name}"
+
+
+def needs_key(fstype: str | None) -> str | None:
+    """What a partition udev names ``fstype`` is, when it needs a key to be read inside."""
+    fs = registry.get(fstype)
+    if fs is None or not fs.layer or not fs.encrypted:
+        return None
+    return fs.human_name
