@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from rescue.containers import bitlocker, luks, lvm
+from rescue.containers import bitlocker, luks, lvm, md
 from rescue.containers.base import (
     PROBE_BYTES,
     Container,
@@ -45,8 +45,9 @@ from rescue.units import human_size
 
 log = logging.getLogger(__name__)
 
-PROBES: tuple[Probe, ...] = (luks.probe, bitlocker.probe, lvm.probe)
-"""Every container type rescue recognises, in the order they are tried."""
+PROBES: tuple[Probe, ...] = (md.probe, luks.probe, bitlocker.probe, lvm.probe)
+"""Every container type rescue recognises, in the order they are tried (md first: a
+member whose superblock is at its end holds anything at its start, LVM or LUKS)."""
 
 ENCRYPTED = ("luks", "bitlocker")
 """Container kinds that need a key to be read inside."""
@@ -64,14 +65,19 @@ def _open_lvm(f: BinaryIO, size: int, found: Container, secret: Secret | None) -
     return lvm.open_layer(f, size, found)  # no key: LVM is not encrypted
 
 
+def _open_md(f: BinaryIO, size: int, found: Container, secret: Secret | None) -> Opened:
+    return md.open_layer(f, size, found)
+
+
 OPENERS: dict[str, Opener] = {
     "luks": luks.open_layer,
     "bitlocker": bitlocker.open_layer,
     "lvm2-pv": _open_lvm,
+    "md": _open_md,
 }
 """How each container kind is read through; a kind without one is stored whole."""
 
-REGISTRY_NAMES = {"luks": "luks", "bitlocker": "bitlocker", "lvm2-pv": "lvm2"}
+REGISTRY_NAMES = {"luks": "luks", "bitlocker": "bitlocker", "lvm2-pv": "lvm2", "md": "md"}
 """The registry entry (and image file name) of a partition stored through each layer."""
 
 

@@ -117,7 +117,21 @@ class LvmPhysicalVolume(Layered):
     )
 
 
+class MdMember(Layered):
+    names = ("md",)
+    aliases = ("linux_raid_member",)
+    human_name = "Linux RAID (md) member"
+    partclone_name = "MD"
+    unsupported: ClassVar[Reasons] = Layered.reasons(
+        "a Linux RAID (md) member",
+        "rescue mount (a RAID1 member's filesystem is opened directly)",
+        "The partition grows; the RAID member keeps its size (after the first boot: "
+        "mdadm --grow /dev/mdN --size=max, then grow the filesystem).",
+    )
+
+
 LUKS = Luks()
 BITLOCKER = BitLocker()
 LVM2 = LvmPhysicalVolume()
-LAYERS = (LUKS, BITLOCKER, LVM2)
+MD = MdMember()
+LAYERS = (LUKS, BITLOCKER, LVM2, MD)
