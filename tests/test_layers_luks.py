@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, rescue_command, run
+from diskbench import LoopDisk, PartSpec, rescue_command, run, settle, tree_digest
 from layer_fixtures import (
     PASSPHRASE,
     MiB,
@@ -26,9 +26,13 @@ from layer_fixtures import (
     make_luks_ext4,
     mounted_digest,
 )
+from test_tui_workflows import finish_job, make_app, run_ui, select_disk, wait_for
+from textual.pilot import Pilot
+from textual.widgets import Input
 
 from rescue.cli import main
 from rescue.errors import EXIT_REFUSED
+from rescue.tui.app import RescueApp
 
 pytestmark = need("root", "loop", "partclone")
 
@@ -46,6 +50,8 @@ def luks_disk(factory: DiskFactory, tmp: Path, version: int) -> tuple[LoopDisk, 
         dst.flush()
         os.fsync(dst.fileno())
     volume.unlink()
+    run("udevadm", "trigger", "--action=change", disk.parts[1], check=False)
+    settle()
     return disk, digest
 
 
@@ -62,14 +68,8 @@ def test_luks_round_trip_keeps_it_encrypted_and_stores_only_used_blocks(
     src, digest = luks_disk(loop_disk_factory, tmp_path, version)
     image = tmp_path / "image"
     part = src.parts[1]
-    args = [
-        "capture",
-        src.path,
-        str(image),
-        "--passphrase-file",
-        f"{part}={passphrase_file(tmp_path)}",
-    ]
-    assert main(args) == 0
+    key = f"{part}={passphrase_file(tmp_path)}"
+    assert main(["capture", src.path, str(image), "--passphrase-file", key]) == 0
     assert main(["verify", str(image)]) == 0
     record = next(
         p for p in json.loads((image / "rescue.json").read_text())["partitions"]
@@ -85,6 +85,28 @@ def test_luks_round_trip_keeps_it_encrypted_and_stores_only_used_blocks(
     stored = sum(f["size"] for f in record["files"])
     assert stored <= 1.05 * inner["used_bytes"] + layer["metadata_bytes"]
     assert stored < PART_MIB * MiB / 3
+
+    # browse it with the key, without a restore
+    mnt = tmp_path / "mnt"
+    assert main(["mount", str(image), str(mnt), "--partition", "2", "--passphrase-file", key]) == 0
+    try:
+        assert tree_digest(mnt) == digest
+    finally:
+        assert main(["unmount", str(mnt)]) == 0
+    out = tmp_path / "out"
+    args = ["extract", str(image), "/docs", "--partition", "2", "--to", str(out)]
+    assert main([*args, "--passphrase-file", str(passphrase_file(tmp_path))]) == 0
+    assert tree_digest(out / "docs") == {
+        k.removeprefix("docs/"): v for k, v in digest.items() if k.startswith("docs/")
+    }
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("wrong\n")
+    assert (
+        main(["mount", str(image), str(mnt), "--partition", "2", "--passphrase-file", str(wrong)])
+        == EXIT_REFUSED
+    )
+    assert main(["mount", str(image), str(mnt), "--partition", "2"]) == EXIT_REFUSED
+    assert not any(mnt.iterdir())
 
     target = loop_disk_factory(PART_MIB + 60, None, [])  # a larger disk: the partition grows
     assert main(["restore", str(image), target.path, "--yes"]) == 0
@@ -175,3 +197,36 @@ def test_keys_reach_no_file_log_output_or_argument(
     for path in image.rglob("*"):
         if path.is_file():
             assert PASSPHRASE.encode() not in path.read_bytes(), path
+
+
+def test_the_capture_screen_asks_for_the_key_of_each_encrypted_partition(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """The key typed into the capture screen's hidden field opens the volume; the image
+    is then small and the layer read."""
+    src, _ = luks_disk(loop_disk_factory, tmp_path, 2)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    name = Path(src.parts[1]).name
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        select_disk(app, "disks", src.path)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: bool(app.screen.query("#keys Input")))
+        label = " ".join(str(w.render()) for w in app.screen.query("#keys Label"))
+        assert src.parts[1] in label and "LUKS" in label and "96.0 MiB" in label
+        (key,) = app.screen.query("#keys Input").results(Input)
+        assert key.password  # typed characters are not shown
+        key.value = PASSPHRASE
+        app.screen.query_one("#dest", Input).value = str(dest)
+        app.screen.query_one("#name", Input).value = "pc-image"
+        await pilot.press("ctrl+s")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+
+    run_ui(scenario, make_app())
+    record = next(
+        p for p in json.loads((dest / "pc-image" / "rescue.json").read_text())["partitions"]
+        if p["name"] == name
+    )  # fmt: skip
+    assert record["stored_as"] == "partclone" and record["layers"][0]["state"] == "read"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rescue import kernel
+from rescue.containers.keys import Secret, encode_for_pipe
 from rescue.errors import BadInputError, RescueError
 from rescue.filesystems import registry
 from rescue.image.manifest import DATA_STREAMS, StoredAs
@@ -94,6 +95,12 @@ def _check_mountpoint(mountpoint: Path) -> None:
 # --- making a mount -------------------------------------------------------------------
 
 
+def is_layered(part: ImagePart) -> bool:
+    """The partition was stored through a volume layer that is read inside to browse."""
+    fs = registry.get(part.fstype)
+    return part.stored_as == StoredAs.PARTCLONE and fs is not None and fs.layer
+
+
 def _detect_fstype(loop: str, recorded: str | None) -> str:
     fstype = registry.canonical(kernel.blkid(loop).get("TYPE") or recorded or "")
     fs = registry.get(fstype)
@@ -139,11 +146,17 @@ def mount_image(
     partition: int | None = None,
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
+    volume: str | None = None,
+    secret: Secret | None = None,
 ) -> MountedPartition:
     """Mount one partition of the image in ``folder`` read-only at ``mountpoint``.
 
     With ``mountpoint`` None the mount goes to a private folder inside its state
     folder (for a browsing session). Returns once the files can be read.
+
+    A partition stored through a volume layer (LUKS, BitLocker, LVM) is opened:
+    ``volume`` names the LV (``VG/LV``) when there are several, ``secret`` unlocks
+    an encrypted one (it goes to the image server through a pipe, nowhere else).
     """
     progress = progress or NullProgress()
     sweep()
@@ -154,7 +167,16 @@ def mount_image(
         mountpoint = mountpoint.absolute()
         _check_mountpoint(mountpoint)
     spec = prepare(part, progress, cancel)
-    rec = serve(folder, part, spec, mountpoint, writable=False)
+    layered = is_layered(part)
+    if not layered and (volume is not None or secret is not None):
+        raise BadInputError(
+            f"{part.name} holds {part.fstype or 'no known filesystem'}, not an encrypted "
+            "volume or LVM: --volume and keys are not needed."
+        )
+    if layered:
+        spec = replace(spec, inner=True, volume=volume)
+    key = encode_for_pipe(secret) if layered else None
+    rec = serve(folder, part, spec, mountpoint, writable=False, key=key)
     with removed_on_failure(rec):
         assert rec.loop is not None
         target = rec.mountpoint

@@ -10,6 +10,7 @@ from typing import BinaryIO
 from rescue.browse import extract as extract_mod
 from rescue.browse import mounts
 from rescue.browse.paths import Entry, entry_of, inside, list_dir, resolve
+from rescue.containers.keys import Secret
 from rescue.errors import BadInputError
 from rescue.progress import ProgressReporter
 
@@ -24,10 +25,13 @@ class BrowseSession:
         *,
         progress: ProgressReporter | None = None,
         cancel: threading.Event | None = None,
+        volume: str | None = None,
+        secret: Secret | None = None,
     ) -> None:
         self._mounted = mounts.mount_image(
-            folder, None, partition=partition, progress=progress, cancel=cancel
-        )
+            folder, None, partition=partition, progress=progress, cancel=cancel,
+            volume=volume, secret=secret,
+        )  # fmt: skip
         self.root = self._mounted.mountpoint
         self.part = self._mounted.part
         self.fstype = self._mounted.record.fstype

@@ -8,6 +8,7 @@ from typing import Any
 
 from rescue.browse.extract import describe_failures, describe_left_out
 from rescue.browse.session import BrowseSession
+from rescue.cli.keys import add_volume_arguments, secret_for_image
 from rescue.cli.progress import reporter
 from rescue.errors import EXIT_FAILED
 
@@ -27,13 +28,17 @@ def add_parser(sub: Any) -> None:
         "FIFO or socket (each one listed)",
     )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    add_volume_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    secret = secret_for_image(args, args.image_dir, args.partition)
     with (
         reporter(args.json) as progress,
-        BrowseSession(args.image_dir, args.partition, progress=progress) as session,
+        BrowseSession(
+            args.image_dir, args.partition, progress=progress, volume=args.volume, secret=secret
+        ) as session,
     ):
         result = session.extract(args.paths, args.to, progress=progress, no_special=args.no_special)
     specials = f", {result.specials} special file(s)" if result.specials else ""

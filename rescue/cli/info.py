@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from rescue.containers.base import LayerInfo
 from rescue.image.view import open_image
 from rescue.operations.plan_text import shown
 from rescue.units import human_size
@@ -74,6 +75,44 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if m is not None:
         for r in m.partitions:
+            for layer in r.layers:
+                for line in layer_lines(layer):
+                    console.print(f"{safe(r.name)}: {line}")
+        for r in m.partitions:
             for w in r.warnings:
                 console.print(f"[yellow]note:[/] {safe(r.name)}: {safe(w)}")
     return 0
+
+
+_STATES = {
+    LayerInfo.READ: "read inside",
+    LayerInfo.LOCKED: "[yellow]locked[/] (no key given: stored whole)",
+    LayerInfo.WHOLE: "[yellow]stored whole[/]",
+}
+
+
+def layer_lines(layer: LayerInfo, depth: int = 0) -> list[str]:
+    """A layer and what is inside it, indented by depth, for the console (markup safe)."""
+    pad = "  " * depth
+    uuid = f" UUID {safe(layer.uuid)}" if layer.uuid else ""
+    head = f"{pad}{safe(layer.name)}{uuid}, {_STATES.get(layer.state, safe(layer.state))}"
+    if layer.metadata_bytes:
+        head += f", metadata {human_size(layer.metadata_bytes)}"
+    lines = [head]
+    lines += [f"{pad}  {safe(k)}: {safe(v)}" for k, v in layer.details]
+    for vol in layer.volumes:
+        fs = safe(vol.fstype) if vol.fstype else "no filesystem read"
+        ident = ", ".join(
+            f"{k} {safe(v)}" for k, v in (("label", vol.label), ("UUID", vol.uuid)) if v
+        )
+        line = f"{pad}  {safe(vol.name)}: {human_size(vol.size)}, {fs}"
+        line += f" ({ident})" if ident else ""
+        line += f", {human_size(vol.used_bytes)} stored"
+        lines.append(line)
+        if vol.note:
+            lines.append(f"{pad}    note: {safe(vol.note)}")
+        for inner in vol.layers:
+            lines += layer_lines(inner, depth + 2)
+    if layer.reason and layer.state == LayerInfo.READ:
+        lines.append(f"{pad}  note: {safe(layer.reason)}")
+    return lines

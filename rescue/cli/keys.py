@@ -17,7 +17,11 @@ from pathlib import Path
 
 from rescue.containers.keys import Secret, SecretKind, passphrase_from_file
 from rescue.errors import BadInputError
-from rescue.operations.unlock import EncryptedPartition, partition_name
+from rescue.operations.unlock import (
+    EncryptedPartition,
+    encrypted_image_partition,
+    partition_name,
+)
 from rescue.units import human_size
 
 MAX_KEY_FILE = 1 << 20
@@ -46,6 +50,43 @@ def _read_key_file(path: Path, option: str) -> bytes:
     if not data:
         raise BadInputError(f"{option}: {path} is empty.")
     return data
+
+
+def add_volume_arguments(p: argparse.ArgumentParser) -> None:
+    """``--volume`` and one key, for commands that open one partition of an image."""
+    p.add_argument("--volume", metavar="VG/LV",
+                   help="the logical volume to open, when the partition holds several")  # fmt: skip
+    p.add_argument("--passphrase-file", action="append", default=[], metavar="[PART=]FILE",
+                   help="open an encrypted partition with the first line of FILE")  # fmt: skip
+    p.add_argument("--key-file", action="append", default=[], metavar="[PART=]FILE",
+                   help="open an encrypted partition with the exact bytes of FILE")  # fmt: skip
+
+
+def secret_for_image(
+    args: argparse.Namespace, image_dir: Path, number: int | None
+) -> Secret | None:
+    """The one key given for the partition to open (``PART=`` is optional), or asked for.
+
+    On a terminal, an encrypted partition opened without a key asks for one.
+    """
+    given = [("--passphrase-file", v, SecretKind.PASSPHRASE) for v in args.passphrase_file]
+    given += [("--key-file", v, SecretKind.KEY_FILE) for v in args.key_file]
+    if len(given) > 1:
+        raise BadInputError("Give one key: the partition to open is one partition.")
+    if given:
+        option, value, kind = given[0]
+        part, sep, file = value.partition("=")
+        if not sep or ("/" in part and not part.startswith("/dev/")):
+            file = value
+        data = _read_key_file(Path(file), option)
+        if kind == SecretKind.PASSPHRASE:
+            data = passphrase_from_file(data)
+        return Secret(kind, data)
+    what = encrypted_image_partition(image_dir, number)
+    if what is None or not sys.stdin.isatty():
+        return None
+    typed = getpass.getpass(f"{what}. Passphrase or recovery password: ")
+    return Secret(SecretKind.PASSPHRASE, typed.encode()) if typed else None
 
 
 def secrets_from(args: argparse.Namespace) -> dict[str, Secret]:

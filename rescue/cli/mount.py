@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rescue.browse import mounts
+from rescue.cli.keys import add_volume_arguments, secret_for_image
 from rescue.cli.progress import reporter
 from rescue.errors import BadInputError
 from rescue.operations.plan_text import shown
@@ -25,6 +26,7 @@ def add_parser(sub: Any) -> None:
         help="partition number (needed when the image holds several)",
     )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    add_volume_arguments(p)
     p.set_defaults(func=run_mount)
 
     u: argparse.ArgumentParser = sub.add_parser(
@@ -36,10 +38,12 @@ def add_parser(sub: Any) -> None:
 
 
 def run_mount(args: argparse.Namespace) -> int:
+    secret = secret_for_image(args, args.image_dir, args.partition)
     with reporter(args.json) as progress:
         mounted = mounts.mount_image(
-            args.image_dir, args.mountpoint, partition=args.partition, progress=progress
-        )
+            args.image_dir, args.mountpoint, partition=args.partition, progress=progress,
+            volume=args.volume, secret=secret,
+        )  # fmt: skip
     rec = mounted.record
     if not args.json:
         print(

@@ -14,7 +14,8 @@ import struct
 import uuid as uuid_mod
 from typing import BinaryIO
 
-from rescue.containers.base import Container, read_at
+from rescue.containers.base import Container, Opened, read_at
+from rescue.containers.keys import Secret
 
 SIGNATURE = b"-FVE-FS-"
 BITLOCKER_GUID = uuid_mod.UUID("4967d63b-2e29-4ad8-8399-f6a339e3d001")
@@ -41,3 +42,14 @@ def probe(head: bytes, f: BinaryIO, size: int) -> Container | None:
         metadata=((0, 512), *metadata),
         details=(("metadata copies", str(len(metadata))),),
     )
+
+
+def open_layer(f: BinaryIO, size: int, found: Container, secret: Secret | None) -> Opened:
+    """Unlock the volume (with ``secret``, or its clear key) and read its plaintext.
+
+    See :mod:`rescue.containers.bitlocker_open`; imported here on first use, so
+    probing needs neither dissect.fve nor OpenSSL.
+    """
+    from rescue.containers.bitlocker_open import open_bitlocker  # noqa: PLC0415  (80 ms of imports)
+
+    return open_bitlocker(f, size, found, secret)

@@ -36,3 +36,18 @@ class Secret:
 def passphrase_from_file(data: bytes) -> bytes:
     """The first line of a passphrase file, without its line ending."""
     return data.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def encode_for_pipe(secret: Secret | None) -> bytes:
+    """``secret`` framed for another process's standard input (kind, newline, bytes)."""
+    if secret is None:
+        return b"none\n"
+    return secret.kind.value.encode() + b"\n" + secret.value
+
+
+def decode_from_pipe(data: bytes) -> Secret | None:
+    """The secret :func:`encode_for_pipe` framed (None when none was given)."""
+    kind, _, value = data.partition(b"\n")
+    if kind == b"none":
+        return None
+    return Secret(SecretKind(kind.decode("ascii", errors="replace")), value)

@@ -285,7 +285,9 @@ def open_layer(f: BinaryIO, size: int, found: Container, secret: Secret | None) 
     """
     what = f"the {found.name} volume" + (f" {found.uuid}" if found.uuid else "")
     if secret is None:
-        raise WrongKeyError(f"{what} is locked: no passphrase or key file was given for it.")
+        raise WrongKeyError(
+            f"{what} is locked: give its passphrase (--passphrase-file) or key file (--key-file)."
+        )
     header = _header_bytes(f, found)
     seg = _segment(header, found, size)
     key = volume_key(header, secret, what)

@@ -21,19 +21,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from rescue.containers import bitlocker, luks, lvm
+from rescue.containers import bitlocker, luks, lvm, md
 from rescue.containers.base import (
     PROBE_BYTES,
     Container,
     LayerInfo,
     Opened,
     Probe,
+    Volume,
     VolumeInfo,
     binary_view,
     read_at,
 )
 from rescue.containers.keys import Secret
-from rescue.errors import FilesystemError, WrongKeyError
+from rescue.errors import BadInputError, FilesystemError, WrongKeyError
 from rescue.filesystems import registry
 from rescue.filesystems.base import Allocation, bitmap_from_runs, count_bits
 from rescue.filesystems.detect import allocation_for as filesystem_allocation
@@ -44,8 +45,9 @@ from rescue.units import human_size
 
 log = logging.getLogger(__name__)
 
-PROBES: tuple[Probe, ...] = (luks.probe, bitlocker.probe, lvm.probe)
-"""Every container type rescue recognises, in the order they are tried."""
+PROBES: tuple[Probe, ...] = (md.probe, luks.probe, bitlocker.probe, lvm.probe)
+"""Every container type rescue recognises, in the order they are tried (md first: a
+member whose superblock is at its end holds anything at its start, LVM or LUKS)."""
 
 ENCRYPTED = ("luks", "bitlocker")
 """Container kinds that need a key to be read inside."""
@@ -59,12 +61,23 @@ SWAP_HEADER = 64 * 1024
 Opener = Callable[[BinaryIO, int, Container, Secret | None], Opened]
 
 
+def _open_lvm(f: BinaryIO, size: int, found: Container, secret: Secret | None) -> Opened:
+    return lvm.open_layer(f, size, found)  # no key: LVM is not encrypted
+
+
+def _open_md(f: BinaryIO, size: int, found: Container, secret: Secret | None) -> Opened:
+    return md.open_layer(f, size, found)
+
+
 OPENERS: dict[str, Opener] = {
     "luks": luks.open_layer,
+    "bitlocker": bitlocker.open_layer,
+    "lvm2-pv": _open_lvm,
+    "md": _open_md,
 }
 """How each container kind is read through; a kind without one is stored whole."""
 
-REGISTRY_NAMES = {"luks": "luks", "bitlocker": "bitlocker", "lvm2-pv": "lvm2"}
+REGISTRY_NAMES = {"luks": "luks", "bitlocker": "bitlocker", "lvm2-pv": "lvm2", "md": "md"}
 """The registry entry (and image file name) of a partition stored through each layer."""
 
 
@@ -251,3 +264,37 @@ def allocation_for(
 ) -> Allocation:
     """Used blocks of the partition in ``f`` (see :func:`read_partition`)."""
     return read_partition(f, size, fstype, secret).alloc
+
+
+def volumes_inside(f: BinaryIO, size: int, secret: Secret | None, depth: int = 0) -> list[Volume]:
+    """The innermost volumes of the layers on the device in ``f``: what holds filesystems.
+
+    A partition with no layer has none. A locked layer without ``secret`` raises
+    :class:`WrongKeyError`, as does a wrong one.
+    """
+    found = find_container(f, size) if depth < MAX_DEPTH else None
+    if found is None:
+        return []
+    opener = OPENERS.get(found.kind)
+    if opener is None:
+        raise FilesystemError(f"{found.describe()}: rescue does not read inside it yet.")
+    leaves: list[Volume] = []
+    for vol in opener(f, size, found, secret).volumes:
+        inner = volumes_inside(binary_view(vol), vol.size, secret, depth + 1)
+        leaves += inner or [vol]
+    return leaves
+
+
+def choose_volume(volumes: list[Volume], name: str | None, what: str) -> Volume:
+    """The volume called ``name`` (``VG/LV``), or the only one when no name is given."""
+    names = ", ".join(v.name for v in volumes)
+    if name is None:
+        if len(volumes) == 1:
+            return volumes[0]
+        raise BadInputError(
+            f"{what} holds {len(volumes)} volumes: choose one with --volume ({names})."
+        )
+    for vol in volumes:
+        if vol.name == name:
+            return vol
+    raise BadInputError(f"{what} holds no volume {name!r}; it holds: {names or 'none'}.")

@@ -154,6 +154,11 @@ class Filesystem:
     """Can be an EFI system partition (the UEFI firmware reads it)."""
     raw: ClassVar[bool] = False
     """No filesystem at all: bytes copied as they are."""
+    layer: ClassVar[bool] = False
+    """Not a filesystem: a volume layer (LUKS, BitLocker, LVM) stored as its own sectors,
+    with filesystems inside it (see :mod:`rescue.filesystems.layers`)."""
+    encrypted: ClassVar[bool] = False
+    """A layer whose inside needs a key to be read."""
     max_file_size: ClassVar[int | None] = None
     """The largest file it holds (image streams written there are split to fit)."""
     tools: ClassVar[Tools] = {}

@@ -30,6 +30,8 @@ def layer_block_size(size: int) -> int:
 class Layered(Filesystem):
     """A partition whose stream holds a volume layer's sectors as they are on disk."""
 
+    layer = True
+
     @staticmethod
     def reasons(what: str, inside: str, grow: str) -> Reasons:
         """The refusals of a layer: ``what`` it is, how to reach ``inside``, what ``grow`` does."""
@@ -76,6 +78,7 @@ _GROW_ENCRYPTED = (
 
 
 class Luks(Layered):
+    encrypted = True
     names = ("luks",)
     aliases = ("crypto_LUKS",)
     human_name = "LUKS encrypted volume"
@@ -88,6 +91,7 @@ class Luks(Layered):
 
 
 class BitLocker(Layered):
+    encrypted = True
     names = ("bitlocker",)
     aliases = ("BitLocker",)
     human_name = "BitLocker encrypted volume"
@@ -113,7 +117,21 @@ class LvmPhysicalVolume(Layered):
     )
 
 
+class MdMember(Layered):
+    names = ("md",)
+    aliases = ("linux_raid_member",)
+    human_name = "Linux RAID (md) member"
+    partclone_name = "MD"
+    unsupported: ClassVar[Reasons] = Layered.reasons(
+        "a Linux RAID (md) member",
+        "rescue mount (a RAID1 member's filesystem is opened directly)",
+        "The partition grows; the RAID member keeps its size (after the first boot: "
+        "mdadm --grow /dev/mdN --size=max, then grow the filesystem).",
+    )
+
+
 LUKS = Luks()
 BITLOCKER = BitLocker()
 LVM2 = LvmPhysicalVolume()
-LAYERS = (LUKS, BITLOCKER, LVM2)
+MD = MdMember()
+LAYERS = (LUKS, BITLOCKER, LVM2, MD)

@@ -226,7 +226,8 @@ def find_record(mountpoint: Path) -> ServedRecord | None:
 # --- serving --------------------------------------------------------------------
 
 
-def _start_server(rec: ServedRecord) -> None:
+def _start_server(rec: ServedRecord, key: bytes | None = None) -> None:
+    """Start the FUSE server; ``key`` (a framed secret) goes to its standard input."""
     rec.fuse_dir.mkdir()
     read_end, write_end = os.pipe()
     err_path = rec.state_dir / "server.err"
@@ -241,7 +242,7 @@ def _start_server(rec: ServedRecord) -> None:
                 str(write_end),
             ],
             pass_fds=(write_end,),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if key is None else subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,  # outlives this command, immune to its terminal's signals
@@ -249,6 +250,11 @@ def _start_server(rec: ServedRecord) -> None:
     os.close(write_end)
     rec.server_pid = proc.pid
     rec.save()
+    if key is not None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(key)
+        proc.stdin.close()
     try:
         ready, _, _ = select.select([read_end], [], [], SERVER_START_TIMEOUT)
         answer = os.read(read_end, 64) if ready else b""
@@ -282,9 +288,19 @@ def removed_on_failure(rec: ServedRecord) -> Iterator[None]:
 
 
 def serve(
-    folder: Path, part: ImagePart, spec: ServerSpec, mountpoint: Path | None, *, writable: bool
+    folder: Path,
+    part: ImagePart,
+    spec: ServerSpec,
+    mountpoint: Path | None,
+    *,
+    writable: bool,
+    key: bytes | None = None,
 ) -> ServedRecord:
-    """Start a server for ``part`` and attach a loop device to its file."""
+    """Start a server for ``part`` and attach a loop device to its file.
+
+    With ``spec.inner`` the file is a volume inside the partition's layers, opened
+    with ``key`` (a secret framed by :func:`rescue.containers.keys.encode_for_pipe`).
+    """
     ident = secrets.token_hex(6)
     state = run_dir() / ident
     if writable:
@@ -305,7 +321,7 @@ def serve(
             target.mkdir()
         rec.save()
         spec.save(state)
-        _start_server(rec)
+        _start_server(rec, key if spec.inner else None)
         rec.loop = kernel.attach_loop(rec.served_file, read_only=not writable)
         rec.save()
     return rec

@@ -28,10 +28,14 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from rescue.errors import RescueError
+from rescue.containers.base import Volume, binary_view
+from rescue.containers.keys import decode_from_pipe
+from rescue.containers.stack import choose_volume, volumes_inside
+from rescue.errors import BadInputError, RescueError
 from rescue.imagedev.overlay import Overlay
 from rescue.imagedev.spec import PARTITION_FILE, WRITTEN_FILE, ServerSpec
 
@@ -42,6 +46,67 @@ import mfusepy
 log = logging.getLogger("rescue.imagedev.server")
 
 _READAHEAD = 1 << 20
+MAX_SECRET = 1 << 20
+
+
+class Served(Protocol):
+    """What the file serves: the partition, or a volume inside it."""
+
+    size: int
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _Partition:
+    """The served partition as a volume, for the layer readers."""
+
+    name = "partition"
+
+    def __init__(self, reader: Served) -> None:
+        self.size = reader.size
+        self._reader = reader
+
+    def pread(self, offset: int, size: int) -> bytes:
+        return self._reader.pread(offset, size)
+
+    def outer_ranges(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        yield offset, length
+
+
+class _InnerVolume:
+    """An unlocked volume or an LV inside the served partition, read through its layers."""
+
+    def __init__(self, reader: Served, volume: Volume) -> None:
+        self._reader = reader
+        self._volume = volume
+        self.size: int = volume.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return bytes(self._volume.pread(offset, length))
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _inner_volume(reader: Served, spec: ServerSpec) -> Served:
+    """The volume ``spec`` names inside the partition, unlocked with the key on stdin.
+
+    The key is read once from the pipe the mounting command wrote it to; it stays
+    in this process's memory only.
+    """
+    secret = decode_from_pipe(sys.stdin.buffer.read(MAX_SECRET))
+    try:
+        whole = _Partition(reader)
+        volumes = volumes_inside(binary_view(whole), whole.size, secret)
+        if not volumes:
+            raise BadInputError("The partition holds no volume layer to open.")
+        volume = choose_volume(volumes, spec.volume, "The partition")
+    except BaseException:
+        reader.close()
+        raise
+    return _InnerVolume(reader, volume)
 
 
 class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
@@ -53,7 +118,9 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         from rescue.imagedev.index import open_reader  # noqa: PLC0415
 
         self._spec = spec
-        self._reader = open_reader(spec)
+        self._reader: Served = open_reader(spec)
+        if spec.inner:
+            self._reader = _inner_volume(self._reader, spec)
         self._overlay: Overlay | None = None
         if spec.overlay is not None:
             try:
@@ -180,8 +247,8 @@ def serve(state_dir: Path, ready_fd: int | None) -> int:
     try:
         ops = PartitionFile(spec, ready_fd)
     except RescueError as exc:
-        log.error("cannot open the image: %s", exc)
-        print(f"rescue: {exc}", file=sys.stderr)
+        log.error("cannot open the image: %s", exc.message)
+        print(f"rescue: {exc.message}", file=sys.stderr)
         return exc.exit_code
     mfusepy.FUSE(
         ops,

@@ -32,6 +32,11 @@ class ServerSpec:
     tail_offset: int = 0
     overlay: Path | None = None
     """Serve the partition writable: writes go to this scratch file (created, then unlinked)."""
+    inner: bool = False
+    """Serve a volume inside the partition's layers (an unlocked LUKS volume, an LV) instead
+    of the partition; the key, if any, comes on the server's standard input."""
+    volume: str | None = None
+    """Which inner volume (``VG/LV``); None: the only one."""
 
     def save(self, state_dir: Path) -> None:
         doc = {
@@ -43,6 +48,8 @@ class ServerSpec:
             "tail": base64.b64encode(self.tail).decode() if self.tail else None,
             "tail_offset": self.tail_offset,
             "overlay": str(self.overlay) if self.overlay else None,
+            "inner": self.inner,
+            "volume": self.volume,
         }
         tmp = state_dir / (SPEC_NAME + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
@@ -60,4 +67,6 @@ class ServerSpec:
             tail=base64.b64decode(doc["tail"]) if doc.get("tail") else None,
             tail_offset=int(doc.get("tail_offset", 0)),
             overlay=Path(doc["overlay"]) if doc.get("overlay") else None,
+            inner=bool(doc.get("inner", False)),
+            volume=str(doc["volume"]) if doc.get("volume") is not None else None,
         )

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from rescue import kernel
 from rescue.filesystems import registry
+from rescue.filesystems.interface import Op
 from rescue.operations.layout_plan import Growth
 from rescue.progress import ProgressReporter
 
@@ -44,6 +45,9 @@ def grow_filesystem(
 ) -> None:
     """Grow the filesystem on the grown partition to fill it."""
     fs = registry.get(growth.fstype)
+    if fs is not None and not fs.can_grow and not fs.raw:
+        progress.note(f"{growth.name}: {fs.refusal(Op.GROW).message}")
+        return
     if fs is None or not fs.can_grow:
         progress.note(
             f"{growth.name}: the partition grew, its {growth.fstype or 'unknown'} filesystem "

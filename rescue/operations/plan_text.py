@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.errors import ImageDamagedError, RescueError
+from rescue.filesystems import registry
 from rescue.image.folder import printable, read_text_member
 from rescue.image.manifest import StoredAs
 from rescue.image.names import CLONEZILLA_LOG, PARTS_FILE, SAVED_BY_CMD_FILE
@@ -236,7 +237,11 @@ def _part_line(part: ImagePart, growth: Growth | None, fit: Fit | None) -> str:
             new_start, new_size = place.start, place.size
     verdicts = []
     if new_size > size:
-        verdicts.append("grows")
+        fs = registry.get(part.fstype)
+        if fs is not None and fs.imaged and not fs.raw and not fs.can_grow:
+            verdicts.append(f"grows (its {fs.human_name} keeps its size)")
+        else:
+            verdicts.append("grows")
     elif new_size < size:
         verdicts.append("shrinks")
     if new_start != start:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from rescue.blockio import Window, binary
 from rescue.containers.stack import ENCRYPTED, find_container
-from rescue.errors import BadInputError
+from rescue.errors import BadInputError, RescueError
+from rescue.filesystems import registry
 from rescue.image import layout as layout_mod
+from rescue.image.view import open_image
 from rescue.operations.source import resolve_source
 
 
@@ -54,3 +57,26 @@ def partition_name(given: str) -> str:
     if not given or "/" in given or given in (".", ".."):
         raise BadInputError(f"{given!r} is not a partition name (give /dev/NAME or NAME).")
     return given
+
+
+def encrypted_image_partition(image_dir: Path, number: int | None) -> str | None:
+    """What the image's partition ``number`` is, when it was stored still encrypted."""
+    try:
+        image = open_image(image_dir)
+    except RescueError:
+        return None  # the command itself says what is wrong with the folder
+    parts = [p for p in image.parts if number is None or p.number == number]
+    if len(parts) != 1:
+        return None
+    fs = registry.get(parts[0].fstype)
+    if fs is None or not fs.layer or not fs.encrypted:
+        return None
+    return f"{parts[0].name} is a {fs.human_name}"
+
+
+def needs_key(fstype: str | None) -> str | None:
+    """What a partition udev names ``fstype`` is, when it needs a key to be read inside."""
+    fs = registry.get(fstype)
+    if fs is None or not fs.layer or not fs.encrypted:
+        return None
+    return fs.human_name

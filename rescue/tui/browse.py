@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 from rescue.browse.extract import describe_failures
 from rescue.browse.paths import Entry
 from rescue.browse.session import BrowseSession
+from rescue.containers.keys import Secret, SecretKind
 from rescue.errors import RescueError
 from rescue.operations.plan_text import shown, shown_message
 from rescue.progress import ProgressReporter
@@ -83,6 +84,10 @@ class BrowseScreen(Screen[None]):
             yield ImagePicker(self.services.find_images)
             yield Label("Partition number (empty when the image holds one filesystem):")
             yield Input(placeholder="2", id="partition")
+            yield Label("Encrypted partition: its passphrase or recovery password (hidden); "
+                        "LVM: the volume as VG/LV")  # fmt: skip
+            yield Input(password=True, placeholder="key (empty when not encrypted)", id="key")
+            yield Input(placeholder="VG/LV (empty when there is one)", id="volume")
         yield Static("", id="where")
         yield DataTable(id="files", cursor_type="row")
         yield Footer()
@@ -115,12 +120,15 @@ class BrowseScreen(Screen[None]):
             self.notify("The partition is a number.", severity="warning")
             return
         number = int(number_text) if number_text else None
+        typed = self.query_one("#key", Input).value
+        secret = Secret(SecretKind.PASSPHRASE, typed.encode()) if typed else None
+        volume = self.query_one("#volume", Input).value.strip() or None
         self._close()
         self.query_one("#where", Static).update(plain(f"Opening {image}..."))
 
         def work() -> None:
             try:
-                session = BrowseSession(image, number)
+                session = BrowseSession(image, number, volume=volume, secret=secret)
             except RescueError as exc:
                 message = str(exc)
                 self.app.call_from_thread(self._failed, message)

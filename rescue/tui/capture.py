@@ -13,9 +13,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.content import Content
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from rescue.containers.keys import Secret, SecretKind
 from rescue.devices import Disk, Partition
 from rescue.errors import RescueError
 from rescue.operations.capture import capture
@@ -23,6 +25,7 @@ from rescue.operations.capture_map import resumable
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
 from rescue.operations.plan_text import shown, shown_message
+from rescue.operations.unlock import needs_key
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen, JobWarning
 from rescue.tui.services import Services
@@ -52,6 +55,7 @@ class CaptureScreen(Screen[None]):
     CaptureScreen #sources { height: auto; max-height: 6; }
     CaptureScreen #dests { height: auto; max-height: 5; }
     CaptureScreen #room { padding: 0 1; }
+    CaptureScreen #keys { padding: 0; }
     """
 
     def __init__(self, disk: Disk, services: Services) -> None:
@@ -59,6 +63,9 @@ class CaptureScreen(Screen[None]):
         self.disk = disk
         self.services = services
         self._need: dict[str, int | None] = {}
+        self._keys: dict[str, str] = {}
+        """Input id -> kernel name of the encrypted partition it takes the key of."""
+        self._generation = 0
 
     def compose(self) -> ComposeResult:
         yield Header(icon="*")
@@ -86,6 +93,7 @@ class CaptureScreen(Screen[None]):
             yield OptionList(id="dests")
             yield Label("Image name:")
             yield Input(default_name(self.disk), id="name")
+            yield Vertical(id="keys")
         yield Static("", id="room")
         yield Footer()
 
@@ -100,6 +108,7 @@ class CaptureScreen(Screen[None]):
             )
             dests.add_option(Option(Content(text), id=p.path))
         self._estimate()
+        self._show_keys()
 
     @property
     def source_path(self) -> str:
@@ -118,6 +127,43 @@ class CaptureScreen(Screen[None]):
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option_list.id == "sources":
             self._estimate()
+            self._show_keys()
+
+    def _encrypted(self) -> list[Partition]:
+        src = self._source()
+        parts = [src] if isinstance(src, Partition) else src.partitions
+        return [p for p in parts if needs_key(p.fstype)]
+
+    def _show_keys(self) -> None:
+        """A hidden field per encrypted partition of the source: its key, or empty to leave it
+        locked (stored whole: its size is what that costs)."""
+        box = self.query_one("#keys", Vertical)
+        wanted = [p.name for p in self._encrypted()]
+        if wanted == list(self._keys.values()):
+            return  # the same partitions: keep what was typed
+        box.remove_children()
+        self._keys = {}
+        self._generation += 1
+        widgets: list[Widget] = []
+        for i, p in enumerate(self._encrypted()):
+            widgets.append(Label(Content(
+                f"{shown(p.path)} is a {needs_key(p.fstype)}: passphrase or recovery password "
+                f"(empty: leave it locked, stored whole: {human_size(p.size)})"
+            )))  # fmt: skip
+            ident = f"key-{self._generation}-{i}"
+            field = Input(password=True, placeholder="key (hidden)", id=ident)
+            self._keys[ident] = p.name
+            widgets.append(field)
+        if widgets:
+            box.mount_all(widgets)
+
+    def _secrets(self) -> dict[str, Secret]:
+        out = {}
+        for ident, name in self._keys.items():
+            value = self.query_one(f"#{ident}", Input).value
+            if value:
+                out[name] = Secret(SecretKind.PASSPHRASE, value.encode())
+        return out
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._show_room()
@@ -184,8 +230,12 @@ class CaptureScreen(Screen[None]):
         if resume:
             self.notify(f"{shown(image)} holds an interrupted capture: resuming it.", markup=False)
 
+        secrets = self._secrets()
+
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
-            manifest = capture(source, image, progress=progress, cancel=cancel, resume=resume)
+            manifest = capture(
+                source, image, progress=progress, cancel=cancel, resume=resume, secrets=secrets
+            )
             used = sum(p.used_bytes for p in manifest.partitions)
             lost = sum(n for p in manifest.partitions for _, n in p.unreadable)
             if lost:
