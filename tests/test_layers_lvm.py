@@ -299,8 +299,9 @@ def test_luks2_lvm_root_and_swap_round_trip(
     root, swap = lvs[f"{CRYPT_VG}/root"], lvs[f"{CRYPT_VG}/swap_1"]
     assert root["fstype"] == "ext4" and root["size"] == ROOT_MIB * MiB
     assert ROOT_FILL_MIB * MiB / 2 < root["used_bytes"] < ROOT_MIB * MiB / 2
-    assert swap["size"] == SWAP_MIB * MiB and swap["used_bytes"] == 64 * 1024
-    assert "only its header" in swap["note"]
+    assert swap["fstype"] == "swap" and swap["size"] == SWAP_MIB * MiB
+    assert swap["used_bytes"] == 64 * 1024 and "only its header" in swap["note"]
+    assert plain["note"] is None  # said once, on swap_1 itself
     # the root's used blocks, both layers' metadata and the swap header: nothing else
     most = 1.05 * root["used_bytes"] + luks["metadata_bytes"] + lvm["metadata_bytes"] + 64 * 1024
     assert record["used_bytes"] <= most and stored_bytes(record) <= most
@@ -340,7 +341,8 @@ def test_luks2_lvm_root_and_swap_round_trip(
     assert not any(mnt.iterdir())
     assert main(["info", str(image)]) == 0
     said = capsys.readouterr().out
-    assert f"{CRYPT_VG}/root" in said and f"{CRYPT_VG}/swap_1" in said, said
+    assert f"{CRYPT_VG}/root" in said and f"{CRYPT_VG}/swap_1: 16.0 MiB, swap" in said, said
+    assert said.count("only its header") == 2, said  # on swap_1, and in the warnings
 
 
 def test_luks2_lvm_wrong_passphrase_stores_nothing(
