@@ -111,6 +111,8 @@ class _Reading:
     layer: LayerInfo | None = None
     alloc: Allocation | None = None
     """The filesystem's own map, when no layer sits on the device."""
+    fstype: str | None = None
+    """What was found when no map was read: swap, of which only its header is kept."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -131,7 +133,7 @@ def _read_volume(f: BinaryIO, size: int, secret: Secret | None, depth: int) -> _
     fstype = probe_fstype(f)
     fs = registry.get(fstype)
     if fs is not None and fs.recreated:
-        return _Reading(ranges=[(0, min(SWAP_HEADER, size))], notes=[
+        return _Reading(ranges=[(0, min(SWAP_HEADER, size))], fstype=fs.name, notes=[
             f"{fs.human_name}: only its header is kept (it holds nothing worth keeping)"
         ])  # fmt: skip
     alloc = filesystem_allocation(f, size, fstype)
@@ -174,16 +176,17 @@ def _read_layer(
         mapped = [r for off, n in inner.ranges for r in vol.outer_ranges(off, n)]
         ranges += mapped
         alloc = inner.alloc
-        note = "; ".join(inner.notes) or None
+        # a layer inside says its own notes, on its volumes (the partition's warnings list all)
+        note = "; ".join(inner.notes) if inner.layer is None else None
         volumes.append(
             VolumeInfo(
                 name=vol.name,
                 size=vol.size,
-                fstype=alloc.fstype if alloc is not None else None,
+                fstype=alloc.fstype if alloc is not None else inner.fstype,
                 used_bytes=_total(_merge(mapped)),
                 uuid=alloc.uuid if alloc is not None else None,
                 label=alloc.label if alloc is not None else None,
-                note=note,
+                note=note or None,
                 layers=(inner.layer,) if inner.layer is not None else (),
             )
         )
