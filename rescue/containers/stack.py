@@ -85,12 +85,12 @@ def find_container(f: BinaryIO, size: int) -> Container | None:
     """The container layer at the start of the device in ``f``, or None."""
     try:
         head = read_at(f, 0, min(PROBE_BYTES, size))
-    except OSError:
-        return None
-    for probe in PROBES:
-        found = probe(head, f, size)
-        if found is not None:
-            return found
+        for probe in PROBES:
+            found = probe(head, f, size)
+            if found is not None:
+                return found
+    except OSError as exc:  # an unreadable sector where a signature would be: not a layer
+        log.warning("probing for volume layers: %s", exc)
     return None
 
 
