@@ -117,12 +117,24 @@ class _Reading:
 
 
 def _fs_ranges(alloc: Allocation) -> list[tuple[int, int]]:
+    """The used blocks of a filesystem inside a layer, and the bytes after its last block.
+
+    Those bytes are what capture keeps as the tail of a bare partition: NTFS keeps
+    its backup boot sector in the sector after its last one, which ntfsfix and
+    Windows' chkdsk look for. Inside a layer they are kept in the stream, up to
+    one block (the most a filesystem that fills its volume leaves; one made
+    smaller than its volume ends there).
+    """
     bs = alloc.block_size
-    return [
+    ranges = [
         (first * bs, min(count * bs, alloc.device_size - first * bs))
         for first, count in alloc.runs()
         if first * bs < alloc.device_size
     ]
+    fs_end = alloc.total_blocks * bs
+    if not alloc.raw and fs_end < alloc.device_size:
+        ranges.append((fs_end, min(bs, alloc.device_size - fs_end)))
+    return ranges
 
 
 def _read_volume(f: BinaryIO, size: int, secret: Secret | None, depth: int) -> _Reading:
