@@ -32,9 +32,8 @@ class EncryptedPartition:
 
 def encrypted_partitions(source_path: str) -> list[EncryptedPartition]:
     """The encrypted partitions of ``source_path`` (a disk, a partition, a disk file)."""
-    src = resolve_source(source_path)
     try:
-        return _encrypted(src)
+        return _encrypted(resolve_source(source_path))
     except (OSError, RescueError):
         return []  # the capture itself reads the disk again and says what is wrong
 
@@ -80,10 +79,3 @@ def encrypted_image_partition(image_dir: Path, number: int | None) -> str | None
         return None
     return f"{parts[0].name} is a {fs.human_name}"
 
-
-def needs_key(fstype: str | None) -> str | None:
-    """What a partition udev names ``fstype`` is, when it needs a key to be read inside."""
-    fs = registry.get(fstype)
-    if fs is None or not fs.layer or not fs.encrypted:
-        return None
-    return fs.human_name
