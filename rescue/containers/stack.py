@@ -17,10 +17,11 @@ stored whole, with the reason and its cost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from rescue.blockio import merge_ranges
 from rescue.containers import bitlocker, luks, lvm, md
 from rescue.containers.base import (
     PROBE_BYTES,
@@ -180,7 +181,7 @@ def _read_layer(
         log.warning("%s", reason)
         return stored_whole(LayerInfo.WHOLE, reason)
     ranges = list(found.metadata) + list(opened.metadata)
-    metadata = _total(_merge(ranges))
+    metadata = _total(merge_ranges(ranges))
     notes: list[str] = []
     volumes = []
     for vol in opened.volumes:
@@ -195,7 +196,7 @@ def _read_layer(
                 name=vol.name,
                 size=vol.size,
                 fstype=alloc.fstype if alloc is not None else inner.fstype,
-                used_bytes=_total(_merge(mapped)),
+                used_bytes=_total(merge_ranges(mapped)),
                 uuid=alloc.uuid if alloc is not None else None,
                 label=alloc.label if alloc is not None else None,
                 note=note or None,
@@ -213,17 +214,6 @@ def _read_layer(
         volumes=tuple(volumes), reason="; ".join(r for r, _ in opened.whole) or None,
     )  # fmt: skip
     return _Reading(ranges, layer, notes=notes)
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for off, n in sorted(r for r in ranges if r[1] > 0):
-        if out and off <= out[-1][0] + out[-1][1]:
-            last_off, last_n = out[-1]
-            out[-1] = (last_off, max(last_n, off + n - last_off))
-        else:
-            out.append((off, n))
-    return out
 
 
 def _total(ranges: list[tuple[int, int]]) -> int:
@@ -256,7 +246,7 @@ def read_partition(
         return PartitionReading(raw_allocation(size, reason=layer.reason), (layer,))
     block = layer_block_size(size)
     runs = []
-    for off, n in _merge(reading.ranges):
+    for off, n in merge_ranges(reading.ranges):
         end = min(off + n, size)
         if end > off:
             first = off // block

@@ -78,4 +78,3 @@ def encrypted_image_partition(image_dir: Path, number: int | None) -> str | None
     if fs is None or not fs.layer or not fs.encrypted:
         return None
     return f"{parts[0].name} is a {fs.human_name}"
-
