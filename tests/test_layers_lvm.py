@@ -28,6 +28,8 @@ from layer_fixtures import (
     REDUCE,
     decrypt_copy,
     dissect_plaintext,
+    make_luks_ext4,
+    mounted_digest,
     need_cryptsetup,
 )
 from lvm_fixtures import (
@@ -359,3 +361,39 @@ def test_luks2_lvm_wrong_passphrase_stores_nothing(
     assert code == EXIT_REFUSED
     assert "does not open it" in capsys.readouterr().err
     assert not image.exists()
+
+
+def test_luks_inside_an_lv_is_read_with_the_partitions_key(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """LUKS inside an LV (LVM first, then encryption per volume): the key given for the
+    partition opens the LV's LUKS volume; its ext4 is stored by used blocks."""
+    disk = loop_disk_factory(200, "gpt", [PartSpec(None, type=LVM_PART_TYPE)])
+    pv = disk.parts[0]
+    lvm = Lvm(pv)
+    lvm("pvcreate", "-q", pv)
+    lvm("vgcreate", "-q", "-s", "4m", "rlvme_inner", pv)
+    lvm.lv("lvcreate", "-an", "-Zn", "-q", "-L", "96m", "-n", "secret", "rlvme_inner")
+    at, size = lvm.layout().where("secret")
+    volume = tmp_path / "luks.img"
+    digest = make_luks_ext4(volume, size, 2, tmp_path, seed=5, mib=12)
+    with attached(pv, at, size) as lv:
+        write_into(volume, lv)
+    image = tmp_path / "image"
+    key = f"{pv}={passphrase_file(tmp_path)}"
+    assert main(["capture", disk.path, str(image), "--passphrase-file", key]) == 0
+    record = partition_record(image, Path(pv).name)
+    (layer,) = record["layers"]
+    assert (layer["name"], layer["state"]) == ("LVM2 physical volume", "read")
+    (lv_info,) = layer["volumes"]
+    (inner,) = lv_info["layers"]
+    assert (inner["name"], inner["state"]) == ("LUKS2", "read")
+    assert inner["volumes"][0]["fstype"] == "ext4"
+    assert stored_bytes(record) < size / 2
+    target = loop_disk_factory(220, None, [])
+    assert main(["restore", str(image), target.path, "--yes"]) == 0
+    target.rescan()
+    plain = tmp_path / "plain.img"
+    with attached(target.parts[0], at, size, read_only=True) as lv:
+        decrypt_copy(lv, size, plain, tmp_path)
+    assert mounted_digest(plain, tmp_path) == digest
