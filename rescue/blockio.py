@@ -10,6 +10,7 @@ import errno
 import io
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -156,3 +157,15 @@ def write_all(fd: int, data: bytes | bytearray | memoryview, path: str | Path) -
         if n == 0:
             raise DeviceError(f"Write error on {path}: no room left.")
         done += n
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(offset, length)`` ranges sorted, overlapping and touching ones joined, empty dropped."""
+    out: list[tuple[int, int]] = []
+    for off, n in sorted(r for r in ranges if r[1] > 0):
+        if out and off <= out[-1][0] + out[-1][1]:
+            last_off, last_n = out[-1]
+            out[-1] = (last_off, max(last_n, off + n - last_off))
+        else:
+            out.append((off, n))
+    return out

@@ -26,7 +26,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from rescue.blockio import GONE_ERRORS, MEDIA_ERRORS, binary
+from rescue.blockio import GONE_ERRORS, MEDIA_ERRORS, binary, merge_ranges
 from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.image.partclone import BlockRanks, PartcloneHeader, block_offset, crc32
 from rescue.image.seekable import (
@@ -97,17 +97,6 @@ class _DirectReader:
         self._buf.close()
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for off, n in sorted(ranges):
-        if out and off <= out[-1][0] + out[-1][1]:
-            last_off, last_n = out[-1]
-            out[-1] = (last_off, max(last_n, off + n - last_off))
-        else:
-            out.append((off, n))
-    return out
-
-
 def retry_passes(
     fd: int,
     path: str,
@@ -119,7 +108,7 @@ def retry_passes(
     cancel: threading.Event | None,
 ) -> Recovery:
     """Read what the first pass skipped, ever more finely; ``skipped`` is partition-relative."""
-    todo = _merge(skipped)
+    todo = merge_ranges(skipped)
     recovered: list[tuple[int, bytes]] = []
     reader = _DirectReader(fd, path)
 
@@ -138,8 +127,10 @@ def retry_passes(
                     recovered.append((pos, data))
                 pos += take
         got = sum(n for _, n in ranges) - sum(n for _, n in failed)
-        progress.note(f"  recovered {got // 1024} KiB; {_mib(_merge(failed))} still unreadable")
-        return _merge(failed)
+        progress.note(
+            f"  recovered {got // 1024} KiB; {_mib(merge_ranges(failed))} still unreadable"
+        )
+        return merge_ranges(failed)
 
     try:
         left = sweep(todo, PIECE, f"Rescue pass 2: re-reading {_mib(todo)} around read errors")

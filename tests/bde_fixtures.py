@@ -72,7 +72,7 @@ class Samples:
         return out
 
 
-def _sparse_copy(source: IO[bytes], dest: IO[bytes]) -> None:
+def _sparse_copy(source: IO[bytes] | gzip.GzipFile, dest: IO[bytes]) -> None:
     """Copy, seeking over blocks of zeros (win7_partial.bin is 2.7 GiB, mostly zeros)."""
     zero = bytes(MiB)
     size = 0
@@ -97,8 +97,11 @@ def dislocker_key(sample: str, samples: Samples) -> list[str]:
 
 
 @contextlib.contextmanager
-def dislocker(volume: Path, key: list[str], mnt: Path) -> Iterator[Path]:
-    """``volume`` opened read-write by dislocker-fuse; yields its plaintext file.
+def dislocker(
+    volume: Path, key: list[str], mnt: Path, *, read_only: bool = False
+) -> Iterator[Path]:
+    """``volume`` opened by dislocker-fuse (read-write unless ``read_only``); yields its
+    plaintext file.
 
     The key goes on dislocker's command line (it has no other way), acceptable
     for these published test keys only. The process is stopped by its PID.
@@ -107,7 +110,8 @@ def dislocker(volume: Path, key: list[str], mnt: Path) -> Iterator[Path]:
         pytest.skip("dislocker-fuse or /dev/fuse is missing")
     mnt.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        ["dislocker-fuse", "-q", "-V", str(volume), *key, "--", "-f", str(mnt)],
+        ["dislocker-fuse", "-q", *(["-r"] if read_only else []), "-V", str(volume), *key,
+         "--", "-f", str(mnt)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     plain = mnt / "dislocker-file"
@@ -139,6 +143,8 @@ class Filled:
     ntfs_size: int
     plaintext: bytes
     """The first ``ntfs_size`` bytes of the inner volume, read through dislocker-fuse."""
+    files: Path
+    """The folder of the files written into the NTFS (each at its root, by the same name)."""
 
 
 def fill_with_ntfs(samples: Samples, sample: str, work: Path, ntfs_size: int = 32 * MiB) -> Filled:
@@ -165,4 +171,4 @@ def fill_with_ntfs(samples: Samples, sample: str, work: Path, ntfs_size: int = 3
             )
         with plain.open("rb") as fh:
             plaintext = fh.read(ntfs_size)
-    return Filled(volume=volume, ntfs_size=ntfs_size, plaintext=plaintext)
+    return Filled(volume=volume, ntfs_size=ntfs_size, plaintext=plaintext, files=files)

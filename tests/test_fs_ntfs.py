@@ -110,3 +110,27 @@ def test_ntfs_partition_round_trip(loop_disk_factory: DiskFactory, tmp_path: Pat
     a = src.mount(0, tmp_path / "a", "ro")
     b = target.mount(0, tmp_path / "b", "ro")
     assert tree_digest(a) == tree_digest(b)
+
+
+@need("root", "fuse")
+def test_ntfs_far_smaller_than_its_partition(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """An NTFS of 20 MiB in a 60 MiB partition: only its backup boot sector is kept past
+    it (not the 40 MiB of free room), the image reads back and restores clean."""
+    src = loop_disk_factory(80, "gpt", [PartSpec(60, None)])
+    run("mkntfs", "-q", "-F", "-Q", "-L", "small", src.parts[0], str((20 << 20) // 512))
+    image = tmp_path / "image"
+    assert main(["capture", src.path, str(image)]) == 0
+    assert main(["verify", str(image)]) == 0
+    assert (image / "rescue.json").stat().st_size < 64 * 1024
+    target = loop_disk_factory(80, None, [])
+    assert main(["restore", str(image), target.path, "--yes"]) == 0
+    target.rescan()
+    run("ntfsfix", "-n", target.parts[0])
+    with open(target.parts[0], "rb") as t, open(src.parts[0], "rb") as s:
+        t.seek((20 << 20) - 512)
+        s.seek((20 << 20) - 512)
+        backup = s.read(1024)
+        assert b"NTFS" in backup, "the test volume has no backup boot sector where expected"
+        assert t.read(1024) == backup, "backup boot sector not restored"

@@ -214,7 +214,7 @@ def test_the_capture_screen_asks_for_the_key_of_each_encrypted_partition(
         await pilot.press("c")
         await wait_for(pilot, lambda: bool(app.screen.query("#keys Input")))
         label = " ".join(str(w.render()) for w in app.screen.query("#keys Label"))
-        assert src.parts[1] in label and "LUKS" in label and "96.0 MiB" in label
+        assert name in label and "LUKS2" in label and "96.0 MiB" in label
         (key,) = app.screen.query("#keys Input").results(Input)
         assert key.password  # typed characters are not shown
         key.value = PASSPHRASE
@@ -230,3 +230,30 @@ def test_the_capture_screen_asks_for_the_key_of_each_encrypted_partition(
         if p["name"] == name
     )  # fmt: skip
     assert record["stored_as"] == "partclone" and record["layers"][0]["state"] == "read"
+
+
+def test_a_luks_key_file_opens_it_byte_for_byte(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """A binary key file (newlines and all) added as a second keyslot opens the volume."""
+    src, _ = luks_disk(loop_disk_factory, tmp_path, 2)
+    keyfile = tmp_path / "volume.key"
+    keyfile.write_bytes(bytes(range(256)) + b"\n\n")
+    current = tmp_path / "current.pass"
+    current.write_text(PASSPHRASE)
+    run("cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2",
+        "--pbkdf-force-iterations", "1000", "--key-file", str(current), src.parts[1],
+        str(keyfile))  # fmt: skip
+    image = tmp_path / "image"
+    assert main(["capture", src.path, str(image), "--key-file", f"{src.parts[1]}={keyfile}"]) == 0
+    record = next(
+        p for p in json.loads((image / "rescue.json").read_text())["partitions"]
+        if p["name"] == Path(src.parts[1]).name
+    )  # fmt: skip
+    assert record["layers"][0]["state"] == "read"
+    # the same bytes less the last newline are another key: refused, nothing written
+    cut = tmp_path / "cut.key"
+    cut.write_bytes(keyfile.read_bytes()[:-1])
+    other = tmp_path / "other"
+    code = main(["capture", src.path, str(other), "--key-file", f"{Path(src.parts[1]).name}={cut}"])
+    assert code == EXIT_REFUSED and not other.exists()

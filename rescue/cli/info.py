@@ -101,7 +101,8 @@ def layer_lines(layer: LayerInfo, depth: int = 0) -> list[str]:
     lines = [head]
     lines += [f"{pad}  {safe(k)}: {safe(v)}" for k, v in layer.details]
     for vol in layer.volumes:
-        fs = safe(vol.fstype) if vol.fstype else "no filesystem read"
+        inside = vol.layers[0].name if vol.layers else None
+        fs = safe(vol.fstype or inside or "no filesystem read")
         ident = ", ".join(
             f"{k} {safe(v)}" for k, v in (("label", vol.label), ("UUID", vol.uuid)) if v
         )

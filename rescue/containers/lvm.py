@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from rescue.blockio import merge_ranges
 from rescue.containers.base import Container, Opened
 from rescue.containers.lvm_metadata import (
     MAX_TEXT,
@@ -288,17 +289,6 @@ class LogicalVolumeOnPv:
         return f"LogicalVolumeOnPv({self.name!r}, {self.size})"
 
 
-def _merged(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    out: list[tuple[int, int]] = []
-    for at, n in sorted(r for r in ranges if r[1] > 0):
-        if out and at <= out[-1][0] + out[-1][1]:
-            last_at, last_n = out[-1]
-            out[-1] = (last_at, max(last_n, at + n - last_at))
-        else:
-            out.append((at, n))
-    return tuple(out)
-
-
 def _choose(f: BinaryIO, label: PvLabel) -> tuple[VolumeGroup | None, int]:
     """The VG of the newest metadata copy that reads (None on an orphan PV); copies read."""
     if not label.metadata_areas:
@@ -404,7 +394,7 @@ def open_layer(f: BinaryIO, size: int, found: Container) -> Opened:
     if vg is None:
         return Opened(
             volumes=(),
-            metadata=_merged(
+            metadata=_merged_ranges(
                 [(0, min(size, max(pe_start, label.offset + _SECTOR))), *label.metadata_areas]
             ),
             details=(
@@ -431,7 +421,7 @@ def open_layer(f: BinaryIO, size: int, found: Container) -> Opened:
                 f"The LVM metadata area at byte {at} overlaps the extents of volume group "
                 f"{vg.name}."
             )
-    metadata = _merged([(0, data_start), *label.metadata_areas])
+    metadata = _merged_ranges([(0, data_start), *label.metadata_areas])
     volumes, whole = _layout(f, vg, pv, data_start, extent)
     return Opened(
         volumes=volumes,
@@ -550,7 +540,7 @@ def _layout(
         if ranges:
             split = any(member in elsewhere for member in members)
             stored[_reason(vg, lv, split, pv.uuid, thin.get(lv.name, []))] = ranges
-    return tuple(volumes), tuple((reason, _merged(r)) for reason, r in stored.items())
+    return tuple(volumes), tuple((reason, _merged_ranges(r)) for reason, r in stored.items())
 
 
 def _pieces(
@@ -572,3 +562,7 @@ def _pieces(
         pieces.append(_Piece(segment.start_extent * extent, length, starts, chunk))
     assert all(a == key for s in lv.segments for a, _ in s.areas)
     return tuple(pieces)
+
+
+def _merged_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    return tuple(merge_ranges(ranges))

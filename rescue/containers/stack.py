@@ -17,10 +17,11 @@ stored whole, with the reason and its cost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from rescue.blockio import merge_ranges
 from rescue.containers import bitlocker, luks, lvm, md
 from rescue.containers.base import (
     PROBE_BYTES,
@@ -85,12 +86,12 @@ def find_container(f: BinaryIO, size: int) -> Container | None:
     """The container layer at the start of the device in ``f``, or None."""
     try:
         head = read_at(f, 0, min(PROBE_BYTES, size))
-    except OSError:
-        return None
-    for probe in PROBES:
-        found = probe(head, f, size)
-        if found is not None:
-            return found
+        for probe in PROBES:
+            found = probe(head, f, size)
+            if found is not None:
+                return found
+    except OSError as exc:  # an unreadable sector where a signature would be: not a layer
+        log.warning("probing for volume layers: %s", exc)
     return None
 
 
@@ -111,16 +112,30 @@ class _Reading:
     layer: LayerInfo | None = None
     alloc: Allocation | None = None
     """The filesystem's own map, when no layer sits on the device."""
+    fstype: str | None = None
+    """What was found when no map was read: swap, of which only its header is kept."""
     notes: list[str] = field(default_factory=list)
 
 
 def _fs_ranges(alloc: Allocation) -> list[tuple[int, int]]:
+    """The used blocks of a filesystem inside a layer, and the bytes after its last block.
+
+    Those bytes are what capture keeps as the tail of a bare partition: NTFS keeps
+    its backup boot sector in the sector after its last one, which ntfsfix and
+    Windows' chkdsk look for. Inside a layer they are kept in the stream, up to
+    one block (the most a filesystem that fills its volume leaves; one made
+    smaller than its volume ends there).
+    """
     bs = alloc.block_size
-    return [
+    ranges = [
         (first * bs, min(count * bs, alloc.device_size - first * bs))
         for first, count in alloc.runs()
         if first * bs < alloc.device_size
     ]
+    fs_end = alloc.total_blocks * bs
+    if not alloc.raw and fs_end < alloc.device_size:
+        ranges.append((fs_end, min(bs, alloc.device_size - fs_end)))
+    return ranges
 
 
 def _read_volume(f: BinaryIO, size: int, secret: Secret | None, depth: int) -> _Reading:
@@ -131,7 +146,7 @@ def _read_volume(f: BinaryIO, size: int, secret: Secret | None, depth: int) -> _
     fstype = probe_fstype(f)
     fs = registry.get(fstype)
     if fs is not None and fs.recreated:
-        return _Reading(ranges=[(0, min(SWAP_HEADER, size))], notes=[
+        return _Reading(ranges=[(0, min(SWAP_HEADER, size))], fstype=fs.name, notes=[
             f"{fs.human_name}: only its header is kept (it holds nothing worth keeping)"
         ])  # fmt: skip
     alloc = filesystem_allocation(f, size, fstype)
@@ -166,7 +181,7 @@ def _read_layer(
         log.warning("%s", reason)
         return stored_whole(LayerInfo.WHOLE, reason)
     ranges = list(found.metadata) + list(opened.metadata)
-    metadata = _total(_merge(ranges))
+    metadata = _total(merge_ranges(ranges))
     notes: list[str] = []
     volumes = []
     for vol in opened.volumes:
@@ -174,16 +189,17 @@ def _read_layer(
         mapped = [r for off, n in inner.ranges for r in vol.outer_ranges(off, n)]
         ranges += mapped
         alloc = inner.alloc
-        note = "; ".join(inner.notes) or None
+        # a layer inside says its own notes, on its volumes (the partition's warnings list all)
+        note = "; ".join(inner.notes) if inner.layer is None else None
         volumes.append(
             VolumeInfo(
                 name=vol.name,
                 size=vol.size,
-                fstype=alloc.fstype if alloc is not None else None,
-                used_bytes=_total(_merge(mapped)),
+                fstype=alloc.fstype if alloc is not None else inner.fstype,
+                used_bytes=_total(merge_ranges(mapped)),
                 uuid=alloc.uuid if alloc is not None else None,
                 label=alloc.label if alloc is not None else None,
-                note=note,
+                note=note or None,
                 layers=(inner.layer,) if inner.layer is not None else (),
             )
         )
@@ -198,17 +214,6 @@ def _read_layer(
         volumes=tuple(volumes), reason="; ".join(r for r, _ in opened.whole) or None,
     )  # fmt: skip
     return _Reading(ranges, layer, notes=notes)
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for off, n in sorted(r for r in ranges if r[1] > 0):
-        if out and off <= out[-1][0] + out[-1][1]:
-            last_off, last_n = out[-1]
-            out[-1] = (last_off, max(last_n, off + n - last_off))
-        else:
-            out.append((off, n))
-    return out
 
 
 def _total(ranges: list[tuple[int, int]]) -> int:
@@ -241,7 +246,7 @@ def read_partition(
         return PartitionReading(raw_allocation(size, reason=layer.reason), (layer,))
     block = layer_block_size(size)
     runs = []
-    for off, n in _merge(reading.ranges):
+    for off, n in merge_ranges(reading.ranges):
         end = min(off + n, size)
         if end > off:
             first = off // block

@@ -414,7 +414,10 @@ def _store_all(
         fs_end = alloc.total_blocks * alloc.block_size
         if not raw and alloc.device_size > fs_end:
             try:
-                data = os.pread(fd, alloc.device_size - fs_end, p.start + fs_end)
+                # what a filesystem keeps past its last whole block (NTFS: its backup boot
+                # sector) lies within one block and a sector of it; the rest is free room
+                length = min(alloc.device_size - fs_end, alloc.block_size + 512)
+                data = os.pread(fd, length, p.start + fs_end)
             except OSError as exc:  # the backup boot sector is unreadable: restore goes on
                 progress.note(f"{p.name}: the bytes after the filesystem are unreadable: {exc}")
             else:

@@ -17,7 +17,7 @@ from rescue.errors import BadInputError, RescueError
 from rescue.filesystems import registry
 from rescue.image import layout as layout_mod
 from rescue.image.view import open_image
-from rescue.operations.source import resolve_source
+from rescue.operations.source import Source, resolve_source
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,13 @@ class EncryptedPartition:
 
 def encrypted_partitions(source_path: str) -> list[EncryptedPartition]:
     """The encrypted partitions of ``source_path`` (a disk, a partition, a disk file)."""
-    src = resolve_source(source_path)
+    try:
+        return _encrypted(resolve_source(source_path))
+    except (OSError, RescueError):
+        return []  # the capture itself reads the disk again and says what is wrong
+
+
+def _encrypted(src: Source) -> list[EncryptedPartition]:
     fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         parts = [(src.name, 0, src.size)]
@@ -72,11 +78,3 @@ def encrypted_image_partition(image_dir: Path, number: int | None) -> str | None
     if fs is None or not fs.layer or not fs.encrypted:
         return None
     return f"{parts[0].name} is a {fs.human_name}"
-
-
-def needs_key(fstype: str | None) -> str | None:
-    """What a partition udev names ``fstype`` is, when it needs a key to be read inside."""
-    fs = registry.get(fstype)
-    if fs is None or not fs.layer or not fs.encrypted:
-        return None
-    return fs.human_name

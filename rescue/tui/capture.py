@@ -25,7 +25,7 @@ from rescue.operations.capture_map import resumable
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
 from rescue.operations.plan_text import shown, shown_message
-from rescue.operations.unlock import needs_key
+from rescue.operations.unlock import EncryptedPartition
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen, JobWarning
 from rescue.tui.services import Services
@@ -129,31 +129,36 @@ class CaptureScreen(Screen[None]):
             self._estimate()
             self._show_keys()
 
-    def _encrypted(self) -> list[Partition]:
-        src = self._source()
-        parts = [src] if isinstance(src, Partition) else src.partitions
-        return [p for p in parts if needs_key(p.fstype)]
-
     def _show_keys(self) -> None:
+        """Read which partitions of the source are encrypted (their headers), then ask."""
+        path = self.source_path
+
+        def work() -> None:
+            found = self.services.encrypted(path)
+            self.app.call_from_thread(self._key_fields, path, found)
+
+        self.run_worker(work, thread=True, group="keys", exit_on_error=False, exclusive=True)
+
+    def _key_fields(self, path: str, found: list[EncryptedPartition]) -> None:
         """A hidden field per encrypted partition of the source: its key, or empty to leave it
         locked (stored whole: its size is what that costs)."""
+        if path != self.source_path:
+            return  # another source was chosen meanwhile
         box = self.query_one("#keys", Vertical)
-        wanted = [p.name for p in self._encrypted()]
-        if wanted == list(self._keys.values()):
+        if [p.name for p in found] == list(self._keys.values()):
             return  # the same partitions: keep what was typed
         box.remove_children()
         self._keys = {}
         self._generation += 1
         widgets: list[Widget] = []
-        for i, p in enumerate(self._encrypted()):
+        for i, p in enumerate(found):
             widgets.append(Label(Content(
-                f"{shown(p.path)} is a {needs_key(p.fstype)}: passphrase or recovery password "
+                f"{shown(p.name)} is {shown(p.what)}: passphrase or recovery password "
                 f"(empty: leave it locked, stored whole: {human_size(p.size)})"
             )))  # fmt: skip
             ident = f"key-{self._generation}-{i}"
-            field = Input(password=True, placeholder="key (hidden)", id=ident)
+            widgets.append(Input(password=True, placeholder="key (hidden)", id=ident))
             self._keys[ident] = p.name
-            widgets.append(field)
         if widgets:
             box.mount_all(widgets)
 

@@ -13,18 +13,23 @@ from pathlib import Path
 
 from rescue.devices import Disk
 from rescue.devices.smart import SmartSummary
+from rescue.operations.unlock import EncryptedPartition, encrypted_partitions
 
 DiskLister = Callable[[], list[Disk]]
 SmartReader = Callable[[str], SmartSummary | None]
 UsedReader = Callable[[str, int, str | None], int | None]
 ImageFinder = Callable[[], list[Path]]
+EncryptedFinder = Callable[[str], list[EncryptedPartition]]
 
 
 @dataclass(frozen=True)
 class Services:
-    """The disks, their health, the used bytes of a filesystem, and the images on the drives."""
+    """The disks, their health, the used bytes of a filesystem, the images on the drives,
+    and which partitions need a key."""
 
     list_disks: DiskLister
     smart: SmartReader
     used: UsedReader
     find_images: ImageFinder
+    encrypted: EncryptedFinder = encrypted_partitions
+    """The encrypted partitions of a disk or partition (read from their headers)."""
