@@ -33,7 +33,7 @@ def need_cryptsetup() -> None:
 
 
 def make_luks_ext4(
-    path: Path, size: int, version: int, tmp: Path, seed: int, mib: int
+    path: Path, size: int, version: int, tmp: Path, seed: int, mib: int, sector: int = 512
 ) -> dict[str, str]:
     """A LUKS volume of ``size`` bytes holding a filled ext4; returns the files' digest."""
     need_cryptsetup()
@@ -53,7 +53,7 @@ def make_luks_ext4(
     run(
         "cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size",
         str(REDUCE), "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-        "--sector-size", "512", "--key-file", str(keyfile), str(path),
+        "--sector-size", str(sector), "--key-file", str(keyfile), str(path),
     )  # fmt: skip
     if version == 1:
         run("cryptsetup", "convert", "--batch-mode", "--type", "luks1", str(path))
@@ -104,7 +104,8 @@ def decrypt_copy(device: str, size: int, out: Path, tmp: Path) -> None:
                 break
             plain = bytearray()
             for i in range(len(chunk) // sector):
-                tweak = struct.pack("<Q", n + i) + bytes(8)
+                # dm-crypt's IV counts 512-byte units, also for 4 KiB sectors
+                tweak = struct.pack("<Q", (n + i) * (sector // 512)) + bytes(8)
                 dec = Cipher(algo, modes.XTS(tweak)).decryptor()
                 plain += dec.update(chunk[i * sector : (i + 1) * sector])
             dst.write(plain)

@@ -291,11 +291,12 @@ def open_layer(f: BinaryIO, size: int, found: Container, secret: Secret | None) 
     header = _header_bytes(f, found)
     seg = _segment(header, found, size)
     key = volume_key(header, secret, what)
-    # LUKS2 counts IVs in its own sectors (dm-crypt's iv_large_sectors); iv_tweak in 512s
+    # IVs count 512-byte units whatever the encryption sector (cryptsetup does not set
+    # dm-crypt's iv_large_sectors for LUKS2): sector n of 4 KiB has IV 8n; iv_tweak too
+    shift = (seg.sector_size // 512).bit_length() - 1
     cipher = SectorCipher(
-        seg.spec, key, sector_size=seg.sector_size,
-        iv_offset=seg.iv_tweak * 512 // seg.sector_size,
-    )  # fmt: skip
+        seg.spec, key, sector_size=seg.sector_size, iv_shift=shift, iv_offset=seg.iv_tweak
+    )
     volume = LuksVolume(f, seg.offset, seg.size, cipher, name=f"{found.name} volume")
     return Opened(
         volumes=(volume,),

@@ -4,8 +4,9 @@ A cipher spec is cryptsetup's ``cipher-mode-iv`` string (``aes-xts-plain64``,
 ``aes-cbc-essiv:sha256``). Each sector of ``sector_size`` bytes is encrypted
 alone with an IV made from its number, so any sector can be decrypted without
 its neighbours, and a copy of the ciphertext at the same offset decrypts the
-same. Sector numbers for the IV count 512-byte units unless the volume says
-otherwise (LUKS2 with larger sectors counts in its own sector size).
+same. Sector numbers for the IV count 512-byte units, also when the encryption
+sector is larger (dm-crypt without ``iv_large_sectors``, as LUKS2 uses it): the
+4 KiB sector n has IV 8n.
 
 The bulk work runs in OpenSSL through ``cryptography``.
 """
@@ -38,7 +39,8 @@ class SectorCipher:
     key: bytes = field(repr=False)
     sector_size: int = 512
     iv_shift: int = 0
-    """log2(sector_size / 512) when IVs count 512-byte units, 0 when they count sectors."""
+    """log2(sector_size / 512) when IVs count 512-byte units (LUKS), 0 when they count
+    the volume's own sectors."""
     iv_offset: int = 0
     """Added to every sector number (LUKS2 ``iv_tweak``)."""
 
