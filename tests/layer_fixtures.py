@@ -11,6 +11,7 @@ decrypted here (AES-XTS, plain64 tweak), and dissect.fve opens it a second way.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import struct
 from pathlib import Path
@@ -33,7 +34,14 @@ def need_cryptsetup() -> None:
 
 
 def make_luks_ext4(
-    path: Path, size: int, version: int, tmp: Path, seed: int, mib: int, sector: int = 512
+    path: Path,
+    size: int,
+    version: int,
+    tmp: Path,
+    seed: int,
+    mib: int,
+    sector: int = 512,
+    cipher: str = "aes-xts-plain64",
 ) -> dict[str, str]:
     """A LUKS volume of ``size`` bytes holding a filled ext4; returns the files' digest."""
     need_cryptsetup()
@@ -53,7 +61,7 @@ def make_luks_ext4(
     run(
         "cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size",
         str(REDUCE), "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-        "--sector-size", str(sector), "--key-file", str(keyfile), str(path),
+        "--sector-size", str(sector), "--cipher", cipher, "--key-file", str(keyfile), str(path),
     )  # fmt: skip
     if version == 1:
         run("cryptsetup", "convert", "--batch-mode", "--type", "luks1", str(path))
@@ -90,11 +98,25 @@ def payload(device: str) -> tuple[int, int]:
     return offset, sector
 
 
+def cipher_mode(device: str) -> str:
+    dump = run("cryptsetup", "luksDump", device)
+    for line in dump.splitlines():
+        if line.startswith("Cipher mode:"):  # LUKS1
+            return line.split()[-1]
+        if line.strip().startswith("cipher:"):  # LUKS2 segment
+            return line.split()[-1].split("-", 1)[1]
+    raise AssertionError(f"no cipher in:\n{dump}")
+
+
 def decrypt_copy(device: str, size: int, out: Path, tmp: Path) -> None:
-    """The plaintext of the LUKS volume on ``device``, decrypted here into ``out``."""
+    """The plaintext of the LUKS volume on ``device``, decrypted here into ``out``
+    (AES-XTS plain64 or AES-CBC ESSIV:SHA256, the two defaults cryptsetup has had)."""
     key = volume_key(device, tmp)
     offset, sector = payload(device)
+    mode = cipher_mode(device)
+    assert mode in ("xts-plain64", "cbc-essiv:sha256"), mode
     algo = algorithms.AES(key)
+    essiv = Cipher(algorithms.AES(hashlib.sha256(key).digest()), modes.ECB()).encryptor()
     with open(device, "rb") as src, out.open("wb") as dst:
         src.seek(offset)
         n = 0
@@ -106,7 +128,10 @@ def decrypt_copy(device: str, size: int, out: Path, tmp: Path) -> None:
             for i in range(len(chunk) // sector):
                 # dm-crypt's IV counts 512-byte units, also for 4 KiB sectors
                 tweak = struct.pack("<Q", (n + i) * (sector // 512)) + bytes(8)
-                dec = Cipher(algo, modes.XTS(tweak)).decryptor()
+                if mode == "xts-plain64":
+                    dec = Cipher(algo, modes.XTS(tweak)).decryptor()
+                else:
+                    dec = Cipher(algo, modes.CBC(essiv.update(tweak))).decryptor()
                 plain += dec.update(chunk[i * sector : (i + 1) * sector])
             dst.write(plain)
             n += len(chunk) // sector

@@ -40,12 +40,18 @@ PART_MIB = 96
 
 
 def luks_disk(
-    factory: DiskFactory, tmp: Path, version: int, sector: int = 512
+    factory: DiskFactory,
+    tmp: Path,
+    version: int,
+    sector: int = 512,
+    cipher: str = "aes-xts-plain64",
 ) -> tuple[LoopDisk, dict[str, str]]:
     disk = factory(PART_MIB + 40, "gpt", [PartSpec(24, "ext4", "boot"), PartSpec(PART_MIB, None)])
     volume = tmp / f"luks{version}.img"
     size = int(run("blockdev", "--getsize64", disk.parts[1]))
-    digest = make_luks_ext4(volume, size, version, tmp, seed=version, mib=12, sector=sector)
+    digest = make_luks_ext4(
+        volume, size, version, tmp, seed=version, mib=12, sector=sector, cipher=cipher
+    )
     with volume.open("rb") as src, open(disk.parts[1], "r+b") as dst:
         while chunk := src.read(4 * MiB):
             dst.write(chunk)
@@ -64,12 +70,19 @@ def passphrase_file(tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("version", "sector"), [(1, 512), (2, 512), (2, 4096)], ids=["luks1", "luks2", "luks2-4k"]
+    ("version", "sector", "cipher"),
+    [
+        (1, 512, "aes-xts-plain64"),
+        (2, 512, "aes-xts-plain64"),
+        (2, 4096, "aes-xts-plain64"),
+        (1, 512, "aes-cbc-essiv:sha256"),
+    ],
+    ids=["luks1", "luks2", "luks2-4k", "luks1-cbc-essiv"],
 )
 def test_luks_round_trip_keeps_it_encrypted_and_stores_only_used_blocks(
-    version: int, sector: int, loop_disk_factory: DiskFactory, tmp_path: Path
+    version: int, sector: int, cipher: str, loop_disk_factory: DiskFactory, tmp_path: Path
 ) -> None:
-    src, digest = luks_disk(loop_disk_factory, tmp_path, version, sector)
+    src, digest = luks_disk(loop_disk_factory, tmp_path, version, sector, cipher)
     image = tmp_path / "image"
     part = src.parts[1]
     key = f"{part}={passphrase_file(tmp_path)}"
