@@ -297,7 +297,8 @@ def choose_volume(volumes: list[Volume], name: str | None, what: str) -> Volume:
         if len(volumes) == 1:
             return volumes[0]
         raise BadInputError(
-            f"{what} holds {len(volumes)} volumes: choose one with --volume ({names})."
+            f"{what} holds {len(volumes)} volumes: {names}. Choose one by its name "
+            "(--volume VG/LV on the command line, the volume field in the browser)."
         )
     for vol in volumes:
         if vol.name == name:
