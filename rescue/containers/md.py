@@ -37,8 +37,10 @@ _V090_RESERVED = 64 * 1024
 
 
 def _sb1_offsets(size: int) -> list[tuple[str, int]]:
+    """Where each 1.x superblock would be on a member of ``size`` bytes (none past its end)."""
     end = (size - 8 * 1024) & ~(4 * 1024 - 1)
-    return [("1.1", 0), ("1.2", 4096), ("1.0", end)]
+    places = [("1.1", 0), ("1.2", 4096)] + ([("1.0", end)] if end >= 8192 else [])
+    return [(version, at) for version, at in places if at + _SB1_SIZE <= size]
 
 
 def _text(raw: bytes) -> str:
@@ -67,10 +69,16 @@ def _read_v1(block: bytes, version: str, offset: int, size: int) -> _Member | No
     (level,) = struct.unpack_from("<i", block, 72)
     (raid_disks,) = struct.unpack_from("<I", block, 92)
     data_offset, data_size = struct.unpack_from("<QQ", block, 128)
-    if not 0 < data_size * 512 <= size or data_offset * 512 + data_size * 512 > size:
+    start, end = data_offset * 512, (data_offset + data_size) * 512
+    if not 0 < data_size * 512 <= size or end > size:
         raise FilesystemError(
             f"md superblock {version}: a data area of {data_size} sectors at sector "
             f"{data_offset} does not fit the {size}-byte member"
+        )
+    if start < offset + _SB1_SIZE and end > offset:
+        raise FilesystemError(
+            f"md superblock {version}: its data area (sectors {data_offset} to "
+            f"{data_offset + data_size}) covers the superblock itself"
         )
     return _Member(
         version, level, raid_disks, set_uuid, _text(block[32:64]),
@@ -101,7 +109,7 @@ def _read_v090(f: BinaryIO, size: int) -> _Member | None:
 def _member(head: bytes, f: BinaryIO, size: int) -> _Member | None:
     for version, offset in _sb1_offsets(size):
         block = head[offset : offset + _SB1_SIZE] if offset + _SB1_SIZE <= len(head) else b""
-        if not block and offset > 0 and offset + _SB1_SIZE <= size:
+        if not block:
             block = read_at(f, offset, _SB1_SIZE)
         if len(block) == _SB1_SIZE:
             found = _read_v1(block, version, offset, size)
