@@ -118,6 +118,8 @@ def test_v090_in_the_last_64k() -> None:
     f = member(size, at, sb090(at // KiB))
     found = probe(f)
     assert found is not None and ("metadata", "0.90") in found.details
+    # as mdadm --detail prints it: 11111111:22222222:33333333:44444444
+    assert found.uuid == "11111111-2222-2222-3333-333344444444"
     assert found.metadata == ((at, size - at),)
     (volume,) = md.open_layer(f, size, found).volumes
     assert volume.size == at

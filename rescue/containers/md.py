@@ -102,7 +102,8 @@ def _read_v090(f: BinaryIO, size: int) -> _Member | None:
         raise FilesystemError(
             f"md superblock 0.90: a data area of {w[8]} KiB does not fit the {size}-byte member"
         )
-    raw_uuid = struct.pack("<IIII", w[5], w[13], w[14], w[15])
+    # the UUID as mdadm and blkid print it: each 32-bit word's value, most significant first
+    raw_uuid = struct.pack(">IIII", w[5], w[13], w[14], w[15])
     return _Member("0.90", level, w[10], str(uuid_mod.UUID(bytes=raw_uuid)), "", 0, data_size)
 
 
