@@ -125,6 +125,23 @@ def test_v090_in_the_last_64k() -> None:
     assert volume.size == at
 
 
+@pytest.mark.parametrize(
+    ("role", "features", "why"),
+    [(0xFFFF, 0, "a spare"), (0xFFFE, 0, "a failed member"), (1, 2, "being rebuilt")],
+)
+def test_a_member_holding_no_whole_copy_is_not_read(role: int, features: int, why: str) -> None:
+    size = 4 * MiB
+    block = bytearray(sb1(4096, 1 * MiB, 2 * MiB))
+    struct.pack_into("<I", block, 8, features)  # feature_map
+    struct.pack_into("<Q", block, 152, 1000)  # recovery_offset
+    struct.pack_into("<I", block, 160, 1)  # dev_number: its role is the second
+    f = member(size, 4096, bytes(block) + struct.pack("<HH", 0, role))
+    found = probe(f)
+    assert found is not None  # a member all the same: stored whole, with the reason
+    with pytest.raises(FilesystemError, match=why):
+        md.open_layer(f, size, found)
+
+
 def test_other_levels_are_members_stored_whole() -> None:
     size = 4 * MiB
     f = member(size, 4096, sb1(4096, 1 * MiB, 2 * MiB, level=5))

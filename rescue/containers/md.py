@@ -33,6 +33,12 @@ from rescue.errors import FilesystemError
 
 MAGIC = 0xA92B4EFC
 _SB1_SIZE = 256
+"""The fixed part of a 1.x superblock; the roles of the devices (16 bits each) follow."""
+_SB1_MAX = 4096
+"""A 1.x superblock with its roles is at most 4 KiB."""
+_RECOVERY_OFFSET = 2
+"""``feature_map`` bit: this member is being rebuilt, its copy good up to ``recovery_offset``."""
+_ROLES = {0xFFFF: "a spare", 0xFFFE: "a failed member", 0xFFFD: "a journal device"}
 _V090_RESERVED = 64 * 1024
 
 
@@ -58,6 +64,8 @@ class _Member:
     """Bytes from the member's start to its data."""
     data_size: int
     """Bytes of data (the array's content, for RAID1)."""
+    not_a_copy: str | None = None
+    """Why the data area holds no whole copy of the array (a spare, a member being rebuilt)."""
 
 
 def _read_v1(block: bytes, version: str, offset: int, size: int) -> _Member | None:
@@ -82,8 +90,25 @@ def _read_v1(block: bytes, version: str, offset: int, size: int) -> _Member | No
         )
     return _Member(
         version, level, raid_disks, set_uuid, _text(block[32:64]),
-        data_offset * 512, data_size * 512,
+        data_offset * 512, data_size * 512, _not_a_copy(block),
     )  # fmt: skip
+
+
+def _not_a_copy(block: bytes) -> str | None:
+    """What the superblock says of this device when it holds no whole copy of the array."""
+    (feature_map,) = struct.unpack_from("<I", block, 8)
+    (recovery_offset,) = struct.unpack_from("<Q", block, 152)
+    (dev_number,) = struct.unpack_from("<I", block, 160)
+    at = _SB1_SIZE + 2 * dev_number
+    if at + 2 <= len(block):
+        role = _ROLES.get(struct.unpack_from("<H", block, at)[0])
+        if role is not None:
+            return f"this device is {role} of the array"
+    if feature_map & _RECOVERY_OFFSET:
+        return (
+            f"this member was being rebuilt: its copy is whole only up to sector {recovery_offset}"
+        )
+    return None
 
 
 def _read_v090(f: BinaryIO, size: int) -> _Member | None:
@@ -109,10 +134,10 @@ def _read_v090(f: BinaryIO, size: int) -> _Member | None:
 
 def _member(head: bytes, f: BinaryIO, size: int) -> _Member | None:
     for version, offset in _sb1_offsets(size):
-        block = head[offset : offset + _SB1_SIZE] if offset + _SB1_SIZE <= len(head) else b""
+        block = head[offset : offset + _SB1_MAX] if offset + _SB1_SIZE <= len(head) else b""
         if not block:
-            block = read_at(f, offset, _SB1_SIZE)
-        if len(block) == _SB1_SIZE:
+            block = read_at(f, offset, min(_SB1_MAX, size - offset))
+        if len(block) >= _SB1_SIZE:
             found = _read_v1(block, version, offset, size)
             if found is not None:
                 return found
@@ -182,6 +207,10 @@ def open_layer(f: BinaryIO, size: int, found: Container) -> Opened:
         raise FilesystemError(
             f"a member of a {level} array holds a part of the array's content, not a "
             "filesystem (capture the assembled array, /dev/mdN, to image it by used blocks)"
+        )
+    if member.not_a_copy:
+        raise FilesystemError(
+            f"{member.not_a_copy} (capture an active, in-sync member, or the assembled array)"
         )
     name = f"md array {member.name or member.set_uuid}"
     return Opened(
