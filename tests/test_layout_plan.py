@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rescue.errors import BadInputError, RefusedError
+from rescue.filesystems.layers import MD
 from rescue.operations.layout_plan import (
     GPT_BACKUP,
     MiB,
@@ -95,3 +96,13 @@ def test_a_logical_partition_grows_with_its_extended_partition() -> None:
     assert f"/dev/sda5 : start=208896, size={new_size}, type=83" in grown.splitlines()
     extended = next(line for line in grown.splitlines() if line.startswith("/dev/sda2"))
     assert f"size={208896 - 206848 + new_size}" in extended
+
+
+def test_a_raid_member_keeps_its_size() -> None:
+    """md superblocks 1.0 and 0.90 sit at the member's end: a grown partition would lose
+    its array. The default keeps the layout; asking for it is refused with the reason."""
+    member = [*PARTS[:2], Slot("sda3", 3, 601 * MiB, 200 * MiB, MD.name)]
+    assert plan_growth(member, "gpt", 2 * GiB) is None
+    with pytest.raises(RefusedError, match="RAID"):
+        plan_growth(member, "gpt", 2 * GiB, number=3)
+    assert plan_growth(member, "gpt", 2 * GiB, number=2) is not None  # another one may

@@ -159,6 +159,8 @@ class Filesystem:
     with filesystems inside it (see :mod:`rescue.filesystems.layers`)."""
     encrypted: ClassVar[bool] = False
     """A layer whose inside needs a key to be read."""
+    keeps_size: ClassVar[str | None] = None
+    """Why its partition must keep its size on a larger disk (None: it may grow)."""
     max_file_size: ClassVar[int | None] = None
     """The largest file it holds (image streams written there are split to fit)."""
     tools: ClassVar[Tools] = {}

@@ -125,8 +125,12 @@ class MdMember(Layered):
     unsupported: ClassVar[Reasons] = Layered.reasons(
         "a Linux RAID (md) member",
         "rescue mount (a RAID1 member's filesystem is opened directly)",
-        "The partition grows; the RAID member keeps its size (after the first boot: "
-        "mdadm --grow /dev/mdN --size=max, then grow the filesystem).",
+        "A RAID member's partition keeps its size: md superblocks 1.0 and 0.90 lie at "
+        "its end, where mdadm looks for them.",
+    )
+    keeps_size = (
+        "a Linux RAID (md) member keeps its size on a larger disk (superblocks 1.0 and 0.90 "
+        "lie at the partition's end, where mdadm looks for them)"
     )
 
 

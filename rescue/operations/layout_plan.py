@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rescue.errors import BadInputError, RefusedError
+from rescue.filesystems import registry
 from rescue.units import human_size
 
 MiB = 1 << 20
@@ -29,6 +30,12 @@ class Slot:
     start: int
     size: int
     fstype: str | None
+
+
+def fixed_size_reason(slot: Slot) -> str | None:
+    """Why ``slot`` must keep its size on a larger disk (None: it may grow)."""
+    fs = registry.get(slot.fstype)
+    return fs.keeps_size if fs is not None else None
 
 
 def align_up(n: int, unit: int = MiB) -> int:
@@ -88,6 +95,11 @@ def plan_growth(
     slot = numbered[index]
     num, start, size = slot.number, slot.start, slot.size
     assert num is not None
+    fixed = fixed_size_reason(slot)
+    if fixed is not None:
+        if number is not None:
+            raise RefusedError(f"Partition {num} cannot grow: {fixed}.")
+        return None
     after = numbered[index + 1 :]
     if table == "dos" and any((p.number or 0) > 4 for p in after):
         raise RefusedError(

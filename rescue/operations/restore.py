@@ -33,7 +33,7 @@ from rescue.image.streams import (
 from rescue.image.view import ImagePart, ImageView, check_all_present, open_image
 from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import grow_filesystem
-from rescue.operations.layout_plan import Fit, Growth, Slot, plan_growth
+from rescue.operations.layout_plan import Fit, Growth, Slot, fixed_size_reason, plan_growth
 from rescue.operations.newids import give_new_ids
 from rescue.operations.shrink import fit_image, restore_shrunk
 from rescue.operations.source import Source, refuse_if_on_device, resolve_source
@@ -142,6 +142,10 @@ def plan_restore(
         )
         if growth.moved:
             summary += " The partitions after it move to the end of the disk."
+    elif (
+        image.kind == "disk" and layout != "keep" and fit is None and (fixed := _last_fixed(image))
+    ):
+        summary += f" The layout is kept: {fixed}."
     elif layout == "grow":
         summary += " The target has no room to grow the last partition: the layout is kept."
     if fit is not None:
@@ -193,6 +197,16 @@ def check_streams(image: ImageView) -> None:
 
 def _check_device_safety(path: str) -> None:
     check_target(find_device(path))
+
+
+def _last_fixed(image: ImageView) -> str | None:
+    """Why the image's last partition keeps its size, when it must."""
+    numbered = [p for p in image.parts if p.number is not None]
+    if not numbered:
+        return None
+    last = max(numbered, key=lambda p: p.start)
+    reason = fixed_size_reason(Slot(last.name, last.number, last.start, last.size, last.fstype))
+    return f"partition {last.number}: {reason}" if reason else None
 
 
 def restore(
