@@ -52,6 +52,22 @@ def _read_key_file(path: Path, option: str) -> bytes:
     return data
 
 
+def _given(args: argparse.Namespace) -> list[tuple[str, str, SecretKind]]:
+    """Every ``--passphrase-file`` and ``--key-file`` value, with its option and kind."""
+    given = [("--passphrase-file", v, SecretKind.PASSPHRASE) for v in args.passphrase_file]
+    return given + [("--key-file", v, SecretKind.KEY_FILE) for v in args.key_file]
+
+
+def _secret_from(option: str, file: str, kind: SecretKind) -> Secret:
+    """The key in ``file``: its first line for a passphrase, its exact bytes otherwise."""
+    data = _read_key_file(Path(file), option)
+    if kind == SecretKind.PASSPHRASE:
+        data = passphrase_from_file(data)
+        if not data:
+            raise BadInputError(f"{option}: the first line of {file} is empty.")
+    return Secret(kind, data)
+
+
 def add_volume_arguments(p: argparse.ArgumentParser) -> None:
     """``--volume`` and one key, for commands that open one partition of an image."""
     p.add_argument("--volume", metavar="VG/LV",
@@ -69,8 +85,7 @@ def secret_for_image(
 
     On a terminal, an encrypted partition opened without a key asks for one.
     """
-    given = [("--passphrase-file", v, SecretKind.PASSPHRASE) for v in args.passphrase_file]
-    given += [("--key-file", v, SecretKind.KEY_FILE) for v in args.key_file]
+    given = _given(args)
     if len(given) > 1:
         raise BadInputError("Give one key: the partition to open is one partition.")
     if given:
@@ -78,10 +93,7 @@ def secret_for_image(
         part, sep, file = value.partition("=")
         if not sep or ("/" in part and not part.startswith("/dev/")):
             file = value
-        data = _read_key_file(Path(file), option)
-        if kind == SecretKind.PASSPHRASE:
-            data = passphrase_from_file(data)
-        return Secret(kind, data)
+        return _secret_from(option, file, kind)
     what = encrypted_image_partition(image_dir, number)
     if what is None or not sys.stdin.isatty():
         return None
@@ -92,21 +104,14 @@ def secret_for_image(
 def secrets_from(args: argparse.Namespace) -> dict[str, Secret]:
     """The keys named on the command line, by partition kernel name."""
     out: dict[str, Secret] = {}
-    given = [("--passphrase-file", v, SecretKind.PASSPHRASE) for v in args.passphrase_file]
-    given += [("--key-file", v, SecretKind.KEY_FILE) for v in args.key_file]
-    for option, value, kind in given:
+    for option, value, kind in _given(args):
         part, sep, file = value.partition("=")
         if not sep or not part or not file:
             raise BadInputError(f"{option} takes PART=FILE (e.g. /dev/sda3=/root/pass.txt).")
         name = partition_name(part)
         if name in out:
             raise BadInputError(f"Two keys were given for {name}: give one.")
-        data = _read_key_file(Path(file), option)
-        if kind == SecretKind.PASSPHRASE:
-            data = passphrase_from_file(data)
-            if not data:
-                raise BadInputError(f"{option}: the first line of {file} is empty.")
-        out[name] = Secret(kind, data)
+        out[name] = _secret_from(option, file, kind)
     return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, ClassVar
 
-from rescue.filesystems.base import Allocation
+from rescue.filesystems.base import Allocation, bitmap_from_runs
 from rescue.filesystems.interface import Filesystem, Op, Reasons
 from rescue.filesystems.raw import RAW_BLOCK
 
@@ -60,9 +60,7 @@ class Layered(Filesystem):
         """
         block = layer_block_size(size)
         total = size // block
-        bitmap = bytearray(b"\xff" * (total // 8))
-        if total % 8:
-            bitmap.append((1 << (total % 8)) - 1)
+        bitmap = bitmap_from_runs(total, [(0, total)])
         assert self.partclone_name is not None
         return Allocation(
             fstype=self.name, partclone_fs=self.partclone_name, block_size=block,
