@@ -167,6 +167,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (loop devices, drop_caches)", file=sys.stderr)
         return 2
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)  # a folder that does not exist yet is made
     work = Path(tempfile.mkdtemp(prefix="rescue-bench-", dir=args.work))
     loop = attach(args.fixture)
     try:

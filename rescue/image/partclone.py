@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import bisect
 import struct
-import zlib
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+from isal.isal_zlib import crc32 as _zlib_crc32
 
 from rescue.errors import ImageDamagedError, ImageError, NotAnImageError, UnsupportedImageError
 from rescue.filesystems.base import Allocation, bitmap_runs, count_bits
@@ -54,8 +55,11 @@ assert _HEADER.size == HEADER_SIZE - 4
 
 
 def crc32(data: bytes | memoryview, state: int = 0xFFFFFFFF) -> int:
-    """partclone's CRC32: reflected 0xEDB88320, initial state all ones, no final XOR."""
-    return zlib.crc32(data, state ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+    """partclone's CRC32: reflected 0xEDB88320, initial state all ones, no final XOR.
+
+    ISA-L's folding CRC (PCLMULQDQ) runs near memory speed, several times zlib's.
+    """
+    return _zlib_crc32(data, state ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
