@@ -1,15 +1,21 @@
 """The data pipelines: used blocks → partclone stream → seekable zstd → volumes, and back.
 
-Capture reads in a thread (large ``pread`` spans that cover several used runs
-when the gaps between them are small), checksums and frames in the calling
-thread, and compresses frames on all cores in :class:`SeekableZstdWriter`'s
-pool; every stage is bounded, so memory stays flat whatever the disk size.
+Capture reads in a thread: large vectored reads (``preadv``) over spans that
+cover several used runs when the gaps between them are small, each used byte
+placed straight at its place in the buffer of the zstd frame it belongs to,
+the strip checksums computed there and written into their slots, the next span
+asked of the disk (``POSIX_FADV_WILLNEED``) while this one is read. Whole frames
+go to :class:`SeekableZstdWriter`'s pool, compressed on all cores where they
+lie, and their buffers come back for reuse: no zero-filled buffers, no joins,
+the kernel's copy into the frame the only one. Every stage is bounded, so
+memory stays flat whatever the disk size.
 Restore decompresses frames in parallel and writes each run of used blocks
 with one ``pwrite``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import stat
@@ -118,48 +124,150 @@ FIRST_SKIP = 64 * 1024
 MAX_SKIP = 64 * MiB
 
 
-@dataclass
-class BadSpot:
-    """Used bytes the first pass could not read (or skipped past a read error)."""
+class _Stopped(Exception):
+    """The reader was told to stop while it waited for a free frame buffer."""
 
-    offset: int
-    """Partition-relative byte offset."""
-    length: int
-    chunk_pos: int
-    """Where these bytes sit in the chunk handed to the stream writer."""
+
+class _Frames:
+    """The frame buffers being filled with stream bytes, in stream order.
+
+    The reader places every stream byte (prefix, block data, checksums) straight
+    into the buffer of the frame it belongs to, so a frame goes to the compressor
+    as it is: no zero-filled read buffers, no join of pieces. Buffers come from
+    ``free`` (the compressor gives each back once its frame is compressed), which
+    bounds the memory whatever the disk size. Bytes before ``start`` (a resumed
+    capture regenerates the head of a checksum strip for its CRC) land in
+    throw-away buffers.
+    """
+
+    def __init__(
+        self, frame_size: int, start: int, free: queue.Queue[bytearray], stop: threading.Event
+    ) -> None:
+        self.frame_size = frame_size
+        self.base = start
+        """Stream offset of the first open frame."""
+        self._open: list[bytearray] = []
+        self._free = free
+        self._stop = stop
+
+    def _buffer(self) -> bytearray:
+        while True:
+            try:
+                return self._free.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise _Stopped from None
+
+    def views(self, pos: int, n: int) -> list[memoryview]:
+        """Where stream bytes ``[pos, pos + n)`` go, as pieces of frame buffers."""
+        out = []
+        if pos < self.base:
+            k = min(n, self.base - pos)
+            out.append(memoryview(bytearray(k)))
+            pos, n = pos + k, n - k
+        fs = self.frame_size
+        while n:
+            i, within = divmod(pos - self.base, fs)
+            while len(self._open) <= i:
+                self._open.append(self._buffer())
+            take = min(n, fs - within)
+            out.append(memoryview(self._open[i])[within : within + take])
+            pos, n = pos + take, n - take
+        return out
+
+    def put(self, pos: int, data: bytes) -> None:
+        at = 0
+        for v in self.views(pos, len(data)):
+            v[:] = data[at : at + len(v)]
+            at += len(v)
+
+    def full(self, upto: int) -> list[tuple[bytearray, int]]:
+        """Hand over the frames that lie wholly before stream offset ``upto``."""
+        k = min(max(0, (upto - self.base) // self.frame_size), len(self._open))
+        done = [(buf, self.frame_size) for buf in self._open[:k]]
+        del self._open[:k]
+        self.base += k * self.frame_size
+        return done
+
+    def last(self, end: int) -> list[tuple[bytearray, int]]:
+        """Hand over everything up to the stream's ``end``, the last frame short."""
+        done = self.full(end)
+        if end > self.base:
+            assert len(self._open) == 1
+            done.append((self._open.pop(), end - self.base))
+            self.base = end
+        return done
+
+
+@dataclass
+class _Item:
+    """What one read hands over: full frames, and what the main thread must know first."""
+
+    frames: list[tuple[bytearray, int]]
+    used: int
+    """Bytes of used data read (for progress)."""
+    raw: list[tuple[int, int]]
+    """Stream ranges to store in raw frames (they take recovered bytes later)."""
+    skipped: list[tuple[int, int]]
+    """Partition ranges (offset, length) of used data not read."""
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where the reader starts: the first block, its rank, its stream offset."""
+
+    block: int = 0
+    rank: int = 0
+    stream_pos: int = 0
+    frames_from: int = 0
+    """Stream offset of the first byte kept (a frame boundary)."""
 
 
 class _Reader(threading.Thread):
-    """Reads the used bytes of a partition in order and hands them over in chunks."""
+    """Reads the used bytes of a partition in order, straight into the frames of its stream."""
 
     def __init__(
         self,
-        fd: int,
-        path: str,
-        base: int,
+        src: Extent,
         alloc: Allocation,
         cancel: threading.Event | None,
         *,
+        header: PartcloneHeader | None,
+        prefix: bytes,
+        frames: tuple[int, queue.Queue[bytearray]],
+        start: _Start,
         keep_going: bool = True,
-        start_block: int = 0,
     ) -> None:
         super().__init__(name="rescue-reader", daemon=True)
         self.keep_going = keep_going
-        self.start_block = start_block
         self.errors = 0
         """Read errors met (each one skipped past)."""
         self._skip = FIRST_SKIP
         self._skip_until = -1
         self._span_bad: list[tuple[int, int]] = []
-        self.fd = fd
-        self.path = path
-        self.base = base
+        self.fd = src.fd
+        self.path = src.path
+        self.base = src.base
         self.alloc = alloc
         self.cancel = cancel
         self.out: queue.Queue[_Item | BaseException | None] = queue.Queue(QUEUE_DEPTH)
-        self.sparse = stat.S_ISREG(os.fstat(fd).st_mode)
+        self.sparse = stat.S_ISREG(os.fstat(src.fd).st_mode)
         """A regular file: its holes read as zeros without touching the disk."""
         self._stop_event = threading.Event()
+        self._header = header
+        self._prefix = prefix
+        self._encoder = BlockEncoder(header) if header is not None else None
+        self._start = start
+        self._frames = _Frames(frames[0], start.frames_from, frames[1], self._stop_event)
+        self._pos = start.stream_pos
+        """Stream offset of the next byte of block data."""
+        self._rank = start.rank
+        enc = self._encoder
+        self._strip = enc.strip if enc is not None and enc.checksums else 0
+        """Bytes of block data per checksum (0: none), and those left in the current strip."""
+        self._room = self._strip
+        self._scratch = memoryview(bytearray(GAP_READ_THROUGH))
+        """Where the free gaps read through go (never looked at)."""
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -180,25 +288,50 @@ class _Reader(threading.Thread):
 
     def run(self) -> None:
         try:
-            for chunk in self._chunks():
+            if self._start.frames_from < len(self._prefix):
+                self._frames.put(0, self._prefix)
+            for item in self._items():
                 if self._stop_event.is_set() or (self.cancel is not None and self.cancel.is_set()):
                     break
-                self._put(chunk)
+                self._put(item)
             self._put(None)
+        except _Stopped:
+            pass
         except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
             self._put(exc)
 
-    def _chunks(self) -> Iterator[_Item]:
+    def _items(self) -> Iterator[_Item]:
+        spans = self._spans()
+        span = next(spans, None)
+        while span is not None:
+            ahead = next(spans, None)
+            if ahead is not None and not self.errors:
+                # the disk reads the next span meanwhile (not on a failing disk: every
+                # read of a bad area can take seconds there)
+                os.posix_fadvise(
+                    self.fd, self.base + ahead[0], ahead[1] - ahead[0], os.POSIX_FADV_WILLNEED
+                )
+            yield self._read_span(*span)
+            span = ahead
+        tail = self._encoder.finish() if self._encoder is not None else b""
+        if tail:
+            self._frames.put(self._pos, tail)
+            self._pos += len(tail)
+        yield _Item(self._frames.last(self._pos), 0, [], [])
+
+    def _spans(self) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+        """(lo, hi, used pieces as (offset in span, length)): the reads, in order."""
         bs = self.alloc.block_size
+        start_block = self._start.block
         span_lo = span_hi = -1
-        pieces: list[tuple[int, int]] = []  # (offset, length) inside the span
+        pieces: list[tuple[int, int]] = []
         for run_first, run_count in self.alloc.runs():
             first, count = run_first, run_count
-            if first + count <= self.start_block:
+            if first + count <= start_block:
                 continue  # done before a resumed capture's restart point
-            if first < self.start_block:
-                count -= self.start_block - first
-                first = self.start_block
+            if first < start_block:
+                count -= start_block - first
+                first = start_block
             lo = first * bs
             hi = min((first + count) * bs, self.alloc.device_size)
             while lo < hi:
@@ -212,37 +345,141 @@ class _Reader(threading.Thread):
                     span_hi = lo + take
                 else:
                     if span_lo >= 0:
-                        yield self._read_span(span_lo, span_hi, pieces)
+                        yield span_lo, span_hi, pieces
                     take = min(hi - lo, READ_SPAN)
                     span_lo, span_hi = lo, lo + take
                     pieces = [(0, take)]
                 lo += take
         if span_lo >= 0:
-            yield self._read_span(span_lo, span_hi, pieces)
+            yield span_lo, span_hi, pieces
+
+    def _place(self, n: int) -> list[tuple[list[memoryview], int | None]]:
+        """Frame memory for the next ``n`` bytes of block data, strip by strip, each with
+        the stream offset of the checksum that follows it (None inside a strip)."""
+        out: list[tuple[list[memoryview], int | None]] = []
+        while n:
+            take = min(n, self._room) if self._strip else n
+            views = self._frames.views(self._pos, take)
+            self._pos += take
+            n -= take
+            slot = None
+            if self._strip:
+                self._room -= take
+                if self._room == 0:
+                    slot = self._pos
+                    self._pos += CHECKSUM_BYTES
+                    self._room = self._strip
+            out.append((views, slot))
+        return out
 
     def _read_span(self, lo: int, hi: int, pieces: list[tuple[int, int]]) -> _Item:
-        buf = bytearray(hi - lo)  # zero-filled: holes of a sparse disk file need no read
-        view = memoryview(buf)
-        self._span_bad = []
-        for a, b in self._data_ranges(self.base + lo, self.base + hi):
-            self._read_into(view[a - self.base - lo : b - self.base - lo], a)
-        bad = self._bad_in_chunk(lo, pieces) if self._span_bad else []
-        if len(pieces) == 1 and pieces[0] == (0, len(buf)):
-            return buf, bad
-        return b"".join(view[o : o + n] for o, n in pieces), bad
-
-    def _bad_in_chunk(self, lo: int, pieces: list[tuple[int, int]]) -> list[BadSpot]:
-        """The span's unread bytes that are used data, placed in the chunk."""
-        spots = []
-        pos = 0
+        iov: list[memoryview] = []
+        strips: list[tuple[list[memoryview], int | None]] = []
+        ranks: list[int] = []  # rank of each piece's first block
+        at = 0
         for o, n in pieces:
-            p_lo, p_hi = lo + o, lo + o + n
-            for a, b in self._span_bad:
-                x, y = max(a - self.base, p_lo), min(b - self.base, p_hi)
-                if x < y:
-                    spots.append(BadSpot(x, y - x, pos + x - p_lo))
-            pos += n
-        return spots
+            if o > at:
+                iov.append(self._scratch[: o - at])  # a free gap, read through
+            ranks.append(self._rank)
+            placed = self._place(n)
+            strips += placed
+            iov += [v for views, _slot in placed for v in views]
+            self._rank += n // self.alloc.block_size
+            at = o + n
+        self._span_bad = []
+        self._fill(iov, lo, hi)
+        for views, slot in strips:
+            for v in views:
+                crc = self._encoder.checksum(v) if self._encoder is not None else None
+                if crc is not None:
+                    assert slot is not None
+                    self._frames.put(slot, crc)
+        raw: list[tuple[int, int]] = []
+        skipped: list[tuple[int, int]] = []
+        if self._span_bad:
+            for (o, n), rank0 in zip(pieces, ranks, strict=True):
+                p_lo, p_hi = lo + o, lo + o + n
+                for a, b in self._span_bad:
+                    x, y = max(a - self.base, p_lo), min(b - self.base, p_hi)
+                    if x < y:
+                        skipped.append((x, y - x))
+                        raw += self._raw_ranges(x, y, p_lo, rank0)
+        used = sum(n for _o, n in pieces)
+        return _Item(self._frames.full(self._pos), used, raw, skipped)
+
+    def _raw_ranges(self, x: int, y: int, p_lo: int, rank0: int) -> list[tuple[int, int]]:
+        """The stream ranges that will take partition bytes ``[x, y)`` once recovered (the
+        blocks, and their strips' checksums), in a piece starting at ``p_lo``, rank ``rank0``."""
+        header = self._header
+        if header is None:  # a raw stream holds the partition's bytes at their own offsets
+            return [(x, y)]
+        bs = header.block_size
+        first = rank0 + (x - p_lo) // bs
+        last = rank0 + (y - 1 - p_lo) // bs
+        out = [(block_offset(header, first), block_offset(header, last) + bs)]
+        if header.checksum_size:
+            per = header.blocks_per_checksum
+            for k in range(first // per, last // per + 1):
+                end_rank = min((k + 1) * per, header.used_blocks) - 1
+                at = block_offset(header, end_rank) + bs
+                out.append((at, at + header.checksum_size))
+        return out
+
+    def _fill(self, iov: list[memoryview], lo: int, hi: int) -> None:
+        """Read partition bytes ``[lo, hi)`` into ``iov``; a file's holes become zeros."""
+        pos = lo
+        index, within = 0, 0  # where in iov partition byte ``pos`` goes
+
+        def take(n: int) -> list[memoryview]:
+            nonlocal index, within
+            out = []
+            while n:
+                v = iov[index]
+                k = min(n, len(v) - within)
+                out.append(v[within : within + k])
+                within += k
+                n -= k
+                if within == len(v):
+                    index, within = index + 1, 0
+            return out
+
+        for a, b in self._data_ranges(self.base + lo, self.base + hi):
+            for v in take(a - self.base - pos):
+                v[:] = bytes(len(v))  # a hole
+            self._read_views(take(b - a), a)
+            pos = b - self.base
+        for v in take(hi - pos):
+            v[:] = bytes(len(v))
+
+    def _read_views(self, views: list[memoryview], offset: int) -> None:
+        """Fill ``views`` from ``offset`` with large vectored reads; past a read error,
+        the careful path of :meth:`_read_into` (skips, zeros, notes) takes the rest."""
+        if offset >= self._skip_until:
+            while views:
+                try:
+                    n = os.preadv(self.fd, views[:_IOV_MAX], offset)
+                except OSError:
+                    break
+                if n == 0:
+                    raise DeviceError(
+                        f"{self.path} ended at byte {offset}, inside the filesystem: "
+                        "the disk is smaller than its partition table or filesystem says."
+                    )
+                offset += n
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views = views[1:]
+                if n:
+                    views[0] = views[0][n:]
+                self._skip = FIRST_SKIP  # a good read ends a run of errors
+        if not views:
+            return
+        rest = bytearray(sum(len(v) for v in views))
+        self._read_into(memoryview(rest), offset)
+        at = 0
+        for v in views:
+            v[:] = rest[at : at + len(v)]
+            at += len(v)
 
     def _data_ranges(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
         """Parts of ``[lo, hi)`` that hold data: all of it on a disk, skipping a file's holes."""
@@ -300,7 +537,10 @@ class _Reader(threading.Thread):
             self._skip = FIRST_SKIP  # a good read ends a run of errors
 
 
-_Item = tuple[bytes | bytearray, list[BadSpot]]
+CHECKSUM_BYTES = 4
+"""A CRC32 after each strip (the only checksum rescue writes)."""
+_IOV_MAX = 1024
+"""The most pieces one vectored read takes (Linux's UIO_MAXIOV)."""
 
 
 @dataclass(frozen=True)
@@ -313,10 +553,8 @@ class Extent:
     size: int
 
 
-def _restart(
-    header: PartcloneHeader | None, alloc: Allocation, prefix: bytes, pos: int
-) -> tuple[int, int, int]:
-    """Where a resumed stream starts reading: (rank, block, stream bytes to drop).
+def _restart(header: PartcloneHeader | None, alloc: Allocation, prefix: bytes, pos: int) -> _Start:
+    """Where a resumed stream starts reading, to go on at stream offset ``pos``.
 
     A partclone stream restarts at the first block of the checksum strip holding
     ``pos`` (so the strip's CRC is computed whole again); a raw stream at the
@@ -324,17 +562,29 @@ def _restart(
     """
     bs = alloc.block_size
     if header is None:
-        return 0, pos // bs, pos % bs
+        block = pos // bs
+        return _Start(block, 0, block * bs, pos)
     if pos < len(prefix):
-        return 0, 0, 0  # the prefix itself is written again from ``pos`` by the caller
+        return _Start(0, 0, len(prefix), pos)  # the prefix is written again from ``pos``
     per = header.blocks_per_checksum if header.checksum_size else header.used_blocks or 1
     stride = per * bs + header.checksum_size
-    strip, within = divmod(pos - len(prefix), stride)
+    strip = (pos - len(prefix)) // stride
     rank = strip * per
     block = (
         BlockRanks(alloc.bitmap).select(rank) if rank < header.used_blocks else alloc.total_blocks
     )
-    return rank, block, within
+    return _Start(block, rank, block_offset(header, rank), pos)
+
+
+def _frame_buffers(frame_size: int, workers: int) -> queue.Queue[bytearray]:
+    """Frame buffers for one stream: enough to keep every stage busy, 64 MiB or so in all."""
+    count = max(
+        READ_SPAN // frame_size + 3, min(2 * workers + QUEUE_DEPTH + 3, 64 * MiB // frame_size)
+    )
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(count):
+        free.put(bytearray(frame_size))
+    return free
 
 
 def write_stream(
@@ -359,17 +609,15 @@ def write_stream(
     """
     reading = reading or ReadOptions()
     raw = alloc.raw
-    encoder = None
     header = None
     prefix = b""
     if not raw:
         prefix = stream_prefix(alloc)
         header = PartcloneHeader.unpack(prefix[:110])
-        encoder = BlockEncoder(header)
-    rank, start_block, drop = 0, 0, 0
+    start = _Start(stream_pos=len(prefix))
     skipped: list[tuple[int, int]] = []
     if resume is not None:
-        rank, start_block, drop = _restart(header, alloc, prefix, resume.stream_pos)
+        start = _restart(header, alloc, prefix, resume.stream_pos)
         skipped = list(resume.skipped)
         volumes = VolumeWriter(out_base, options.split, resume_at=resume.file_pos)
         entries = _frames_on_disk(out_base, resume.frames)
@@ -383,50 +631,30 @@ def write_stream(
             binary(volumes), level=options.level, frame_size=options.frame_size,
             threads=options.threads,
         )  # fmt: skip
+    free = _frame_buffers(options.frame_size, zw.workers)
     reader = _Reader(
-        src.fd, src.path, src.base, alloc, cancel,
-        keep_going=reading.keep_going, start_block=start_block,
+        src, alloc, cancel, header=header, prefix=prefix, frames=(options.frame_size, free),
+        start=start, keep_going=reading.keep_going,
     )  # fmt: skip
-
-    def emit(pieces: Sequence[bytes | bytearray | memoryview]) -> None:
-        nonlocal drop
-        for piece in pieces:
-            if drop:
-                if len(piece) <= drop:
-                    drop -= len(piece)
-                    continue
-                piece = memoryview(piece)[drop:]  # noqa: PLW2901  (the same piece, its head dropped)
-                drop = 0
-            zw.write(piece)
-
     last_checkpoint = time.monotonic()
     reader.start()
     try:
-        pos = resume.stream_pos if resume is not None else 0
-        if pos < len(prefix):
-            zw.write(prefix[pos:])
         while (item := reader.out.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             check_cancel(cancel)
-            chunk, bad = item
-            for spot in bad:
-                skipped.append((spot.offset, spot.length))
-                _mark_raw(zw, header, rank, spot)
-            if encoder:
-                emit(encoder.encode_pieces(chunk))
-                rank += len(chunk) // alloc.block_size
-            else:
-                emit([chunk])
-            progress.advance(len(chunk))
+            skipped += item.skipped
+            for lo, hi in item.raw:
+                zw.mark_raw(lo, hi)
+            for buf, size in item.frames:
+                zw.write_frame(memoryview(buf)[:size], release=functools.partial(free.put, buf))
+            progress.advance(item.used)
             if checkpoint is not None and time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
                 last_checkpoint = time.monotonic()
                 point = _checkpoint(zw, volumes, skipped, header=header, alloc=alloc, prefix=prefix)
                 if point is not None:
                     checkpoint(point)
         check_cancel(cancel)
-        if encoder:
-            emit([encoder.finish()])
         zw.close()
         volumes.close(fsync=True)
     except BaseException:
@@ -447,6 +675,11 @@ def write_stream(
     if raw and zw.bytes_in != alloc.device_size:
         raise DeviceError(
             f"{src.path}: read {zw.bytes_in} bytes of a {alloc.device_size}-byte partition."
+        )
+    if header is not None and zw.bytes_in != header.stream_size:
+        raise DeviceError(
+            f"{src.path}: the stream came to {zw.bytes_in} bytes; its header says "
+            f"{header.stream_size}."
         )
     return StreamResult(
         files=files,
@@ -499,30 +732,10 @@ def _checkpoint(
         frames += 1
     if frames == 0:
         return None
-    _rank, block, _drop = _restart(header, alloc, prefix, stream_pos)
-    limit = block * alloc.block_size
+    limit = _restart(header, alloc, prefix, stream_pos).block * alloc.block_size
     before = tuple((off, min(n, limit - off)) for off, n in skipped if off < limit)
     raw = tuple(i for i in zw.raw_frames if i < frames)
     return Checkpoint(frames, stream_pos, file_pos, raw, before)
-
-
-def _mark_raw(
-    zw: SeekableZstdWriter, header: PartcloneHeader | None, rank0: int, spot: BadSpot
-) -> None:
-    """Store raw the frames that will take recovered bytes (and their strips' CRCs)."""
-    if header is None:  # a raw stream holds the partition's bytes at their own offsets
-        zw.mark_raw(spot.offset, spot.offset + spot.length)
-        return
-    bs = header.block_size
-    first = rank0 + spot.chunk_pos // bs
-    last = rank0 + (spot.chunk_pos + spot.length - 1) // bs
-    zw.mark_raw(block_offset(header, first), block_offset(header, last) + bs)
-    if header.checksum_size:
-        per = header.blocks_per_checksum
-        for k in range(first // per, last // per + 1):
-            end_rank = min((k + 1) * per, header.used_blocks) - 1
-            at = block_offset(header, end_rank) + bs
-            zw.mark_raw(at, at + header.checksum_size)
 
 
 def _salvage(

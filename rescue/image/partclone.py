@@ -54,7 +54,7 @@ _HEADER = struct.Struct("<16s14s4sH16sQQQQIIHHHHIBB")
 assert _HEADER.size == HEADER_SIZE - 4
 
 
-def crc32(data: bytes | memoryview, state: int = 0xFFFFFFFF) -> int:
+def crc32(data: bytes | bytearray | memoryview, state: int = 0xFFFFFFFF) -> int:
     """partclone's CRC32: reflected 0xEDB88320, initial state all ones, no final XOR.
 
     ISA-L's folding CRC (PCLMULQDQ) runs near memory speed, several times zlib's.
@@ -263,15 +263,32 @@ class BlockEncoder:
         while pos < len(view):
             take = min(self.strip - self._filled, len(view) - pos)
             piece = view[pos : pos + take]
-            self._crc = crc32(piece, self._crc)
             out.append(piece)
-            self._filled += take
+            if (crc := self.checksum(piece)) is not None:
+                out.append(crc)
             pos += take
-            if self._filled == self.strip:
-                out.append(struct.pack("<I", self._crc))
-                self._filled = 0
-                self._crc = 0xFFFFFFFF
         return out
+
+    @property
+    def strip_room(self) -> int:
+        """Bytes of block data until the current strip's checksum is due."""
+        return self.strip - self._filled
+
+    def checksum(self, piece: bytes | bytearray | memoryview) -> bytes | None:
+        """Take ``piece`` (any bytes of block data, at most :attr:`strip_room`); returns the
+        strip's checksum when ``piece`` completes it. A capture that places block data
+        straight into frame buffers feeds it here, piece by piece, in stream order."""
+        if not self.checksums:
+            return None
+        if len(piece) > self.strip - self._filled:
+            raise ValueError("a piece runs past the end of its checksum strip")
+        self._crc = crc32(piece, self._crc)
+        self._filled += len(piece)
+        if self._filled < self.strip:
+            return None
+        self._filled = 0
+        crc, self._crc = self._crc, 0xFFFFFFFF
+        return struct.pack("<I", crc)
 
     def finish(self) -> bytes:
         """The checksum of a final partial strip (nothing if the last strip was full)."""

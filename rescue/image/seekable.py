@@ -24,7 +24,7 @@ import sys
 import threading
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -61,12 +61,23 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cache[level]
 
 
-def _compress_frame(level: int, pieces: list[bytes | bytearray | memoryview], size: int) -> bytes:
-    """One zstd frame from ``pieces`` (content size and checksum included), without the GIL."""
-    frame = b"".join(pieces)  # CPython drops the GIL while joining this much
+Pieces = list[bytes | bytearray | memoryview]
+
+
+def _compress_frame(
+    level: int, pieces: Pieces, size: int, release: Callable[[], None] | None = None
+) -> bytes:
+    """One zstd frame from ``pieces`` (content size and checksum included), without the GIL;
+    a frame in one piece is compressed where it lies. ``release`` runs once the input
+    is no longer needed."""
+    frame = pieces[0] if len(pieces) == 1 else b"".join(pieces)  # join drops the GIL too
     if len(frame) != size:
         raise ValueError("frame size mismatch")
-    return _compressor(level).compress(frame)
+    try:
+        return _compressor(level).compress(frame)
+    finally:
+        if release is not None:
+            release()
 
 
 _RAW_BLOCK = 128 * 1024
@@ -130,8 +141,10 @@ def raw_frame_content(frame: bytes | bytearray) -> bytes:
     return bytes(out)
 
 
-def _raw_frame_of(pieces: list[bytes | bytearray | memoryview], size: int) -> bytes:
+def _raw_frame_of(pieces: Pieces, size: int, release: Callable[[], None] | None = None) -> bytes:
     frame = b"".join(pieces)
+    if release is not None:
+        release()
     if len(frame) != size:
         raise ValueError("frame size mismatch")
     return raw_frame(frame)
@@ -203,12 +216,27 @@ class SeekableZstdWriter:
             self._held += take
             view = view[take:]
             if self._held == fs:
-                self._cut()
+                self._cut_held()
         return n
 
     def write_pieces(self, pieces: list[bytes | memoryview]) -> None:
         for piece in pieces:
             self.write(piece)
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def write_frame(
+        self, frame: bytes | bytearray | memoryview, release: Callable[[], None] | None = None
+    ) -> None:
+        """Take one whole frame, compressed where it lies (not to be changed until
+        ``release`` is called, from a worker thread, once the frame is compressed).
+        Frames and :meth:`write` do not mix within a stream."""
+        if self._held:
+            raise ValueError("a frame after bytes not yet cut into one")
+        self.bytes_in += len(frame)
+        self._cut([frame], len(frame), release)
 
     def mark_raw(self, lo: int, hi: int) -> None:
         """Store the frames holding input bytes ``[lo, hi)`` raw, to be rewritten later.
@@ -226,11 +254,14 @@ class SeekableZstdWriter:
         self._raw_ranges = keep
         return raw
 
-    def _cut(self) -> None:
-        """Hand the pieces of one frame to a worker; they are never joined in Python."""
+    def _cut_held(self) -> None:
         pieces, size = self._pieces, self._held
         self._pieces = []
         self._held = 0
+        self._cut(pieces, size)
+
+    def _cut(self, pieces: Pieces, size: int, release: Callable[[], None] | None = None) -> None:
+        """Hand the pieces of one frame to a worker; they are never joined in Python."""
         if self._cut_count >= MAX_FRAMES:
             raise BadInputError(
                 f"The stream needs more than {MAX_FRAMES} frames of {self._frame_size} bytes, "
@@ -243,9 +274,9 @@ class SeekableZstdWriter:
         self._cut_count += 1
         if self._raw_ranges and self._is_raw(start, size):
             self.raw_frames.append(index)
-            fut = self._pool.submit(_raw_frame_of, pieces, size)
+            fut = self._pool.submit(_raw_frame_of, pieces, size, release)
         else:
-            fut = self._pool.submit(_compress_frame, self._level, pieces, size)
+            fut = self._pool.submit(_compress_frame, self._level, pieces, size, release)
         self._check_writer()
         self._queue.put((size, fut))  # blocks when enough frames are in flight
 
@@ -274,7 +305,7 @@ class SeekableZstdWriter:
             return
         try:
             if self._held:
-                self._cut()
+                self._cut_held()
             self._queue.put(None)
             self._writer.join()
             self._check_writer()
