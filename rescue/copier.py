@@ -566,25 +566,30 @@ def _salvage(
 
 _IOV_MAX = 1024
 FLUSH_EVERY = 64 * MiB
-"""A restore starts the target's writeback each time this much more has been written."""
+"""A restore starts the writeback of what it wrote each time this much more is written."""
 
 
 class _Flusher:
-    """Writes a restored target out while the restore goes on.
+    """Starts the writeback of a restored target while the restore goes on.
 
-    A thread calls ``fdatasync`` each time :data:`FLUSH_EVERY` more bytes have been
-    written, so the disk writes as the next frames are decoded and the final ``fsync``
-    (which the caller still makes, before saying done) has little left. A failure here
-    is the restore's failure: it is raised at the next write or at :meth:`close`.
+    Each time :data:`FLUSH_EVERY` more bytes have been written, a thread asks the
+    kernel to write that range out now and to drop it from the cache once it is clean
+    (``POSIX_FADV_DONTNEED``, which does not wait): the disk writes as the next frames
+    are decoded, the final ``fsync`` (which the caller still makes before saying done)
+    has little left, and a restore does not fill the page cache. It is advice only: a
+    write error on the way is reported by that ``fsync``, as the kernel keeps it for
+    every descriptor open on the target.
     """
 
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._path = path
         self._pending = 0
+        self._lo: int | None = None
+        self._hi = 0
+        self._asked: tuple[int, int] | None = None
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
-        self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="rescue-flush", daemon=True)
         self._thread.start()
 
@@ -592,34 +597,37 @@ class _Flusher:
         while True:
             self._wake.wait()
             self._wake.clear()
+            with self._lock:
+                asked, self._asked = self._asked, None
             if self._stop:
                 return
+            if asked is None:
+                continue
+            lo, hi = asked
             try:
-                os.fdatasync(self._fd)
-            except OSError as exc:
-                self._error = exc
-                return
+                os.posix_fadvise(self._fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                return  # a target that takes no advice is written all the same
 
-    def wrote(self, n: int) -> None:
-        self._raise()
+    def wrote(self, offset: int, n: int) -> None:
+        """``n`` bytes were written at ``offset`` of the descriptor."""
+        self._lo = offset if self._lo is None else min(self._lo, offset)
+        self._hi = max(self._hi, offset + n)
         self._pending += n
         if self._pending >= FLUSH_EVERY:
-            self._pending = 0
+            with self._lock:
+                lo, hi = self._lo, self._hi
+                if self._asked is not None:  # the thread has not taken the last one yet
+                    lo, hi = min(lo, self._asked[0]), max(hi, self._asked[1])
+                self._asked = (lo, hi)
+            self._pending, self._lo, self._hi = 0, None, 0
             self._wake.set()
 
-    def _raise(self) -> None:
-        if self._error is not None:
-            exc = self._error
-            raise DeviceError(f"Write error on {self._path}: {exc.strerror or exc}.") from exc
-
-    def close(self, *, failed: bool = False) -> None:
-        """Stop the thread (the descriptor must stay open until this returns); raise its
-        error unless the restore ``failed`` already (that error is the one to report)."""
+    def close(self) -> None:
+        """Stop the thread (the descriptor must stay open until this returns)."""
         self._stop = True
         self._wake.set()
         self._thread.join()
-        if not failed:
-            self._raise()
 
 
 def pwritev_all(fd: int, pieces: Sequence[bytes | memoryview], offset: int, path: str) -> None:
@@ -665,17 +673,16 @@ def restore_partclone_stream(
             f"has room for {dst.size} bytes."
         )
     bs = header.block_size
-    flusher = _Flusher(dst.fd, dst.path)
+    flusher = _Flusher(dst.fd)
     try:
         for first, pieces, n in reader.iter_pieces():
             check_cancel(cancel)
-            pwritev_all(dst.fd, pieces, dst.base + first * bs, dst.path)
-            flusher.wrote(n)
+            at = dst.base + first * bs
+            pwritev_all(dst.fd, pieces, at, dst.path)
+            flusher.wrote(at, n)
             progress.advance(n)
-    except BaseException:
-        flusher.close(failed=True)
-        raise
-    flusher.close()
+    finally:
+        flusher.close()
     return header
 
 
@@ -688,7 +695,7 @@ def restore_raw_stream(
 ) -> int:
     """Write a dd stream into ``dst``; returns the bytes written."""
     pos = 0
-    flusher = _Flusher(dst.fd, dst.path)
+    flusher = _Flusher(dst.fd)
     try:
         for chunk in chunks:
             check_cancel(cancel)
@@ -697,13 +704,11 @@ def restore_raw_stream(
                     f"The raw partition in the image is larger than {dst.path}'s {dst.size} bytes."
                 )
             pwrite_all(dst.fd, chunk, dst.base + pos, dst.path)
+            flusher.wrote(dst.base + pos, len(chunk))
             pos += len(chunk)
-            flusher.wrote(len(chunk))
             progress.advance(len(chunk))
-    except BaseException:
-        flusher.close(failed=True)
-        raise
-    flusher.close()
+    finally:
+        flusher.close()
     return pos
 
 

@@ -6,6 +6,7 @@ import io
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,24 +142,29 @@ def _target(tmp_path: Path, size: int) -> tuple[int, Path]:
     return os.open(path, os.O_RDWR), path
 
 
-def test_restore_writes_the_blocks_and_flushes_meanwhile(
+def test_restore_writes_the_blocks_and_starts_writeback_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bits = [i % 7 not in (3, 4) for i in range(3000)]
     stream, fs, used = _stream(bits, 16)
-    flushed: list[int] = []
-    real = os.fdatasync
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
 
-    def counting(fd: int) -> None:
-        flushed.append(fd)
-        real(fd)
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    def slow(data: bytes) -> Iterator[bytes]:
+        for chunk in _chunks(data, [65536]):
+            yield chunk
+            time.sleep(0.002)  # the flusher thread gets its turn
 
     monkeypatch.setattr(copier, "FLUSH_EVERY", 64 * 1024)
-    monkeypatch.setattr(copier.os, "fdatasync", counting)
+    monkeypatch.setattr(copier.os, "posix_fadvise", recording)
     fd, path = _target(tmp_path, len(fs) + 4096)
     try:
         restore_partclone_stream(
-            _chunks(stream, [65536]), Extent(fd, str(path), 4096, len(fs)),
+            slow(stream), Extent(fd, str(path), 4096, len(fs)),
             progress=NullProgress(), cancel=None,
         )  # fmt: skip
     finally:
@@ -166,39 +172,48 @@ def test_restore_writes_the_blocks_and_flushes_meanwhile(
     out = path.read_bytes()[4096:]
     for n in used:
         assert out[n * BS : (n + 1) * BS] == fs[n * BS : (n + 1) * BS]
-    assert flushed, "no writeback was started during the restore"
+    assert advised, "no writeback was started during the restore"
+    for offset, length, advice in advised:  # only what this restore wrote
+        assert advice == os.POSIX_FADV_DONTNEED
+        assert offset >= 4096 and offset + length <= 4096 + len(fs)
     assert not any(t.name == "rescue-flush" for t in threading.enumerate())
 
 
-def test_a_failed_writeback_fails_the_restore(
+def test_a_target_that_takes_no_advice_is_restored_all_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stream, fs, _used = _stream([i % 7 not in (3, 4) for i in range(3000)], 16)
-    failed = threading.Event()
 
-    def failing(fd: int) -> None:
-        failed.set()
-        raise OSError(5, "Input/output error")
-
-    def slow(data: bytes) -> Iterator[bytes]:
-        """Chunks that wait for the flusher's failure once it has been asked to flush."""
-        for chunk in _chunks(data, [65536]):
-            yield chunk
-            failed.wait(0.05)
+    def refusing(fd: int, offset: int, length: int, advice: int) -> None:
+        raise OSError(29, "Illegal seek")
 
     monkeypatch.setattr(copier, "FLUSH_EVERY", 32 * 1024)
-    monkeypatch.setattr(copier.os, "fdatasync", failing)
+    monkeypatch.setattr(copier.os, "posix_fadvise", refusing)
     fd, path = _target(tmp_path, len(fs))
     try:
-        with pytest.raises(DeviceError, match="Input/output error"):
+        restore_partclone_stream(
+            _chunks(stream, [65536]), Extent(fd, str(path), 0, len(fs)),
+            progress=NullProgress(), cancel=None,
+        )  # fmt: skip
+        assert restore_raw_stream(
+            _chunks(fs, [65536]), Extent(fd, str(path), 0, len(fs)),
+            progress=NullProgress(), cancel=None,
+        ) == len(fs)  # fmt: skip
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == fs
+    assert not any(t.name == "rescue-flush" for t in threading.enumerate())
+
+
+def test_the_flusher_stops_when_the_restore_fails(tmp_path: Path) -> None:
+    stream, fs, _used = _stream([True] * 3000, 16)
+    bad = bytearray(stream)
+    bad[-5000] ^= 1
+    fd, path = _target(tmp_path, len(fs))
+    try:
+        with pytest.raises(ImageDamagedError):
             restore_partclone_stream(
-                slow(stream), Extent(fd, str(path), 0, len(fs)),
-                progress=NullProgress(), cancel=None,
-            )  # fmt: skip
-        failed.clear()
-        with pytest.raises(DeviceError, match="Input/output error"):
-            restore_raw_stream(
-                slow(fs), Extent(fd, str(path), 0, len(fs)),
+                _chunks(bytes(bad), [65536]), Extent(fd, str(path), 0, len(fs)),
                 progress=NullProgress(), cancel=None,
             )  # fmt: skip
     finally:
