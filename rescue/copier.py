@@ -777,6 +777,93 @@ def _salvage(
     return files, tuple(recovery.unreadable)
 
 
+_IOV_MAX = 1024
+FLUSH_EVERY = 64 * MiB
+"""A restore starts the writeback of what it wrote each time this much more is written."""
+
+
+class _Flusher:
+    """Starts the writeback of a restored target while the restore goes on.
+
+    Each time :data:`FLUSH_EVERY` more bytes have been written, a thread asks the
+    kernel to write that range out now and to drop it from the cache once it is clean
+    (``POSIX_FADV_DONTNEED``, which does not wait): the disk writes as the next frames
+    are decoded, the final ``fsync`` (which the caller still makes before saying done)
+    has little left, and a restore does not fill the page cache. It is advice only: a
+    write error on the way is reported by that ``fsync``, as the kernel keeps it for
+    every descriptor open on the target.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = 0
+        self._lo: int | None = None
+        self._hi = 0
+        self._asked: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="rescue-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                asked, self._asked = self._asked, None
+            if self._stop:
+                return
+            if asked is None:
+                continue
+            lo, hi = asked
+            try:
+                os.posix_fadvise(self._fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                return  # a target that takes no advice is written all the same
+
+    def wrote(self, offset: int, n: int) -> None:
+        """``n`` bytes were written at ``offset`` of the descriptor."""
+        self._lo = offset if self._lo is None else min(self._lo, offset)
+        self._hi = max(self._hi, offset + n)
+        self._pending += n
+        if self._pending >= FLUSH_EVERY:
+            with self._lock:
+                lo, hi = self._lo, self._hi
+                if self._asked is not None:  # the thread has not taken the last one yet
+                    lo, hi = min(lo, self._asked[0]), max(hi, self._asked[1])
+                self._asked = (lo, hi)
+            self._pending, self._lo, self._hi = 0, None, 0
+            self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread (the descriptor must stay open until this returns)."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+
+
+def pwritev_all(fd: int, pieces: Sequence[bytes | memoryview], offset: int, path: str) -> None:
+    """Write ``pieces`` back to back at ``offset`` with as few ``pwritev`` calls as the
+    kernel allows (a short write goes on); an error names ``path``."""
+    views = [memoryview(p).cast("B") for p in pieces if len(p)]
+    done = 0
+    while views:
+        try:
+            n = os.pwritev(fd, views[:_IOV_MAX], offset + done)
+        except OSError as exc:
+            raise DeviceError(
+                f"Write error on {path} at byte {offset + done}: {exc.strerror or exc}."
+            ) from exc
+        if n == 0:
+            raise DeviceError(f"Write error on {path} at byte {offset + done}: no room left.")
+        done += n
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]
+
+
 def restore_partclone_stream(
     chunks: Iterator[bytes],
     dst: Extent,
@@ -784,7 +871,12 @@ def restore_partclone_stream(
     progress: ProgressReporter,
     cancel: threading.Event | None,
 ) -> PartcloneHeader:
-    """Write the used blocks of a partclone stream into ``dst``."""
+    """Write the used blocks of a partclone stream into ``dst``.
+
+    Each batch of contiguous used blocks (up to 8 MiB, its checksums verified first)
+    goes out with one ``pwritev`` straight from the decoded frames; the writeback of
+    what was written runs meanwhile (:class:`_Flusher`).
+    """
     reader = StreamReader(ChunkFile(chunks))
     header = reader.header
     fs_bytes = header.total_blocks * header.block_size
@@ -794,10 +886,16 @@ def restore_partclone_stream(
             f"has room for {dst.size} bytes."
         )
     bs = header.block_size
-    for first, data in reader.iter_runs():
-        check_cancel(cancel)
-        pwrite_all(dst.fd, data, dst.base + first * bs, dst.path)
-        progress.advance(len(data))
+    flusher = _Flusher(dst.fd)
+    try:
+        for first, pieces, n in reader.iter_pieces():
+            check_cancel(cancel)
+            at = dst.base + first * bs
+            pwritev_all(dst.fd, pieces, at, dst.path)
+            flusher.wrote(at, n)
+            progress.advance(n)
+    finally:
+        flusher.close()
     return header
 
 
@@ -810,15 +908,20 @@ def restore_raw_stream(
 ) -> int:
     """Write a dd stream into ``dst``; returns the bytes written."""
     pos = 0
-    for chunk in chunks:
-        check_cancel(cancel)
-        if pos + len(chunk) > dst.size:
-            raise DeviceError(
-                f"The raw partition in the image is larger than {dst.path}'s {dst.size} bytes."
-            )
-        pwrite_all(dst.fd, chunk, dst.base + pos, dst.path)
-        pos += len(chunk)
-        progress.advance(len(chunk))
+    flusher = _Flusher(dst.fd)
+    try:
+        for chunk in chunks:
+            check_cancel(cancel)
+            if pos + len(chunk) > dst.size:
+                raise DeviceError(
+                    f"The raw partition in the image is larger than {dst.path}'s {dst.size} bytes."
+                )
+            pwrite_all(dst.fd, chunk, dst.base + pos, dst.path)
+            flusher.wrote(dst.base + pos, len(chunk))
+            pos += len(chunk)
+            progress.advance(len(chunk))
+    finally:
+        flusher.close()
     return pos
 
 

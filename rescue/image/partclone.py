@@ -11,6 +11,7 @@ after the final partial strip. We write CRC32 mode with a fresh CRC per strip
 from __future__ import annotations
 
 import bisect
+import collections
 import struct
 from array import array
 from collections.abc import Callable, Iterator
@@ -304,6 +305,28 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+_CHECK_AHEAD = 16 << 20
+"""Most bytes of blocks held back until their strip's checksum has been read."""
+
+Pieces = list[memoryview]
+"""Consecutive bytes as views into the buffers they were decoded into."""
+
+
+def _take(queue: collections.deque[memoryview], n: int) -> Pieces:
+    """The first ``n`` bytes of the views in ``queue`` (which has them), as views."""
+    out: Pieces = []
+    while n:
+        head = queue[0]
+        if len(head) <= n:
+            out.append(queue.popleft())
+            n -= len(head)
+        else:
+            out.append(head[:n])
+            queue[0] = head[n:]
+            n = 0
+    return out
+
+
 def _read_exact(f: Readable, n: int, offset: int, what: str) -> bytes:
     data = f.read(n)
     if len(data) != n:
@@ -475,38 +498,101 @@ class StreamReader:
         """Checksums skipped because rescue has no implementation of their kind (XXH)."""
 
     def iter_runs(self, max_bytes: int = 4 << 20) -> Iterator[tuple[int, bytes]]:
-        """``(first_block, data)`` for consecutive used blocks, every checksum verified."""
+        """``(first_block, data)`` for consecutive used blocks, every checksum verified
+        before its blocks are given out (see :meth:`iter_pieces`)."""
+        for first, pieces, _n in self.iter_pieces(max_bytes):
+            yield first, b"".join(pieces)
+
+    def iter_pieces(self, max_bytes: int = 8 << 20) -> Iterator[tuple[int, Pieces, int]]:
+        """``(first_block, pieces, nbytes)``: up to ``max_bytes`` of consecutive used blocks
+        as pieces that share the decoded stream's memory (no copy; write them with one
+        ``pwritev``).
+
+        A strip's checksum is read and verified before any of its blocks is given out,
+        so a damaged strip is never written anywhere.
+        """
         h = self.header
         bs = h.block_size
         cs = h.checksum_size
         check_crc = h.checksum_mode == CHECKSUM_CRC32
-        bpc = h.blocks_per_checksum if cs else 0
-        offset = h.data_start
-        in_strip = 0  # blocks of the current strip read so far
-        crc = 0xFFFFFFFF
+        strip = h.blocks_per_checksum if cs else 0
+        # blocks read at a time: a whole strip, unless a strange header makes strips huge;
+        # then (and only then) blocks are given out before their strip's checksum is read
+        unit = max(1, _CHECK_AHEAD // bs)
+        if strip:
+            unit = min(unit, strip)
         max_blocks = max(1, max_bytes // bs)
-        for first, count in self.bitmap.runs(h.total_blocks):
-            block = first
-            end = first + count
-            while block < end:
-                n = min(end - block, max_blocks)
-                if bpc:
-                    n = min(n, bpc - in_strip)
-                data = _read_exact(self._f, n * bs, offset, f"block {block}")
-                offset += len(data)
-                if check_crc:
-                    crc = crc32(data, crc)
-                yield block, data
-                block += n
-                if bpc:
-                    in_strip += n
-                    if in_strip == bpc:
-                        offset = self._check(crc, offset, block)
-                        in_strip = 0
-                        if h.reseed:
-                            crc = 0xFFFFFFFF
-        if bpc and in_strip:
+        read = getattr(self._f, "read_pieces", None) or (lambda n: [self._f.read(n)])
+        runs = self.bitmap.runs(h.total_blocks)
+        run_first = run_left = 0
+        offset = h.data_start
+        crc = 0xFFFFFFFF
+        in_strip = 0  # blocks of the current strip read so far
+        held: list[tuple[list[tuple[int, int]], collections.deque[memoryview]]] = []
+        out_first, out_blocks = -1, 0
+        out: Pieces = []  # the batch being gathered
+
+        def batches() -> Iterator[tuple[int, Pieces, int]]:
+            """Give out what ``held`` holds (checked), in batches of contiguous blocks."""
+            nonlocal out_first, out_blocks, out
+            for segments, queue in held:
+                for seg_first, seg_count in segments:
+                    first, count = seg_first, seg_count
+                    while count:
+                        if out and (first != out_first + out_blocks or out_blocks == max_blocks):
+                            yield out_first, out, out_blocks * bs
+                            out_first, out_blocks, out = -1, 0, []
+                        if not out:
+                            out_first = first
+                        take = min(count, max_blocks - out_blocks)
+                        out.extend(_take(queue, take * bs))
+                        out_blocks += take
+                        first += take
+                        count -= take
+            held.clear()
+
+        while True:
+            segments: list[tuple[int, int]] = []  # (first, count) of the blocks read next
+            want = min(unit, strip - in_strip) if strip else unit
+            n = 0
+            while n < want:
+                if not run_left:
+                    nxt = next(runs, None)
+                    if nxt is None:
+                        break
+                    run_first, run_left = nxt
+                take = min(want - n, run_left)
+                segments.append((run_first, take))
+                run_first += take
+                run_left -= take
+                n += take
+            if not n:
+                break
+            pieces = read(n * bs)
+            got = sum(len(p) for p in pieces)
+            if got != n * bs:
+                raise ImageDamagedError(
+                    f"The partclone stream ends at byte {offset + got}, inside block "
+                    f"{segments[0][0] + got // bs} (the image is truncated)."
+                )
+            offset += got
+            if check_crc:
+                for piece in pieces:
+                    crc = crc32(piece, crc)
+            held.append((segments, collections.deque(memoryview(p).cast("B") for p in pieces)))
+            in_strip += n
+            if strip and in_strip == strip:
+                offset = self._check(crc, offset, segments[-1][0] + segments[-1][1])
+                in_strip = 0
+                if h.reseed:
+                    crc = 0xFFFFFFFF
+            if not in_strip or unit < strip or not strip:
+                yield from batches()
+        if strip and in_strip:
             offset = self._check(crc, offset, h.total_blocks)
+        yield from batches()
+        if out:
+            yield out_first, out, out_blocks * bs
         self.end_offset = offset
 
     def _check(self, crc: int, offset: int, block: int) -> int:

@@ -693,7 +693,7 @@ def _skip_skippable(raw: memoryview, where: int) -> memoryview:
     return raw
 
 
-def _decode_frame(frame: bytes, expected: int, where: int) -> bytes:
+def _decode_frame(frame: bytes | bytearray, expected: int, where: int) -> bytes:
     """The ``expected`` bytes the frame at file offset ``where`` holds; any other size is
     damage, found before the output is allocated (a frame's header may declare any size)."""
     if expected > MAX_FRAME_CONTENT:
@@ -795,13 +795,21 @@ def iter_decompressed(f: BinaryIO, *, threads: int = 0) -> Iterator[bytes]:
     workers = _threads(threads)
     pending: collections.deque[tuple[Future[bytes], int]] = collections.deque()
     held = 0
+    # the kernel reads ahead of us (the file's next READ_AHEAD bytes), so decoding,
+    # hashing and writing never wait for the disk while it could be read
+    willneed = getattr(f, "willneed", None)
+    advised = 0
     with ThreadPoolExecutor(workers, thread_name_prefix="rescue-unzstd") as pool:
         try:
             f.seek(0)
             for i in range(table.frames):
                 size, expected = table.compressed[i], table.decompressed[i]
-                raw = f.read(size)
                 where = table.c_offsets[i]
+                if willneed is not None and advised - where < READ_AHEAD // 2:
+                    start = max(advised, where)
+                    advised = where + READ_AHEAD
+                    willneed(start, advised - start)
+                raw = _read_frame(f, size)
                 if len(raw) != size:
                     raise ImageDamagedError(
                         f"The zstd frame at byte {where} is truncated.", offset=where
@@ -825,6 +833,29 @@ def iter_decompressed(f: BinaryIO, *, threads: int = 0) -> Iterator[bytes]:
         finally:
             for fut, _ in pending:
                 fut.cancel()
+
+
+READ_AHEAD = 64 * MiB
+"""Compressed bytes asked of the kernel ahead of the frame being read."""
+
+
+def _read_frame(f: BinaryIO, size: int) -> bytes | bytearray:
+    """``size`` bytes (fewer only at the end of the file) read straight into their buffer."""
+    readinto = getattr(f, "readinto", None)
+    if readinto is None:
+        return f.read(size)
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    view.release()
+    if got < size:
+        del buf[got:]
+    return buf
 
 
 class _Source:

@@ -75,6 +75,25 @@ class ChunkFile:
         self._pos += len(data)
         return data
 
+    def read_pieces(self, n: int) -> list[memoryview]:
+        """The next ``n`` bytes (fewer only where the chunks end) as views of the chunks:
+        nothing is copied. A view keeps its chunk alive only as long as it is held."""
+        out: list[memoryview] = []
+        have = 0
+        while have < n:
+            if not self._buf:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._buf = memoryview(chunk).cast("B")
+                continue
+            take = min(n - have, len(self._buf))
+            out.append(self._buf[:take])
+            self._buf = self._buf[take:]
+            have += take
+        self._pos += have
+        return out
+
     def tell(self) -> int:
         return self._pos
 

@@ -389,6 +389,16 @@ class VolumeReader(io.RawIOBase):
             self._pos += n
         return done
 
+    def willneed(self, offset: int, length: int) -> None:
+        """Ask the kernel to start reading stream bytes ``offset`` to ``offset + length``
+        into its cache now (it does not wait): a later read finds them there."""
+        end = min(offset + length, self.size)
+        for k, fd in enumerate(self._fds):
+            lo, hi = max(offset, self._starts[k]), min(end, self._starts[k + 1])
+            if lo < hi:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, lo - self._starts[k], hi - lo, os.POSIX_FADV_WILLNEED)
+
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Overwrite stream bytes in place (the volumes never grow); opened ``writable``."""
         view = memoryview(data).cast("B")

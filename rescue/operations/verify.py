@@ -126,10 +126,10 @@ def _check_stream(
     stream = StreamReader(ChunkFile(chunks))
     blocks = 0
     bs = stream.header.block_size
-    for _first, data in stream.iter_runs():
+    for _first, _pieces, n in stream.iter_pieces():
         check_cancel(cancel)
-        blocks += len(data) // bs
-        progress.advance(len(data))
+        blocks += n // bs
+        progress.advance(n)
     expected = stream.header.used_blocks
     if blocks != expected:
         raise ImageDamagedError(f"{name} holds {blocks} blocks; its header promises {expected}.")
