@@ -9,8 +9,10 @@ go to :class:`SeekableZstdWriter`'s pool, compressed on all cores where they
 lie, and their buffers come back for reuse: no zero-filled buffers, no joins,
 the kernel's copy into the frame the only one. Every stage is bounded, so
 memory stays flat whatever the disk size.
-Restore decompresses frames in parallel and writes each run of used blocks
-with one ``pwrite``.
+Restore decompresses frames in parallel (the image read ahead by the kernel),
+checks each strip's CRC before its blocks leave the reader, and writes each run
+of contiguous blocks with one ``pwritev`` straight from the decoded frames,
+asking the kernel to start writing back every 64 MiB as it goes.
 """
 
 from __future__ import annotations

@@ -17,14 +17,20 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from typing import Any
 
 from rescue.errors import FilesystemError
 
 SUPPORTED = ("aes-xts-plain64", "aes-xts-plain", "aes-cbc-essiv:sha256", "aes-cbc-plain64",
              "aes-cbc-plain")  # fmt: skip
 """The cipher specs rescue decrypts (LUKS defaults since 2013, and the older CBC ones)."""
+
+
+def _primitives() -> Any:
+    """OpenSSL's ciphers, loaded when a volume is first decrypted (not at every start)."""
+    from cryptography.hazmat.primitives import ciphers  # noqa: PLC0415
+
+    return ciphers
 
 
 class UnsupportedCipherError(FilesystemError):
@@ -60,7 +66,9 @@ class SectorCipher:
         self._essiv: Callable[[bytes], bytes] | None = None
         if self._iv == "essiv:sha256":
             salt = hashlib.sha256(self.key).digest()
-            enc = Cipher(algorithms.AES(salt), modes.ECB()).encryptor()  # noqa: S305 (ESSIV is AES of the sector number, by definition)
+            c = _primitives()
+            # ESSIV is AES (ECB) of the sector number, by definition
+            enc = c.Cipher(c.algorithms.AES(salt), c.modes.ECB()).encryptor()
             self._essiv = enc.update
 
     def _iv_for(self, sector: int) -> bytes:
@@ -80,12 +88,13 @@ class SectorCipher:
             raise ValueError("decrypt takes whole sectors")
         out = bytearray(len(data))
         view = memoryview(data)
-        algo = algorithms.AES(self.key)
+        c = _primitives()
+        algo = c.algorithms.AES(self.key)
         for i in range(len(data) // size):
             iv = self._iv_for(first_sector + i)
             if self._mode == "xts":
-                dec = Cipher(algo, modes.XTS(iv)).decryptor()
+                dec = c.Cipher(algo, c.modes.XTS(iv)).decryptor()
             else:
-                dec = Cipher(algo, modes.CBC(iv)).decryptor()
+                dec = c.Cipher(algo, c.modes.CBC(iv)).decryptor()
             out[i * size : (i + 1) * size] = dec.update(view[i * size : (i + 1) * size])
         return bytes(out)
