@@ -366,6 +366,14 @@ class VirtualPartition:
             data = bytes(buf)
         return data
 
+    def pieces(self, offset: int, length: int) -> list[bytes | memoryview]:
+        """The bytes of :meth:`pread` as pieces to copy (views into decoded frames)."""
+        end = min(offset + length, self.size)
+        t0, t1 = self._tail_offset, self._tail_offset + len(self._tail)
+        if self._tail and offset < t1 and end > t0:
+            return [self.pread(offset, length)]
+        return self._reader.pieces(offset, length)
+
     def close(self) -> None:
         self._reader.close()
 
