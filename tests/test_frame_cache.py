@@ -73,17 +73,27 @@ def test_threads_asking_for_one_frame_decode_it_once(decodes: Counter[int]) -> N
     assert list(decodes.values()) == [1]
 
 
-def test_a_hit_does_not_wait_for_a_decode(decodes: Counter[int]) -> None:
+def test_a_hit_does_not_wait_for_a_decode(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache lock is not held while a frame decodes."""
+    real = seekable._decode_frame
+    decoding = threading.Event()
+
+    def slow(frame: bytes, expected: int, where: int) -> bytes:
+        if where > 0:
+            decoding.set()
+            time.sleep(0.5)
+        return real(frame, expected, where)
+
+    monkeypatch.setattr(seekable, "_decode_frame", slow)
     reader = _reader(cache_frames=4)
     reader.pread(0, 10)  # frame 0 cached
-    slow = threading.Thread(target=reader.pread, args=(5 * FRAME, 10))
-    slow.start()
-    time.sleep(0.005)  # frame 5 is being decoded now
+    slow_read = threading.Thread(target=reader.pread, args=(5 * FRAME, 10))
+    slow_read.start()
+    assert decoding.wait(5)
     t = time.perf_counter()
     assert reader.pread(10, 10) == DATA[10:20]
-    assert time.perf_counter() - t < 0.015
-    slow.join()
+    assert time.perf_counter() - t < 0.25
+    slow_read.join()
 
 
 def test_sequential_reads_decode_ahead_each_frame_once(decodes: Counter[int]) -> None:

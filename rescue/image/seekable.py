@@ -853,7 +853,12 @@ class SeekableZstdReader:
             pool = self._pool
         for j, job in jobs:
             assert pool is not None
-            pool.submit(self._quiet_decode, j, job)
+            try:
+                pool.submit(self._quiet_decode, j, job)
+            except RuntimeError:  # closed meanwhile: whoever waits for the frame decodes it
+                with self._lock:
+                    del self._decoding[j]
+                job.done.set()
 
     def _quiet_decode(self, i: int, job: _Decoding) -> None:
         try:

@@ -271,13 +271,16 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         log.info("unmounted; %d read errors served", self._errors)
 
 
+_PARTITION_PATH = b"/" + PARTITION_FILE.encode()
+
+
 class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
     """mfusepy with reads of the partition copied straight into libfuse's reply buffer
     (mfusepy's own read wants one ``bytes`` object, which it copies again)."""
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         ops: PartitionFile = self.operations
-        if ops.pieces is None or path != b"/" + PARTITION_FILE.encode():
+        if ops.pieces is None or path != _PARTITION_PATH:
             return int(super().read(path, buf, size, offset, fip))
         address = ctypes.cast(buf, ctypes.c_void_p).value
         assert address is not None
