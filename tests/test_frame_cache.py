@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -15,6 +16,7 @@ import zstandard
 from rescue.errors import ImageDamagedError
 from rescue.image import seekable
 from rescue.image.seekable import SeekableZstdReader, SeekableZstdWriter, SeekTable
+from rescue.image.volumes import VolumeReader
 
 FRAME = 64 * 1024
 
@@ -171,3 +173,31 @@ def test_zstd_errors_still_name_the_frame() -> None:
     bad = zstandard.ZstdCompressor().compress(b"a" * 1000)
     with pytest.raises(ImageDamagedError, match="at byte 7"):
         seekable._decode_frame(bad[:-3], 1000, 7)
+
+
+def test_volumes_read_at_an_offset_from_threads(tmp_path: Path) -> None:
+    """The cache reads compressed frames with ``pread`` (no shared position, no lock),
+    across split volumes, and asks the kernel to read the next ones ahead."""
+    data = random.Random(2).randbytes(300_000)
+    paths = []
+    for k, (a, b) in enumerate([(0, 100_000), (100_000, 100_001), (100_001, 300_000)]):
+        p = tmp_path / f"v{k}"
+        p.write_bytes(data[a:b])
+        paths.append(p)
+    with VolumeReader(paths) as v:
+        v.seek(123)
+        spans = [(0, 10), (99_990, 20), (100_000, 5), (99_999, 200_001), (299_990, 100)]
+        got: dict[tuple[int, int], bytes] = {}
+
+        def one(span: tuple[int, int]) -> None:
+            got[span] = bytes(v.pread(*span))
+
+        threads = [threading.Thread(target=one, args=(s,)) for s in spans * 3]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(got[(a, n)] == data[a : a + n] for a, n in spans)
+        assert v.pread(300_000, 10) == b""
+        assert v.tell() == 123  # the position of sequential readers is left alone
+        v.willneed(50_000, 200_000)

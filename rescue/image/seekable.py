@@ -768,6 +768,9 @@ class SeekableZstdReader:
         self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()  # the file's seek + read
+        # a file that reads at an offset from any thread, and takes read-ahead advice
+        self._pread: Callable[[int, int], bytes | bytearray] | None = getattr(f, "pread", None)
+        self._advise: Callable[[int, int], None] | None = getattr(f, "willneed", None)
         self._decoding: dict[int, _Decoding] = {}
         self._prefetch = prefetch
         self._pool: ThreadPoolExecutor | None = None
@@ -781,9 +784,13 @@ class SeekableZstdReader:
     def _load(self, i: int) -> bytes:
         t = self.table
         at, size = t.c_offsets[i], t.compressed[i]
-        with self._io_lock:
-            self._f.seek(at)
-            raw = self._f.read(size)
+        raw: bytes | bytearray
+        if self._pread is not None:
+            raw = self._pread(at, size)
+        else:
+            with self._io_lock:
+                self._f.seek(at)
+                raw = self._f.read(size)
         if len(raw) != size:
             raise ImageDamagedError(f"The zstd frame at byte {at} is truncated.", offset=at)
         return _decode_frame(raw, t.decompressed[i], at)
@@ -851,6 +858,11 @@ class SeekableZstdReader:
             if jobs and self._pool is None:
                 self._pool = ThreadPoolExecutor(self._prefetch, thread_name_prefix="rescue-ahead")
             pool = self._pool
+        t = self.table
+        if jobs and self._advise is not None:  # the compressed frames come in meanwhile
+            first, last = jobs[0][0], min(jobs[-1][0] + self._prefetch, t.frames - 1)
+            start = t.c_offsets[first]
+            self._advise(start, t.c_offsets[last] + t.compressed[last] - start)
         for j, job in jobs:
             assert pool is not None
             try:
