@@ -9,14 +9,22 @@ page cache dropped first:
 
   mount       rescue mount IMAGE MNT, wall time until it returns (files readable)
   sequential  every file of 32 MiB or more read through the mount, MB/s; the same
-              files read from the source partition mounted directly, for the ratio
+              files read from the source partition mounted directly in the same run,
+              for the ratio (the median of the runs' ratios)
   random      2,000 random 4 KiB reads in the largest file: once cold, then again
               after dropping the kernel's caches, so that only the server's cache
               of decoded frames can serve them (mean latency, misses included)
 
 A 1 TiB sparse disk holding a small ext4 filesystem is mounted the same way, to
-show that mount time does not follow the partition size. The issue's goals:
-mount <= 1 s, sequential >= 300 MB/s, random reads served from the cache.
+show that mount time does not follow the partition size. The goals, printed with
+each result's ratio to its goal (>= 1.00 is met):
+
+  mount       <= 1 s (every run, and the 1 TiB partition)
+  sequential  >= 0.6 x the direct mount of the source partition
+  random      <= 100 us per 4 KiB read served from the server's cache
+
+The code measured is the tree this script is in (its folder goes first on
+PYTHONPATH of every rescue command it runs).
 """
 
 from __future__ import annotations
@@ -34,6 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESCUE = str(ROOT / ".venv" / "bin" / "rescue")
 MiB = 1 << 20
+GOAL_MOUNT_S = 1.0
+GOAL_SEQ_RATIO = 0.6
+GOAL_RANDOM_US = 100.0
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def sh(*argv: str) -> str:
@@ -92,40 +104,54 @@ def mount_time(image: Path, mnt: Path, partition: int | None = None) -> float:
     if partition is not None:
         argv += ["--partition", str(partition)]
     start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
+    subprocess.run(argv, check=True, capture_output=True, env=ENV)
     return time.perf_counter() - start
 
 
 def unmount(mnt: Path) -> None:
-    subprocess.run([RESCUE, "unmount", str(mnt)], check=True, capture_output=True)
+    subprocess.run([RESCUE, "unmount", str(mnt)], check=True, capture_output=True, env=ENV)
 
 
 def bench_partition(part: str, fs: str, work: Path, runs: int) -> dict[str, float]:
     image = work / f"image-{fs}"
     if image.exists():
         shutil.rmtree(image)
-    subprocess.run([RESCUE, "capture", part, str(image)], check=True, capture_output=True)
+    subprocess.run([RESCUE, "capture", part, str(image)], check=True, capture_output=True, env=ENV)
     direct = work / "direct"
     direct.mkdir(exist_ok=True)
+
+    def read_direct() -> float:
+        """MB/s of the same files on the source mounted directly (caches dropped first)."""
+        if fs == "ntfs":
+            sh("ntfs-3g", "-o", "ro", part, str(direct))
+        else:
+            sh("mount", "-o", "ro,noload", part, str(direct))
+        try:
+            drop_caches()
+            return read_all([direct / r for r in rel])
+        finally:
+            sh("umount", str(direct))
+
     if fs == "ntfs":
         sh("ntfs-3g", "-o", "ro", part, str(direct))
     else:
         sh("mount", "-o", "ro,noload", part, str(direct))
     try:
         rel = [p.relative_to(direct) for p in big_files(direct)]
-        drop_caches()
-        direct_mbps = read_all([direct / r for r in rel])
     finally:
         sh("umount", str(direct))
     mnt = work / "mnt"
-    mounts, seq, cold, cached = [], [], [], []
+    mounts, seq, directs, ratios, cold, cached = [], [], [], [], [], []
     rng = random.Random(7)
     for _ in range(runs):
+        # the direct read in each run, next to the mount's: the machine's load changes
+        directs.append(read_direct())
         drop_caches()
         mounts.append(mount_time(image, mnt))
         try:
             files = [mnt / r for r in rel]
             seq.append(read_all(files))
+            ratios.append(seq[-1] / directs[-1])
             unmount(mnt)
             drop_caches()
             mount_time(image, mnt)
@@ -141,7 +167,8 @@ def bench_partition(part: str, fs: str, work: Path, runs: int) -> dict[str, floa
         "mount_s": statistics.median(mounts),
         "mount_max_s": max(mounts),
         "seq_mbps": statistics.median(seq),
-        "direct_mbps": direct_mbps,
+        "direct_mbps": statistics.median(directs),
+        "seq_ratio": statistics.median(ratios),
         "rand_cold_us": statistics.median(cold),
         "rand_cached_us": statistics.median(cached),
         "files": len(rel),
@@ -164,7 +191,9 @@ def bench_huge(work: Path, runs: int) -> float:
         image = work / "image-huge"
         if image.exists():
             shutil.rmtree(image)
-        subprocess.run([RESCUE, "capture", loop, str(image)], check=True, capture_output=True)
+        subprocess.run(
+            [RESCUE, "capture", loop, str(image)], check=True, capture_output=True, env=ENV
+        )
     finally:
         sh("losetup", "-d", loop)
         disk.unlink()
@@ -203,14 +232,33 @@ def main() -> None:
     for fs, r in results.items():
         print(
             f"{fs:6} {r['mount_s']:8.2f} {r['mount_max_s']:6.2f} {r['seq_mbps']:9.0f} "
-            f"{r['direct_mbps']:7.0f} {r['seq_mbps'] / r['direct_mbps']:6.2f} "
+            f"{r['direct_mbps']:7.0f} {r['seq_ratio']:6.2f} "
             f"{r['rand_cold_us']:13.0f} {r['rand_cached_us']:15.0f}"
         )
     print(f"1 TiB ext4 partition image: mount {huge:.2f} s")
-    goals = all(r["mount_max_s"] <= 1.0 and r["seq_mbps"] >= 300 for r in results.values())
-    print(
-        "goals (mount <= 1 s, sequential >= 300 MB/s):", "met" if goals and huge <= 1 else "NOT met"
-    )
+    print(goals(results, huge))
+
+
+def goals(results: dict[str, dict[str, float]], huge: float) -> str:
+    """Each result against its goal: the ratio (>= 1.00 meets it) and met / NOT met."""
+    rows = [f"{'goal':44} {'result':>10} {'to goal':>8}"]
+    every = True
+
+    def row(what: str, value: str, ratio: float) -> None:
+        nonlocal every
+        every &= ratio >= 1.0
+        rows.append(f"{what:44} {value:>10} {ratio:7.2f}x {'met' if ratio >= 1.0 else 'NOT met'}")
+
+    for fs, r in results.items():
+        row(f"{fs} mount <= {GOAL_MOUNT_S:.0f} s (slowest run)", f"{r['mount_max_s']:.2f} s",
+            GOAL_MOUNT_S / r["mount_max_s"])  # fmt: skip
+        seq = r["seq_ratio"]
+        row(f"{fs} sequential >= {GOAL_SEQ_RATIO} x direct", f"{seq:.2f} x", seq / GOAL_SEQ_RATIO)
+        row(f"{fs} random cached <= {GOAL_RANDOM_US:.0f} us", f"{r['rand_cached_us']:.0f} us",
+            GOAL_RANDOM_US / r["rand_cached_us"])  # fmt: skip
+    row(f"1 TiB mount <= {GOAL_MOUNT_S:.0f} s", f"{huge:.2f} s", GOAL_MOUNT_S / huge)
+    rows.append("goals: " + ("all met" if every else "NOT all met"))
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -166,12 +166,20 @@ def kernel_supports(fstype: str) -> bool:
 
 
 def attach_loop(
-    path: Path | str, *, read_only: bool, offset: int = 0, size: int | None = None
+    path: Path | str,
+    *,
+    read_only: bool,
+    offset: int = 0,
+    size: int | None = None,
+    direct_io: bool = False,
 ) -> str:
-    """A new loop device over ``path`` (or ``size`` bytes of it at ``offset``)."""
+    """A new loop device over ``path`` (or ``size`` bytes of it at ``offset``), reading
+    ``path`` with direct I/O when asked (a kernel that cannot leaves it buffered)."""
     argv = ["losetup", "--find", "--show"]
     if read_only:
         argv.append("--read-only")
+    if direct_io:
+        argv.append("--direct-io=on")
     if offset:
         argv += ["--offset", str(offset)]
     if size is not None:

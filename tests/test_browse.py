@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import stat
@@ -34,9 +35,12 @@ from rescue.browse import mounts
 from rescue.browse.session import BrowseSession
 from rescue.cli import main
 from rescue.errors import BadInputError
+from rescue.filesystems.ext import read_allocation
 from rescue.image.partclone import block_offset
 from rescue.image.random_access import PartitionReader
 from rescue.image.seekable import SeekTable
+from rescue.image.view import open_image
+from rescue.imagedev.served import partition_view
 
 pytestmark = need("root", "loop", "fuse")
 
@@ -615,3 +619,41 @@ def test_stream_without_seek_table_gets_a_table_index(
         assert tree_digest(session.root) == digest
     assert list((cz / ".rescue-index").glob("*.seektable"))
     assert not list((cz / ".rescue-index").glob("*.seekable.zst"))
+
+
+def test_served_partition_reads_as_the_source(tmp_path: Path) -> None:
+    """The loop device over the server's file gives the partition's bytes (free blocks as
+    zeros) for reads over used and free blocks and frame ends, and reads it directly."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    rng = random.Random(4)
+    for i in range(40):
+        (tree / f"f{i}").write_bytes(rng.randbytes(rng.randrange(1, 900_000)))
+    part = tmp_path / "part.img"
+    with part.open("wb") as f:
+        f.truncate(64 << 20)
+    run("mkfs.ext4", "-q", "-b", "1024", "-d", str(tree), str(part))
+    with part.open("r+b") as f:  # garbage in free space that must read as zeros
+        f.seek(60 << 20)
+        f.write(os.urandom(1 << 20))
+    data = part.read_bytes()
+    with part.open("rb") as f:
+        alloc = read_allocation(f, len(data))
+    expected = bytearray(len(data))
+    bs = alloc.block_size
+    for first, count in alloc.runs():
+        expected[first * bs : (first + count) * bs] = data[first * bs : (first + count) * bs]
+    image = tmp_path / "image"
+    capture(str(part), image)
+    (ipart,) = open_image(image).parts
+    with partition_view(image, ipart) as view:
+        name = os.path.basename(view.loop)
+        assert Path(f"/sys/block/{name}/loop/dio").read_text().strip() == "1"
+        fd = os.open(view.loop, os.O_RDONLY)
+        try:
+            spans = [(rng.randrange(0, len(data)), rng.choice([512, 4096, 70_000, 3 << 20]))
+                     for _ in range(150)]  # fmt: skip
+            for off, n in [*spans, (0, len(data)), (len(data) - 100, 4096)]:
+                assert os.pread(fd, n, off) == expected[off : off + n], (off, n)
+        finally:
+            os.close(fd)

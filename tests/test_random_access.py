@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from rescue.cli import main
 from rescue.errors import UnsupportedImageError
 from rescue.filesystems.ext import read_allocation
+from rescue.image.partclone import PIECE, BlockRanks
 from rescue.image.random_access import PartitionReader
 
 pytestmark = need("root", "loop")
@@ -96,3 +98,53 @@ def test_clonezilla_stream_without_table_is_refused(tmp_path: Path) -> None:
     subprocess.run(f"head -c 100000 /dev/urandom | zstd -q -c > {plain}", shell=True, check=True)
     with pytest.raises(UnsupportedImageError, match="seek table"):
         PartitionReader(plain)
+
+
+def test_used_runs_match_the_bitmap_bit_by_bit() -> None:
+    """Runs found a word at a time, across bitmap pieces and lookup windows."""
+    rng = random.Random(9)
+    size = (PIECE + 4096) * 8  # blocks: the bitmap spans two pieces
+    bits = bytearray(size // 8)
+    pos = 0
+    while pos < size:  # runs of every length, used and free
+        n = rng.choice([1, 2, 7, 8, 9, 63, 64, 65, 700, 5000])
+        if rng.random() < 0.5:
+            for b in range(pos, min(pos + n, size)):
+                bits[b >> 3] |= 1 << (b & 7)
+        pos += n
+    reader = PartitionReader.__new__(PartitionReader)
+    reader._ranks = BlockRanks(bytes(bits))
+    edge = PIECE * 8
+    for first, stop in [(0, 5000), (edge - 77, edge + 300), (edge - 4096, edge + 4096), (3, 4)]:
+        runs = list(reader.used_runs(first, stop))
+        used = {b for start, n in runs for b in range(start, start + n)}
+        assert used == {b for b in range(first, stop) if bits[b >> 3] >> (b & 7) & 1}
+        assert all(n > 0 for _, n in runs)
+        assert [s for s, _ in runs] == sorted(s for s, _ in runs)
+
+
+def test_threads_reading_ahead_get_the_partition(captured: tuple[Path, bytes, bytes]) -> None:
+    """Requests from several threads (as the FUSE server makes them) over used and free
+    blocks and frame ends, with frames decoded ahead and a cache smaller than the stream."""
+    stream, _data, expected = captured
+    reader = PartitionReader(stream, cache_frames=3, prefetch=2)
+    rng = random.Random(11)
+    spans = [
+        (rng.randrange(0, reader.size), rng.choice([1, 4096, 131072, 1 << 20, 3 << 20]))
+        for _ in range(200)
+    ]
+    spans += [(off, 1 << 20) for off in range(0, reader.size, 1 << 20)]  # sequential
+    bad: list[tuple[int, int]] = []
+
+    def work(part: list[tuple[int, int]]) -> None:
+        for off, n in part:
+            if reader.pread(off, n) != expected[off : off + n]:
+                bad.append((off, n))
+
+    threads = [threading.Thread(target=work, args=(spans[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reader.close()
+    assert not bad

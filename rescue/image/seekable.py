@@ -725,24 +725,102 @@ def _decode_frame(frame: bytes | bytearray, expected: int, where: int) -> bytes:
     return out
 
 
+class _Decoding:
+    """A frame being decoded by one thread; the others that need it wait here."""
+
+    __slots__ = ("data", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+SEQUENTIAL_SLACK = 1 * MiB
+"""A read starting this close after where the previous one ended counts as sequential."""
+
+
 class SeekableZstdReader:
     """Random access to the decompressed bytes of a seekable zstd file.
 
     Keeps up to ``cache_frames`` decoded frames, and never more than
-    :data:`INFLIGHT` bytes of them.
+    ``cache_bytes`` (:data:`INFLIGHT` unless told) of them. The cache is
+    consulted under a short lock; a frame is decoded outside it, once, however
+    many threads ask for it at the same time. With ``prefetch`` > 0, reads that
+    follow each other in the file have the next ``prefetch`` frames decoded
+    ahead in background threads.
     """
 
-    def __init__(self, f: BinaryIO, table: SeekTable, cache_frames: int = 8) -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        table: SeekTable,
+        cache_frames: int = 8,
+        *,
+        cache_bytes: int = INFLIGHT,
+        prefetch: int = 0,
+    ) -> None:
         self._f = f
         self.table = table
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._cached = 0
         self._cache_frames = cache_frames
+        self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
+        self._io_lock = threading.Lock()  # the file's seek + read
+        # a file that reads at an offset from any thread, and takes read-ahead advice
+        self._pread: Callable[[int, int], bytes | bytearray] | None = getattr(f, "pread", None)
+        self._advise: Callable[[int, int], None] | None = getattr(f, "willneed", None)
+        self._decoding: dict[int, _Decoding] = {}
+        self._prefetch = prefetch
+        self._pool: ThreadPoolExecutor | None = None
+        self._last_end = -1
+        self._closed = False
 
     @property
     def size(self) -> int:
         return self.table.size
+
+    def _load(self, i: int) -> bytes:
+        t = self.table
+        at, size = t.c_offsets[i], t.compressed[i]
+        raw: bytes | bytearray
+        if self._pread is not None:
+            raw = self._pread(at, size)
+        else:
+            with self._io_lock:
+                self._f.seek(at)
+                raw = self._f.read(size)
+        if len(raw) != size:
+            raise ImageDamagedError(f"The zstd frame at byte {at} is truncated.", offset=at)
+        return _decode_frame(raw, t.decompressed[i], at)
+
+    def _keep(self, i: int, data: bytes) -> None:
+        """Cache frame ``i`` (the lock held), dropping the least recently used."""
+        self._cache[i] = data
+        self._cached += len(data)
+        while len(self._cache) > 1 and (
+            len(self._cache) > self._cache_frames or self._cached > self._cache_bytes
+        ):
+            _, old = self._cache.popitem(last=False)
+            self._cached -= len(old)
+
+    def _decode(self, i: int, job: _Decoding) -> bytes:
+        """Decode frame ``i`` for everyone waiting on ``job``."""
+        try:
+            data = self._load(i)
+        except BaseException as exc:
+            job.error = exc
+            with self._lock:
+                del self._decoding[i]
+            job.done.set()
+            raise
+        with self._lock:
+            self._keep(i, data)
+            del self._decoding[i]
+        job.data = data
+        job.done.set()
+        return data
 
     def _frame(self, i: int) -> bytes:
         with self._lock:
@@ -750,35 +828,91 @@ class SeekableZstdReader:
             if data is not None:
                 self._cache.move_to_end(i)
                 return data
-            t = self.table
-            at, size = t.c_offsets[i], t.compressed[i]
-            self._f.seek(at)
-            raw = self._f.read(size)
-            if len(raw) != size:
-                raise ImageDamagedError(f"The zstd frame at byte {at} is truncated.", offset=at)
-            data = _decode_frame(raw, t.decompressed[i], at)
-            self._cache[i] = data
-            self._cached += len(data)
-            while len(self._cache) > 1 and (
-                len(self._cache) > self._cache_frames or self._cached > INFLIGHT
-            ):
-                _, old = self._cache.popitem(last=False)
-                self._cached -= len(old)
-            return data
+            job = self._decoding.get(i)
+            mine = job is None
+            if job is None:
+                job = self._decoding[i] = _Decoding()
+        if mine:
+            return self._decode(i, job)
+        job.done.wait()
+        if job.data is None:  # the decode failed (or was a prefetch that failed): try again
+            return self._frame_again(i, job)
+        return job.data
 
-    def pread(self, offset: int, length: int) -> bytes:
+    def _frame_again(self, i: int, failed: _Decoding) -> bytes:
+        if isinstance(failed.error, ImageDamagedError):
+            raise ImageDamagedError(failed.error.message, offset=failed.error.offset)
+        return self._frame(i)
+
+    def _prefetch_after(self, i: int) -> None:
+        """Start decoding the frames after ``i`` that are neither cached nor being decoded."""
+        jobs = []
+        with self._lock:
+            if self._closed:
+                return
+            for j in range(i + 1, min(i + 1 + self._prefetch, self.table.frames)):
+                if j in self._cache or j in self._decoding:
+                    continue
+                job = self._decoding[j] = _Decoding()
+                jobs.append((j, job))
+            if jobs and self._pool is None:
+                self._pool = ThreadPoolExecutor(self._prefetch, thread_name_prefix="rescue-ahead")
+            pool = self._pool
+        t = self.table
+        if jobs and self._advise is not None:  # the compressed frames come in meanwhile
+            first, last = jobs[0][0], min(jobs[-1][0] + self._prefetch, t.frames - 1)
+            start = t.c_offsets[first]
+            self._advise(start, t.c_offsets[last] + t.compressed[last] - start)
+        for j, job in jobs:
+            assert pool is not None
+            try:
+                pool.submit(self._quiet_decode, j, job)
+            except RuntimeError:  # closed meanwhile: whoever waits for the frame decodes it
+                with self._lock:
+                    del self._decoding[j]
+                job.done.set()
+
+    def _quiet_decode(self, i: int, job: _Decoding) -> None:
+        try:
+            self._decode(i, job)
+        except (ImageDamagedError, OSError):
+            return  # a read that needs the frame decodes it again, and reports the damage
+
+    def views(self, offset: int, length: int) -> list[memoryview]:
+        """The bytes at ``offset`` as views into the cached frames (short only at the end)."""
         end = min(offset + length, self.size)
         out = []
         pos = offset
         d_off = self.table.d_offsets
+        i = bisect.bisect_right(d_off, pos) - 1
+        if self._prefetch:
+            sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
+            self._last_end = end
+            if sequential:
+                last = bisect.bisect_right(d_off, end - 1) - 1 if end > pos else i
+                self._prefetch_after(last)
         while pos < end:
-            i = bisect.bisect_right(d_off, pos) - 1
             frame = self._frame(i)
             start = pos - d_off[i]
             take = min(end - pos, len(frame) - start)
-            out.append(frame[start : start + take])
+            out.append(memoryview(frame)[start : start + take])
             pos += take
-        return b"".join(out)
+            i += 1
+        return out
+
+    def pread(self, offset: int, length: int) -> bytes:
+        parts = self.views(offset, length)
+        if len(parts) == 1:
+            return parts[0].tobytes()
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Stop decoding ahead (waits for a frame being decoded); the cache stays usable."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def iter_decompressed(f: BinaryIO, *, threads: int = 0) -> Iterator[bytes]:

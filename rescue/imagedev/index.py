@@ -56,6 +56,11 @@ DEFAULT_CACHE = Path("/var/cache/rescue/index")
 MAX_FRAME = MAX_FRAME_CONTENT
 """A frame larger than this makes every random read too slow: such streams get a copy."""
 INDEX_VERSION = 2
+
+FRAME_CACHE_MAX = 512 * MiB
+"""The most decoded frames a server keeps (less on a machine with little memory free)."""
+PREFETCH_FRAMES = 2
+"""Frames decoded ahead, in background threads, of reads that follow each other."""
 """Version of the index records (1, with JSON seek tables, is rebuilt)."""
 MAX_META = 64 * 1024
 """An index record (``STREAM.index.json``) is small: names, sizes and times of the volumes."""
@@ -310,6 +315,20 @@ def prepare(
     return ServerSpec(**{**spec.__dict__, "copy": path})
 
 
+def frame_cache_bytes() -> int:
+    """How many decoded bytes a server caches: :data:`FRAME_CACHE_MAX`, or an eighth of
+    the memory available when that is less (never under 64 MiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    return max(64 * MiB, min(FRAME_CACHE_MAX, avail // 8))
+    except (OSError, ValueError, IndexError):
+        pass
+    return 64 * MiB
+
+
 class VirtualPartition:
     """The served bytes: the stream's partition, its tail, zeros up to the partition size."""
 
@@ -320,7 +339,13 @@ class VirtualPartition:
         source = spec.copy or spec.stream
         try:
             self._reader = PartitionReader(
-                source, raw=spec.raw, size=spec.size, table=table, cache_frames=32
+                source,
+                raw=spec.raw,
+                size=spec.size,
+                table=table,
+                cache_frames=1024,
+                cache_bytes=frame_cache_bytes(),
+                prefetch=PREFETCH_FRAMES,
             )
         except ImageDamagedError as exc:
             raise stream_error(spec.stream.name, exc) from exc
@@ -340,6 +365,14 @@ class VirtualPartition:
             buf[a - offset : b - offset] = self._tail[a - t0 : b - t0]
             data = bytes(buf)
         return data
+
+    def pieces(self, offset: int, length: int) -> list[bytes | memoryview]:
+        """The bytes of :meth:`pread` as pieces to copy (views into decoded frames)."""
+        end = min(offset + length, self.size)
+        t0, t1 = self._tail_offset, self._tail_offset + len(self._tail)
+        if self._tail and offset < t1 and end > t0:
+            return [self.pread(offset, length)]
+        return self._reader.pieces(offset, length)
 
     def close(self) -> None:
         self._reader.close()

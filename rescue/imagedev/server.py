@@ -21,6 +21,7 @@ This is the only module that imports :mod:`mfusepy`.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import logging
 import os
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from rescue.containers.base import Volume, binary_view
 from rescue.containers.keys import decode_from_pipe
@@ -57,6 +58,13 @@ class Served(Protocol):
     def pread(self, offset: int, length: int) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Pieces(Protocol):
+    """A served partition that can give its bytes as pieces to copy, not joined first."""
+
+    def pieces(self, offset: int, length: int) -> list[bytes | memoryview]: ...
 
 
 class _Partition:
@@ -122,6 +130,10 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         if spec.inner:
             self._reader = _inner_volume(self._reader, spec)
         self._overlay: Overlay | None = None
+        self.pieces: Pieces | None = None
+        """Where reads of the partition come from as pieces (only the plain partition)."""
+        if not spec.inner and spec.overlay is None and isinstance(self._reader, Pieces):
+            self.pieces = self._reader
         if spec.overlay is not None:
             try:
                 self._overlay = Overlay.create(self._reader, spec.overlay)
@@ -215,7 +227,25 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
             if self._overlay is not None:
                 return self._overlay.pread(offset, size)
             return self._reader.pread(offset, size)
-        except RescueError as exc:
+        except (RescueError, OSError) as exc:
+            raise self._read_error(exc, offset, size) from exc
+
+    def read_into(self, buf: memoryview, offset: int) -> int:
+        """Fill ``buf`` with the partition's bytes at ``offset``, each byte copied once
+        from the decoded frames; returns how many (fewer only at the end)."""
+        assert self.pieces is not None
+        try:
+            pos = 0
+            for piece in self.pieces.pieces(offset, len(buf)):
+                n = len(piece)
+                buf[pos : pos + n] = piece
+                pos += n
+        except (RescueError, OSError) as exc:
+            raise self._read_error(exc, offset, len(buf)) from exc
+        return pos
+
+    def _read_error(self, exc: Exception, offset: int, size: int) -> mfusepy.FuseOSError:
+        if isinstance(exc, RescueError):
             with self._errors_lock:
                 self._errors += 1
             log.error(
@@ -225,10 +255,9 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
                 exc.message,
                 self._spec.stream,
             )
-            raise mfusepy.FuseOSError(errno.EIO) from exc
-        except OSError as exc:
-            log.error("read error in partition bytes %d-%d: %s", offset, offset + size - 1, exc)
-            raise mfusepy.FuseOSError(exc.errno or errno.EIO) from exc
+            return mfusepy.FuseOSError(errno.EIO)
+        log.error("read error in partition bytes %d-%d: %s", offset, offset + size - 1, exc)
+        return mfusepy.FuseOSError(getattr(exc, "errno", None) or errno.EIO)
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0}
@@ -242,6 +271,23 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         log.info("unmounted; %d read errors served", self._errors)
 
 
+_PARTITION_PATH = b"/" + PARTITION_FILE.encode()
+
+
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy with reads of the partition copied straight into libfuse's reply buffer
+    (mfusepy's own read wants one ``bytes`` object, which it copies again)."""
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        ops: PartitionFile = self.operations
+        if ops.pieces is None or path != _PARTITION_PATH:
+            return int(super().read(path, buf, size, offset, fip))
+        address = ctypes.cast(buf, ctypes.c_void_p).value
+        assert address is not None
+        view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        return ops.read_into(view, offset)
+
+
 def serve(state_dir: Path, ready_fd: int | None) -> int:
     spec = ServerSpec.load(state_dir)
     try:
@@ -250,7 +296,7 @@ def serve(state_dir: Path, ready_fd: int | None) -> int:
         log.error("cannot open the image: %s", exc.message)
         print(f"rescue: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    mfusepy.FUSE(
+    _FUSE(
         ops,
         str(state_dir / "fuse"),
         foreground=True,
