@@ -56,14 +56,15 @@ DEFAULT_CACHE = Path("/var/cache/rescue/index")
 MAX_FRAME = MAX_FRAME_CONTENT
 """A frame larger than this makes every random read too slow: such streams get a copy."""
 INDEX_VERSION = 2
-
-FRAME_CACHE_MAX = 512 * MiB
-"""The most decoded frames a server keeps (less on a machine with little memory free)."""
-PREFETCH_FRAMES = 2
-"""Frames decoded ahead, in background threads, of reads that follow each other."""
 """Version of the index records (1, with JSON seek tables, is rebuilt)."""
 MAX_META = 64 * 1024
 """An index record (``STREAM.index.json``) is small: names, sizes and times of the volumes."""
+
+FRAME_CACHE_MAX = 256 * MiB
+"""The most decoded frames a server keeps (less on a machine with little memory free):
+64 frames of 4 MiB, the largest memory of any rescue process, whatever the disk size."""
+PREFETCH_FRAMES = 2
+"""Frames decoded ahead, in background threads, of reads that follow each other."""
 
 
 def cache_root() -> Path:
