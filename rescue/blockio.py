@@ -10,7 +10,7 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -129,13 +129,25 @@ class Window(io.RawIOBase):
         return os.pread(self._fd, length, self._offset + offset) if length else b""
 
 
+IOV_MAX = 1024
+"""The most pieces one vectored read or write takes (Linux's UIO_MAXIOV)."""
+
+
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path: str) -> None:
     """Write all of ``data`` at ``offset`` (a short write goes on); an error names ``path``."""
-    view = memoryview(data)
+    pwritev_all(fd, [data], offset, path)
+
+
+def pwritev_all(
+    fd: int, pieces: Sequence[bytes | bytearray | memoryview], offset: int, path: str
+) -> None:
+    """Write ``pieces`` back to back at ``offset`` with as few ``pwritev`` calls as the
+    kernel allows (a short write goes on); an error names ``path``."""
+    views = [memoryview(p).cast("B") for p in pieces if len(p)]
     done = 0
-    while done < len(view):
+    while views:
         try:
-            n = os.pwrite(fd, view[done:], offset + done)
+            n = os.pwritev(fd, views[:IOV_MAX], offset + done)
         except OSError as exc:
             raise DeviceError(
                 f"Write error on {path} at byte {offset + done}: {exc.strerror or exc}."
@@ -143,6 +155,10 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path:
         if n == 0:
             raise DeviceError(f"Write error on {path} at byte {offset + done}: no room left.")
         done += n
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview, path: str | Path) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.blockio import GONE_ERRORS, MEDIA_ERRORS, binary, pwrite_all
+from rescue.blockio import GONE_ERRORS, IOV_MAX, MEDIA_ERRORS, binary, pwrite_all, pwritev_all
 from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.filesystems.base import Allocation
 from rescue.image.manifest import StoredFile
@@ -459,7 +459,7 @@ class _Reader(threading.Thread):
         if offset >= self._skip_until:
             while views:
                 try:
-                    n = os.preadv(self.fd, views[:_IOV_MAX], offset)
+                    n = os.preadv(self.fd, views[:IOV_MAX], offset)
                 except OSError:
                     break
                 if n == 0:
@@ -541,8 +541,6 @@ class _Reader(threading.Thread):
 
 CHECKSUM_BYTES = 4
 """A CRC32 after each strip (the only checksum rescue writes)."""
-_IOV_MAX = 1024
-"""The most pieces one vectored read takes (Linux's UIO_MAXIOV)."""
 
 
 @dataclass(frozen=True)
@@ -779,7 +777,6 @@ def _salvage(
     return files, tuple(recovery.unreadable)
 
 
-_IOV_MAX = 1024
 FLUSH_EVERY = 64 * MiB
 """A restore starts the writeback of what it wrote each time this much more is written."""
 
@@ -843,27 +840,6 @@ class _Flusher:
         self._stop = True
         self._wake.set()
         self._thread.join()
-
-
-def pwritev_all(fd: int, pieces: Sequence[bytes | memoryview], offset: int, path: str) -> None:
-    """Write ``pieces`` back to back at ``offset`` with as few ``pwritev`` calls as the
-    kernel allows (a short write goes on); an error names ``path``."""
-    views = [memoryview(p).cast("B") for p in pieces if len(p)]
-    done = 0
-    while views:
-        try:
-            n = os.pwritev(fd, views[:_IOV_MAX], offset + done)
-        except OSError as exc:
-            raise DeviceError(
-                f"Write error on {path} at byte {offset + done}: {exc.strerror or exc}."
-            ) from exc
-        if n == 0:
-            raise DeviceError(f"Write error on {path} at byte {offset + done}: no room left.")
-        done += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if n:
-            views[0] = views[0][n:]
 
 
 def restore_partclone_stream(

@@ -323,3 +323,33 @@ def clonezilla_copy(image: Path, dest: Path, compress: str) -> Path:
     out = dest / stream.name.replace(".zst", f".{suffix}")
     subprocess.run(f"zstd -q -d -c {stream} | {compress} -c > {out}", shell=True, check=True)
     return out
+
+
+def ext4_with_garbage(
+    folder: Path, *, seed: int, files: int, largest: int, size_mib: int, garbage_mib: int
+) -> tuple[Path, bytes, bytes]:
+    """An ext4 file (1 KiB blocks) of ``files`` random files up to ``largest`` bytes, with
+    a MiB of random bytes in its free space at ``garbage_mib``: (the file, its bytes, its
+    bytes with every free block zeroed, as an image of it reads)."""
+    from rescue.filesystems.ext import read_allocation  # noqa: PLC0415
+
+    tree = folder / "tree"
+    tree.mkdir()
+    rng = random.Random(seed)
+    for i in range(files):
+        (tree / f"f{i}").write_bytes(rng.randbytes(rng.randrange(1, largest)))
+    part = folder / "part.img"
+    with part.open("wb") as f:
+        f.truncate(size_mib << 20)
+    run("mkfs.ext4", "-q", "-b", "1024", "-d", str(tree), str(part))
+    with part.open("r+b") as f:  # garbage in free space that must read as zeros
+        f.seek(garbage_mib << 20)
+        f.write(os.urandom(1 << 20))
+    data = part.read_bytes()
+    with part.open("rb") as f:
+        alloc = read_allocation(f, len(data))
+    expected = bytearray(len(data))
+    bs = alloc.block_size
+    for first, count in alloc.runs():
+        expected[first * bs : (first + count) * bs] = data[first * bs : (first + count) * bs]
+    return part, data, bytes(expected)

@@ -25,6 +25,7 @@ from diskbench import (
     LoopDisk,
     PartSpec,
     clonezilla_copy,
+    ext4_with_garbage,
     fill_tree,
     run,
     tree_digest,
@@ -35,7 +36,6 @@ from rescue.browse import mounts
 from rescue.browse.session import BrowseSession
 from rescue.cli import main
 from rescue.errors import BadInputError
-from rescue.filesystems.ext import read_allocation
 from rescue.image.partclone import block_offset
 from rescue.image.random_access import PartitionReader
 from rescue.image.seekable import SeekTable
@@ -624,25 +624,10 @@ def test_stream_without_seek_table_gets_a_table_index(
 def test_served_partition_reads_as_the_source(tmp_path: Path) -> None:
     """The loop device over the server's file gives the partition's bytes (free blocks as
     zeros) for reads over used and free blocks and frame ends, and reads it directly."""
-    tree = tmp_path / "tree"
-    tree.mkdir()
+    part, data, expected = ext4_with_garbage(
+        tmp_path, seed=4, files=40, largest=900_000, size_mib=64, garbage_mib=60
+    )
     rng = random.Random(4)
-    for i in range(40):
-        (tree / f"f{i}").write_bytes(rng.randbytes(rng.randrange(1, 900_000)))
-    part = tmp_path / "part.img"
-    with part.open("wb") as f:
-        f.truncate(64 << 20)
-    run("mkfs.ext4", "-q", "-b", "1024", "-d", str(tree), str(part))
-    with part.open("r+b") as f:  # garbage in free space that must read as zeros
-        f.seek(60 << 20)
-        f.write(os.urandom(1 << 20))
-    data = part.read_bytes()
-    with part.open("rb") as f:
-        alloc = read_allocation(f, len(data))
-    expected = bytearray(len(data))
-    bs = alloc.block_size
-    for first, count in alloc.runs():
-        expected[first * bs : (first + count) * bs] = data[first * bs : (first + count) * bs]
     image = tmp_path / "image"
     capture(str(part), image)
     (ipart,) = open_image(image).parts

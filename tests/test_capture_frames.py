@@ -10,14 +10,14 @@ import random
 from pathlib import Path
 
 import pytest
+from capabilities import need
+from diskbench import attach
 
 from rescue.copier import Checkpoint, CompressionOptions, Extent, write_stream
 from rescue.filesystems.base import Allocation, bitmap_from_runs, count_bits
 from rescue.image.partclone import BlockEncoder, PartcloneHeader, stream_prefix
 from rescue.image.seekable import SeekTable, iter_decompressed
 from rescue.progress import NullProgress
-from tests.capabilities import need
-from tests.diskbench import attach
 
 
 def _runs(total: int, bs: int, rng: random.Random) -> list[tuple[int, int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import threading
@@ -10,13 +9,12 @@ from pathlib import Path
 
 import pytest
 from capabilities import need
-from diskbench import run
+from diskbench import ext4_with_garbage, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rescue.cli import main
 from rescue.errors import UnsupportedImageError
-from rescue.filesystems.ext import read_allocation
 from rescue.image.partclone import PIECE, BlockRanks
 from rescue.image.random_access import PartitionReader
 
@@ -27,29 +25,13 @@ pytestmark = need("root", "loop")
 def captured(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, bytes]:
     """(stream, the partition, the partition with its free blocks zeroed)."""
     d = tmp_path_factory.mktemp("ra")
-    tree = d / "tree"
-    tree.mkdir()
-    rng = random.Random(5)
-    for i in range(60):
-        (tree / f"f{i}").write_bytes(rng.randbytes(rng.randrange(1, 400_000)))
-    part = d / "part.img"
-    with part.open("wb") as f:
-        f.truncate(96 << 20)
-    run("mkfs.ext4", "-q", "-b", "1024", "-d", str(tree), str(part))
-    with part.open("r+b") as f:  # garbage in free space that must read as zeros
-        f.seek(80 << 20)
-        f.write(os.urandom(1 << 20))
+    part, data, expected = ext4_with_garbage(
+        d, seed=5, files=60, largest=400_000, size_mib=96, garbage_mib=80
+    )
     image = d / "image"
     assert main(["capture", str(part), str(image), "--split", "700K"]) == 0
     stream = image / "part.ext4-ptcl-img.zst"
-    data = part.read_bytes()
-    with part.open("rb") as f:
-        alloc = read_allocation(f, len(data))
-    expected = bytearray(len(data))
-    bs = alloc.block_size
-    for first, count in alloc.runs():
-        expected[first * bs : (first + count) * bs] = data[first * bs : (first + count) * bs]
-    return stream, data, bytes(expected)
+    return stream, data, expected
 
 
 def test_whole_partition_reads_back(captured: tuple[Path, bytes, bytes]) -> None:

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rescue import copier
-from rescue.copier import Extent, pwritev_all, restore_partclone_stream, restore_raw_stream
+from rescue.blockio import pwritev_all
+from rescue.copier import Extent, restore_partclone_stream, restore_raw_stream
 from rescue.errors import DeviceError, ImageDamagedError
 from rescue.filesystems.base import Allocation, bitmap_from_runs, count_bits
 from rescue.image.partclone import (
