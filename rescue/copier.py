@@ -10,14 +10,19 @@ lie, and their buffers come back for reuse: no zero-filled buffers, no joins,
 the kernel's copy into the frame the only one. Every stage is bounded, so
 memory stays flat whatever the disk size.
 Restore decompresses frames in parallel (the image read ahead by the kernel),
-checks each strip's CRC before its blocks leave the reader, and writes each run
-of contiguous blocks with one ``pwritev`` straight from the decoded frames,
-asking the kernel to start writing back every 64 MiB as it goes.
+checks each strip's CRC before its blocks leave the reader, and gathers runs of
+contiguous blocks into aligned 8 MiB buffers that a thread writes with
+``O_DIRECT`` (:class:`_DirectWriter`); where blocks are not 4 KiB-aligned they go
+out with one ``pwritev`` straight from the decoded frames, the kernel asked to
+start writing back every 64 MiB as it goes.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
+import mmap
 import os
 import queue
 import stat
@@ -842,6 +847,176 @@ class _Flusher:
         self._thread.join()
 
 
+DIRECT_ALIGN = 4096
+"""Offsets and lengths a direct write keeps to (any disk's logical sector divides it)."""
+DIRECT_CHUNK = 8 * MiB
+DIRECT_BUFFERS = 3
+
+
+class _DirectWriter:
+    """Writes a restore's blocks with ``O_DIRECT``: gathered into aligned buffers, written
+    by a thread while the next frames decode, never through the page cache.
+
+    A block device's page cache writes back in sector-sized pieces, one bio each: on a
+    restore that is about a third of all CPU (the copy into the cache, the buffer heads,
+    the bios), more than decompression. Direct writes of up to 8 MiB cost one copy into
+    an aligned buffer. A write that is not aligned (a raw stream's last bytes) goes
+    through the cache after the buffers are written. A target that refuses direct I/O
+    after all (``EINVAL``) is written through the cache from then on. The caller's
+    ``fsync`` still comes before the restore says done (the disk's own cache).
+    """
+
+    def __init__(self, fd: int, path: str) -> None:
+        self._fd = fd
+        self._path = path
+        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_DIRECT)  # OSError: not here
+        self._direct = True
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        for _ in range(DIRECT_BUFFERS):
+            self._free.put(mmap.mmap(-1, DIRECT_CHUNK))  # page-aligned, as O_DIRECT needs
+        self._todo: queue.Queue[tuple[mmap.mmap, int, int] | None] = queue.Queue()
+        self._buf: mmap.mmap | None = None
+        self._fill = 0
+        self._at = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rescue-write", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def fits(dst: Extent, block_size: int) -> bool:
+        """Every block of a stream written at ``dst`` is aligned for direct writes."""
+        return block_size % DIRECT_ALIGN == 0 and dst.base % DIRECT_ALIGN == 0
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            buf, length, offset = item
+            if self._error is None:
+                try:
+                    self._write(memoryview(buf)[:length], offset)
+                except BaseException as exc:  # noqa: BLE001  (raised in the caller's thread)
+                    self._error = exc
+            self._free.put(buf)
+            self._todo.task_done()
+        self._todo.task_done()
+
+    def _write(self, data: memoryview, offset: int) -> None:
+        if self._direct:
+            try:
+                n = os.pwrite(self._fd, data, offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise DeviceError(
+                        f"Write error on {self._path} at byte {offset}: {exc.strerror or exc}."
+                    ) from exc
+                self._direct = False  # refused after all: through the cache from here on
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags)
+                n = 0
+            data, offset = data[n:], offset + n
+        pwrite_all(self._fd, data, offset, self._path)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _submit(self) -> None:
+        """Hand the gathered buffer to the thread; a length that is not aligned (only the
+        end of a run can be) has its last bytes written through the cache."""
+        buf, fill, at = self._buf, self._fill, self._at
+        self._buf, self._fill = None, 0
+        if buf is None:
+            return
+        head = fill - fill % DIRECT_ALIGN
+        tail = bytes(buf[head:fill])
+        if head:
+            self._todo.put((buf, head, at))
+        else:
+            self._free.put(buf)
+        if tail:
+            self._buffered(at + head, [tail])
+
+    def _buffered(self, offset: int, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        self._drain()
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags)
+        try:
+            pwritev_all(self._fd, pieces, offset, self._path)
+        finally:
+            if self._direct:
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags | os.O_DIRECT)
+
+    def write(self, offset: int, pieces: Sequence[bytes | bytearray | memoryview], n: int) -> None:
+        """``pieces`` (``n`` bytes in all) go to ``offset``."""
+        self._check()
+        if self._buf is not None and offset != self._at + self._fill:
+            self._submit()
+        if self._buf is None and offset % DIRECT_ALIGN:
+            self._buffered(offset, pieces)  # a run that starts off the alignment
+            return
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            while len(view):
+                if self._buf is None:
+                    self._buf = self._free.get()
+                    self._check()
+                    self._at, self._fill = offset, 0
+                take = min(len(view), DIRECT_CHUNK - self._fill)
+                self._buf[self._fill : self._fill + take] = view[:take]
+                self._fill += take
+                offset += take
+                view = view[take:]
+                if self._fill == DIRECT_CHUNK:
+                    self._submit()
+
+    def _drain(self) -> None:
+        """Every buffer handed over is written (or failed)."""
+        self._todo.join()
+        self._check()
+
+    def close(self) -> None:
+        """Write what is left; the descriptor is as it was given (buffered)."""
+        try:
+            self._submit()
+            self._drain()
+        finally:
+            self._todo.put(None)
+            self._thread.join()
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags)
+
+    def abort(self) -> None:
+        """Stop after the writes under way (on an error elsewhere)."""
+        self._buf = None
+        self._todo.put(None)
+        self._thread.join()
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags)
+
+
+class _BufferedWriter:
+    """Writes through the page cache, its writeback started as it goes (:class:`_Flusher`)."""
+
+    def __init__(self, fd: int, path: str) -> None:
+        self._fd = fd
+        self._path = path
+        self._flusher = _Flusher(fd)
+
+    def write(self, offset: int, pieces: Sequence[bytes | bytearray | memoryview], n: int) -> None:
+        pwritev_all(self._fd, pieces, offset, self._path)
+        self._flusher.wrote(offset, n)
+
+    def close(self) -> None:
+        self._flusher.close()
+
+    abort = close
+
+
+def _target_writer(dst: Extent, block_size: int) -> _DirectWriter | _BufferedWriter:
+    if _DirectWriter.fits(dst, block_size):
+        try:
+            return _DirectWriter(dst.fd, dst.path)
+        except OSError:
+            pass  # no direct I/O on this target (a tmpfs file): through the cache
+    return _BufferedWriter(dst.fd, dst.path)
+
+
 def restore_partclone_stream(
     chunks: Iterator[bytes],
     dst: Extent,
@@ -864,16 +1039,16 @@ def restore_partclone_stream(
             f"has room for {dst.size} bytes."
         )
     bs = header.block_size
-    flusher = _Flusher(dst.fd)
+    writer = _target_writer(dst, bs)
     try:
         for first, pieces, n in reader.iter_pieces():
             check_cancel(cancel)
-            at = dst.base + first * bs
-            pwritev_all(dst.fd, pieces, at, dst.path)
-            flusher.wrote(at, n)
+            writer.write(dst.base + first * bs, pieces, n)
             progress.advance(n)
-    finally:
-        flusher.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     return header
 
 
@@ -886,7 +1061,7 @@ def restore_raw_stream(
 ) -> int:
     """Write a dd stream into ``dst``; returns the bytes written."""
     pos = 0
-    flusher = _Flusher(dst.fd)
+    writer = _target_writer(dst, DIRECT_ALIGN)
     try:
         for chunk in chunks:
             check_cancel(cancel)
@@ -894,12 +1069,13 @@ def restore_raw_stream(
                 raise DeviceError(
                     f"The raw partition in the image is larger than {dst.path}'s {dst.size} bytes."
                 )
-            pwrite_all(dst.fd, chunk, dst.base + pos, dst.path)
-            flusher.wrote(dst.base + pos, len(chunk))
+            writer.write(dst.base + pos, [chunk], len(chunk))
             pos += len(chunk)
             progress.advance(len(chunk))
-    finally:
-        flusher.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     return pos
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -262,3 +264,142 @@ def test_split_volumes_read_ahead_and_hash_as_read(tmp_path: Path) -> None:
         assert b"".join(iter_decompressed(reader)) == data  # type: ignore[arg-type]
         got = {name: digest for name, _size, digest in reader.digests()}
     assert got == {p.name: d for p, _size, d in vw.files}
+
+
+def _stream4k(total: int, runs: list[tuple[int, int]], seed: int) -> tuple[bytes, bytes]:
+    """(stream, filesystem bytes) of a filesystem of 4 KiB blocks with ``runs`` used."""
+    bs = 4096
+    bm = bytes(bitmap_from_runs(total, runs))
+    fs = random.Random(seed).randbytes(total * bs)
+    alloc = Allocation("ext4", "EXTFS", bs, total, total * bs, bm, count_bits(bm, total), 0)
+    prefix = stream_prefix(alloc)
+    enc = BlockEncoder(PartcloneHeader.unpack(prefix[:HEADER_SIZE]))
+    body = b"".join(enc.encode(fs[a * bs : (a + n) * bs]) for a, n in runs)
+    return prefix + body + enc.finish(), fs
+
+
+def _expected(fs: bytes, runs: list[tuple[int, int]], size: int, base: int) -> bytes:
+    out = bytearray(size)
+    for a, n in runs:
+        out[base + a * 4096 : base + (a + n) * 4096] = fs[a * 4096 : (a + n) * 4096]
+    return bytes(out)
+
+
+# runs of every kind: one block, a run longer than the 8 MiB gather buffer, gaps
+RUNS_4K = [(0, 1), (2, 3), (10, 2500), (2600, 1), (2602, 40), (4000, 95)]
+
+
+@pytest.mark.parametrize("where", ["file", "loop"])
+def test_direct_writes_put_every_block_in_place(tmp_path: Path, where: str) -> None:
+    """4 KiB blocks go out with O_DIRECT (the page cache is left alone) onto a disk file
+    and a real block device, at a partition offset, whatever the runs."""
+    stream, fs = _stream4k(4096, RUNS_4K, seed=3)
+    size, base = 20 << 20, 1 << 20
+    backing = tmp_path / "target.img"
+    with backing.open("wb") as f:
+        f.truncate(size)
+    path = str(backing)
+    if where == "loop":
+        path = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            writer = copier._target_writer(Extent(fd, path, base, size - base), 4096)
+            assert isinstance(writer, copier._DirectWriter)
+            writer.close()
+            restore_partclone_stream(
+                iter([stream]), Extent(fd, path, base, size - base),
+                progress=NullProgress(), cancel=None,
+            )  # fmt: skip
+            os.fsync(fd)
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT == 0  # given back as it was
+        finally:
+            os.close(fd)
+    finally:
+        if where == "loop":
+            subprocess.run(["losetup", "-d", path], check=False)
+    assert backing.read_bytes() == _expected(fs, RUNS_4K, size, base)
+
+
+def test_raw_stream_tail_and_a_target_without_direct_io(tmp_path: Path) -> None:
+    """A raw stream whose length is not a multiple of 4 KiB: the aligned part direct, the
+    last bytes through the cache; on tmpfs (no O_DIRECT) all of it through the cache."""
+    data = random.Random(9).randbytes((9 << 20) + 1536)
+    for folder in (tmp_path, Path("/dev/shm")):
+        target = folder / f"raw-{os.getpid()}.img"
+        try:
+            with target.open("wb") as f:
+                f.truncate(len(data) + 8192)
+            fd = os.open(target, os.O_RDWR)
+            try:
+                dst = Extent(fd, str(target), 4096, len(data))
+                chunks = [
+                    data[i : i + (3 << 20) + 512] for i in range(0, len(data), (3 << 20) + 512)
+                ]
+                assert restore_raw_stream(iter(chunks), dst, progress=NullProgress(),
+                                          cancel=None) == len(data)  # fmt: skip
+            finally:
+                os.close(fd)
+            assert target.read_bytes() == bytes(4096) + data + bytes(4096)
+        finally:
+            target.unlink(missing_ok=True)
+
+
+def test_a_direct_write_error_names_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream, _fs = _stream4k(4096, RUNS_4K, seed=4)
+    target = tmp_path / "target.img"
+    with target.open("wb") as f:
+        f.truncate(20 << 20)
+    real = os.pwrite
+
+    def failing(fd: int, data: memoryview, offset: int) -> int:
+        if offset >= 4 << 20:
+            raise OSError(5, "Input/output error")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(copier.os, "pwrite", failing)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        with pytest.raises(DeviceError, match=r"target\.img at byte \d+: Input/output error"):
+            restore_partclone_stream(
+                iter([stream]), Extent(fd, str(target), 0, 20 << 20),
+                progress=NullProgress(), cancel=None,
+            )  # fmt: skip
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT == 0
+    finally:
+        os.close(fd)
+    assert not any(t.name == "rescue-write" for t in threading.enumerate())
+
+
+def test_a_target_refusing_direct_writes_is_written_through_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EINVAL on a direct write (a filesystem that takes the flag but not the writes):
+    the same bytes, through the cache, from then on."""
+    stream, fs = _stream4k(4096, RUNS_4K, seed=5)
+    target = tmp_path / "target.img"
+    with target.open("wb") as f:
+        f.truncate(20 << 20)
+    real = os.pwrite
+    refused = []
+
+    def picky(fd: int, data: memoryview, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(22, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(copier.os, "pwrite", picky)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        restore_partclone_stream(
+            iter([stream]), Extent(fd, str(target), 0, 20 << 20),
+            progress=NullProgress(), cancel=None,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert len(refused) == 1
+    assert target.read_bytes() == _expected(fs, RUNS_4K, 20 << 20, 0)
