@@ -133,6 +133,18 @@ IOV_MAX = 1024
 """The most pieces one vectored read or write takes (Linux's UIO_MAXIOV)."""
 
 
+def advance_views(views: list[memoryview], n: int) -> list[memoryview]:
+    """``views`` without their first ``n`` bytes: what a short vectored read or write left."""
+    k = 0
+    while k < len(views) and n >= len(views[k]):
+        n -= len(views[k])
+        k += 1
+    rest = views[k:]
+    if n:
+        rest[0] = rest[0][n:]
+    return rest
+
+
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path: str) -> None:
     """Write all of ``data`` at ``offset`` (a short write goes on); an error names ``path``."""
     pwritev_all(fd, [data], offset, path)
@@ -155,10 +167,7 @@ def pwritev_all(
         if n == 0:
             raise DeviceError(f"Write error on {path} at byte {offset + done}: no room left.")
         done += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if n:
-            views[0] = views[0][n:]
+        views = advance_views(views, n)
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview, path: str | Path) -> None:

@@ -33,7 +33,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.blockio import GONE_ERRORS, IOV_MAX, MEDIA_ERRORS, binary, pwrite_all, pwritev_all
+from rescue.blockio import (
+    GONE_ERRORS,
+    IOV_MAX,
+    MEDIA_ERRORS,
+    advance_views,
+    binary,
+    pwrite_all,
+    pwritev_all,
+)
 from rescue.errors import DeviceError, DeviceGoneError, ImageDamagedError
 from rescue.filesystems.base import Allocation
 from rescue.image.manifest import StoredFile
@@ -473,11 +481,7 @@ class _Reader(threading.Thread):
                         "the disk is smaller than its partition table or filesystem says."
                     )
                 offset += n
-                while views and n >= len(views[0]):
-                    n -= len(views[0])
-                    views = views[1:]
-                if n:
-                    views[0] = views[0][n:]
+                views = advance_views(views, n)
                 self._skip = FIRST_SKIP  # a good read ends a run of errors
         if not views:
             return

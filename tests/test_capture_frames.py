@@ -65,6 +65,34 @@ def _reference(fd: int, alloc: Allocation) -> bytes:
     return bytes(out)
 
 
+def _capture(
+    fd: int,
+    path: Path,
+    size: int,
+    alloc: Allocation,
+    out: Path,
+    options: CompressionOptions,
+    resume: Checkpoint | None = None,
+) -> int:
+    """Stream bytes of a capture of ``alloc`` from ``fd`` into ``out`` (resumed at ``resume``)."""
+    result = write_stream(
+        Extent(fd, str(path), 0, size), alloc, out, options,
+        progress=NullProgress(), cancel=None, resume=resume,
+    )  # fmt: skip
+    return result.stream_bytes
+
+
+def _after(entries: list[tuple[int, int]], k: int) -> Checkpoint:
+    """The checkpoint of a capture killed with its first ``k`` frames on disk."""
+    return Checkpoint(
+        frames=k,
+        stream_pos=sum(d for _c, d in entries[:k]),
+        file_pos=sum(c for c, _d in entries[:k]),
+        raw_frames=(),
+        skipped=(),
+    )
+
+
 def _stored(base: Path) -> bytes:
     with base.open("rb") as f:
         return b"".join(iter_decompressed(f))
@@ -90,28 +118,14 @@ def test_stream_is_partclones_layout(tmp_path: Path, bs: int, frame_size: int) -
         expected = _reference(fd, alloc)
         out = tmp_path / "stream.zst"
         options = CompressionOptions(level=1, frame_size=frame_size, threads=2)
-        result = write_stream(
-            Extent(fd, str(disk), 0, size), alloc, out, options,
-            progress=NullProgress(), cancel=None,
-        )  # fmt: skip
-        assert result.stream_bytes == len(expected)
+        assert _capture(fd, disk, size, alloc, out, options) == len(expected)
         assert _stored(out) == expected
         # a resumed capture from any frame boundary makes the same stream
         entries = _entries(out)
         assert len(entries) > 3
         for k in sorted({1, 2, len(entries) // 2, len(entries) - 1}):
-            point = Checkpoint(
-                frames=k,
-                stream_pos=sum(d for _c, d in entries[:k]),
-                file_pos=sum(c for c, _d in entries[:k]),
-                raw_frames=(),
-                skipped=(),
-            )
-            again = write_stream(
-                Extent(fd, str(disk), 0, size), alloc, out, options,
-                progress=NullProgress(), cancel=None, resume=point,
-            )  # fmt: skip
-            assert again.stream_bytes == len(expected)
+            again = _capture(fd, disk, size, alloc, out, options, _after(entries, k))
+            assert again == len(expected)
             assert _stored(out) == expected, f"resumed after frame {k}"
     finally:
         os.close(fd)
@@ -133,36 +147,20 @@ def test_resume_inside_prefix_and_checksum(tmp_path: Path) -> None:
         expected = _reference(fd, alloc)
         out = tmp_path / "stream.zst"
         options = CompressionOptions(level=1, frame_size=frame_size, threads=2)
-        write_stream(
-            Extent(fd, str(disk), 0, size), alloc, out, options,
-            progress=NullProgress(), cancel=None,
-        )  # fmt: skip
+        _capture(fd, disk, size, alloc, out, options)
         entries = _entries(out)
         for k in range(1, len(entries)):
-            point = Checkpoint(k, sum(d for _c, d in entries[:k]),
-                               sum(c for c, _d in entries[:k]), (), ())  # fmt: skip
-            write_stream(
-                Extent(fd, str(disk), 0, size), alloc, out, options,
-                progress=NullProgress(), cancel=None, resume=point,
-            )  # fmt: skip
+            _capture(fd, disk, size, alloc, out, options, _after(entries, k))
             assert _stored(out) == expected, f"resumed after frame {k}"
         # and a stream cut inside the prefix itself (few used blocks: frames are tiny)
         few = _alloc(size, bs, [(3, 5), (900, 2)])
         expected = _reference(fd, few)
         small = CompressionOptions(level=1, frame_size=prefix_len // 3 + 1, threads=2)
         out.unlink()
-        write_stream(
-            Extent(fd, str(disk), 0, size), few, out, small,
-            progress=NullProgress(), cancel=None,
-        )  # fmt: skip
+        _capture(fd, disk, size, few, out, small)
         entries = _entries(out)
         for k in (1, 2, 3, len(entries) - 1):
-            point = Checkpoint(k, sum(d for _c, d in entries[:k]),
-                               sum(c for c, _d in entries[:k]), (), ())  # fmt: skip
-            write_stream(
-                Extent(fd, str(disk), 0, size), few, out, small,
-                progress=NullProgress(), cancel=None, resume=point,
-            )  # fmt: skip
+            _capture(fd, disk, size, few, out, small, _after(entries, k))
             assert _stored(out) == expected, f"resumed after frame {k}"
     finally:
         os.close(fd)

@@ -270,13 +270,8 @@ class BlockEncoder:
             pos += take
         return out
 
-    @property
-    def strip_room(self) -> int:
-        """Bytes of block data until the current strip's checksum is due."""
-        return self.strip - self._filled
-
     def checksum(self, piece: bytes | bytearray | memoryview) -> bytes | None:
-        """Take ``piece`` (any bytes of block data, at most :attr:`strip_room`); returns the
+        """Take ``piece`` (any bytes of block data, not past the current strip); returns the
         strip's checksum when ``piece`` completes it. A capture that places block data
         straight into frame buffers feeds it here, piece by piece, in stream order."""
         if not self.checksums:

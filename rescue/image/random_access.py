@@ -130,9 +130,6 @@ class PartitionReader:
         self.size = h.device_size if size is None else size
         self._ranks = BlockRanks(self.bitmap)
 
-    def _used(self, block: int) -> bool:
-        return self._ranks.used(block)
-
     def _rank(self, block: int) -> int:
         return self._ranks.rank(block)
 
