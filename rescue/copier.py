@@ -53,6 +53,7 @@ from rescue.image.partclone import (
     block_offset,
     stream_prefix,
 )
+from rescue.image.sealing import SealedStreamWriter, stream_writer
 from rescue.image.seekable import (
     SeekableZstdWriter,
     walk_frames,
@@ -628,14 +629,14 @@ def write_stream(
     if resume is not None:
         start = _restart(header, alloc, prefix, resume.stream_pos)
         skipped = list(resume.skipped)
-        volumes = VolumeWriter(out_base, options.split, resume_at=resume.file_pos)
-        entries = _frames_on_disk(out_base, resume.frames)
+        entries = _frames_on_disk(out_base, resume.frames)  # before the cut at the resume point
+        volumes = stream_writer(out_base, options.split, resume_at=resume.file_pos)
         zw = SeekableZstdWriter(
             binary(volumes), level=options.level, frame_size=options.frame_size,
             threads=options.threads, resume=(entries, list(resume.raw_frames)),
         )  # fmt: skip
     else:
-        volumes = VolumeWriter(out_base, options.split)
+        volumes = stream_writer(out_base, options.split)
         zw = SeekableZstdWriter(
             binary(volumes), level=options.level, frame_size=options.frame_size,
             threads=options.threads,
@@ -703,7 +704,7 @@ def _frames_on_disk(out_base: Path, count: int) -> list[tuple[int, int, int]]:
     entries: list[tuple[int, int, int]] = []
     if count == 0:
         return entries
-    with VolumeReader(volume_paths(out_base)) as v:
+    with VolumeReader(volume_paths(out_base), unfinished=True) as v:
         f = binary(v)
         for offset, csize, dsize, is_data in walk_frames(f):
             if not is_data:
@@ -722,7 +723,7 @@ def _frames_on_disk(out_base: Path, count: int) -> list[tuple[int, int, int]]:
 
 def _checkpoint(
     zw: SeekableZstdWriter,
-    volumes: VolumeWriter,
+    volumes: VolumeWriter | SealedStreamWriter,
     skipped: list[tuple[int, int]],
     *,
     header: PartcloneHeader | None,
@@ -750,7 +751,7 @@ def _checkpoint(
 def _salvage(
     src: Extent,
     alloc: Allocation,
-    volumes: VolumeWriter,
+    volumes: VolumeWriter | SealedStreamWriter,
     zw: SeekableZstdWriter,
     skipped: list[tuple[int, int]],
     *,

@@ -99,6 +99,12 @@ class UnsupportedImageError(ImageError):
     exit_code = EXIT_REFUSED
 
 
+class ImageLockedError(ImageError):
+    """The image is encrypted and no passphrase was given for it."""
+
+    exit_code = EXIT_REFUSED
+
+
 class ImageDamagedError(ImageError):
     """A stream or file of the image does not match its checksums or is truncated."""
 

@@ -10,12 +10,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rescue.cli.image_key import (
+    add_image_key_argument,
+    new_image_key,
+    unlock_if_encrypted,
+)
 from rescue.cli.keys import add_key_arguments, ask_for_missing, secrets_from
 from rescue.cli.progress import reporter
 from rescue.cli.sizes import parse_size
 from rescue.copier import CompressionOptions, ReadOptions
 from rescue.errors import EXIT_UNREADABLE, BadInputError
-from rescue.operations.capture import capture
+from rescue.operations.capture import capture, refuse_a_complete_image
 from rescue.operations.capture_map import CaptureMap, describe, resumable
 from rescue.operations.plan_text import shown
 from rescue.operations.unlock import encrypted_partitions
@@ -40,6 +45,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--stop-on-error", action="store_true",
                    help="stop at the first read error instead of going on around it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    p.add_argument("--encrypt", action="store_true",
+                   help="encrypt the image (AES-256-GCM, a passphrase typed twice or from "
+                   "--image-passphrase-file); stock Clonezilla cannot read it")  # fmt: skip
+    add_image_key_argument(p)
     add_key_arguments(p)
     p.set_defaults(func=run)
 
@@ -67,8 +76,12 @@ def refuse_an_interrupted_capture(source: str, image_dir: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     options = CompressionOptions(level=args.level, split=args.split)
     reading = ReadOptions(keep_going=not args.stop_on_error, retries=max(0, args.retries))
+    image_key = new_image_key(args)
     if args.resume is not None:
         args.image_dir = args.resume
+        # an encrypted capture's map is sealed: opened before it is read
+        image_key = unlock_if_encrypted(args.resume, args) or image_key
+        refuse_a_complete_image(args.resume)
         if args.source is None:
             args.source = CaptureMap.load(args.resume).source["path"]
     elif args.source is None or args.image_dir is None:
@@ -79,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     with reporter(args.json) as progress:
         manifest = capture(
             args.source, args.image_dir, options=options, reading=reading, progress=progress,
-            resume=args.resume is not None, secrets=secrets,
+            resume=args.resume is not None, secrets=secrets, image_key=image_key,
         )  # fmt: skip
     lost = [(p.name, off, n) for p in manifest.partitions for off, n in p.unreadable]
     if not args.json:

@@ -8,6 +8,7 @@ from typing import Any
 
 from rescue.browse.extract import describe_failures, describe_left_out
 from rescue.browse.session import BrowseSession
+from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.keys import add_volume_arguments, secret_for_image
 from rescue.cli.progress import reporter
 from rescue.errors import EXIT_FAILED
@@ -29,10 +30,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     add_volume_arguments(p)
+    add_image_key_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    unlock_if_encrypted(args.image_dir, args)
     secret = secret_for_image(args, args.image_dir, args.partition)
     with (
         reporter(args.json) as progress,

@@ -13,7 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.containers.base import LayerInfo
+from rescue.image.sealing import is_encrypted
 from rescue.image.view import open_image
 from rescue.operations.plan_text import shown
 from rescue.units import human_size
@@ -22,6 +24,7 @@ from rescue.units import human_size
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("info", help="show what an image holds")
     p.add_argument("image_dir", type=Path)
+    add_image_key_argument(p)
     p.add_argument("--json", action="store_true", help="the manifest as JSON")
     p.set_defaults(func=run)
 
@@ -32,6 +35,7 @@ def safe(text: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    unlock_if_encrypted(args.image_dir, args)
     image = open_image(args.image_dir)
     if args.json:
         if image.manifest is not None:
@@ -58,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold]{folder}[/]: {safe(src.kind)} image of {safe(src.path)} ({ident}), "
                       f"{human_size(src.size)}, table {table_kind}")  # fmt: skip
         console.print(f"made {safe(m.created)} by {safe(m.tool)}, format {m.format_version}")
+        if is_encrypted(args.image_dir):
+            console.print("encrypted (AES-256-GCM, every file sealed): stock Clonezilla cannot "
+                          "read it; rescue decrypt makes a plain copy")  # fmt: skip
     else:
         console.print(f"[bold]{folder}[/]: image written by Clonezilla "
                       f"({image.kind} {safe(image.disk_name or '')})")  # fmt: skip

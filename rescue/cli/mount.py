@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rescue.browse import mounts
+from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.keys import add_volume_arguments, secret_for_image
 from rescue.cli.progress import reporter
 from rescue.errors import BadInputError
@@ -27,6 +28,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     add_volume_arguments(p)
+    add_image_key_argument(p)
     p.set_defaults(func=run_mount)
 
     u: argparse.ArgumentParser = sub.add_parser(
@@ -38,6 +40,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run_mount(args: argparse.Namespace) -> int:
+    unlock_if_encrypted(args.image_dir, args)
     secret = secret_for_image(args, args.image_dir, args.partition)
     with reporter(args.json) as progress:
         mounted = mounts.mount_image(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rescue.cli.columns import Column, Row, print_table, terminal_width
+from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.progress import reporter
 from rescue.devices.safety import confirm
 from rescue.errors import BadInputError
@@ -59,6 +60,7 @@ def add_parser(sub: Any) -> None:
                    "such as Clonezilla's; off for rescue's own, whose files' sizes are "
                    "checked; --no-verify-first skips it)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    add_image_key_argument(p)
     p.set_defaults(func=run)
 
 
@@ -137,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             f"Give the disk or partition to write {args.image_dir} onto.",
             hint=f"Name it: rescue restore {args.image_dir} TARGET (rescue list shows the disks).",
         )
+    unlock_if_encrypted(args.image_dir, args)
     with reporter(args.json) as progress:
         plan = plan_restore(
             args.image_dir,

@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.progress import reporter
 from rescue.image.view import ImageView, open_image
 from rescue.operations.plan_text import shown
-from rescue.operations.verify import verify
+from rescue.operations.verify import is_locked, verify
 from rescue.units import human_size
 
 
@@ -17,6 +18,7 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("verify", help="check an image completely")
     p.add_argument("image_dir", type=Path)
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    add_image_key_argument(p)
     p.set_defaults(func=run)
 
 
@@ -33,7 +35,8 @@ def checked_lines(image: ImageView) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.json:
+    unlock_if_encrypted(args.image_dir, args)
+    if not args.json and not is_locked(args.image_dir):
         for line in checked_lines(open_image(args.image_dir)):
             print(line)
     with reporter(args.json) as progress:

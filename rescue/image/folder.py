@@ -14,7 +14,9 @@ import fcntl
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from rescue.errors import ImageDamagedError
 
@@ -93,7 +95,11 @@ def open_member(folder: Path, name: str, what: str = "a file") -> int:
 
 
 def member_size(folder: Path, name: str, what: str = "a file") -> int:
-    """The size of the regular file ``name`` in ``folder`` (checked as :func:`open_member`)."""
+    """The size of the regular file ``name`` in ``folder`` (checked as :func:`open_member`);
+    in an encrypted image, of its sealed copy."""
+    handler = sealed_folder(folder)
+    if handler is not None and handler.is_sealed(name):
+        name = handler.stored_name(name)
     fd = open_member(folder, name, what)
     try:
         return os.fstat(fd).st_size
@@ -101,8 +107,79 @@ def member_size(folder: Path, name: str, what: str = "a file") -> int:
         os.close(fd)
 
 
+class SealedFolder(Protocol):
+    """How the files of an encrypted image's folder are read (:mod:`rescue.image.sealing`
+    registers one per unlocked folder): every reader of image files asks here, so a
+    sealed image reads as a plain one once its key is known."""
+
+    def is_sealed(self, name: str) -> bool:
+        """``name`` (a plain name, as a reader asks for it) is stored sealed."""
+        ...
+
+    def stored_name(self, name: str) -> str: ...
+
+    def stream_name(self, stored: str) -> str | None:
+        """The plain stream name a stored volume name belongs to (None: not sealed)."""
+        ...
+
+    def read(self, folder: Path, name: str, limit: int, what: str) -> bytes: ...
+
+    def opener(
+        self,
+        name: str,
+        sealed_bytes: int,
+        pread: Callable[[int, int], bytes],
+        where: Callable[[int], tuple[str, int]],
+        *,
+        unfinished: bool = False,
+    ) -> Any: ...
+
+
+_SEALED: dict[tuple[int, int], SealedFolder] = {}
+
+
+def _folder_key(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def register_sealed(folder: Path, handler: SealedFolder) -> None:
+    """From now on this process reads ``folder`` through ``handler`` (its files unsealed)."""
+    key = _folder_key(folder)
+    if key is None:
+        raise ImageDamagedError(f"{folder} cannot be opened.")
+    _SEALED[key] = handler
+
+
+def forget_sealed(folder: Path) -> None:
+    key = _folder_key(folder)
+    if key is not None:
+        _SEALED.pop(key, None)
+
+
+def sealed_folder(folder: Path) -> SealedFolder | None:
+    """The handler of an unlocked encrypted image's folder (None: a plain folder)."""
+    if not _SEALED:
+        return None
+    key = _folder_key(folder)
+    return None if key is None else _SEALED.get(key)
+
+
 def read_member(folder: Path, name: str, limit: int, what: str = "a file") -> bytes:
-    """All of the file ``name`` in ``folder``; refused when it is larger than ``limit``."""
+    """All of the file ``name`` in ``folder``; refused when it is larger than ``limit``.
+
+    In an unlocked encrypted image, the file's sealed copy is read and opened."""
+    handler = sealed_folder(folder)
+    if handler is not None and handler.is_sealed(name):
+        return handler.read(folder, name, limit, what)
+    return read_stored(folder, name, limit, what)
+
+
+def read_stored(folder: Path, name: str, limit: int, what: str = "a file") -> bytes:
+    """All of the file ``name`` as it is stored (sealed or not); at most ``limit`` bytes."""
     fd = open_member(folder, name, what)
     try:
         size = os.fstat(fd).st_size
@@ -134,6 +211,9 @@ def read_member(folder: Path, name: str, limit: int, what: str = "a file") -> by
 
 def has_member(folder: Path, name: str) -> bool:
     """``name`` exists in ``folder`` as an entry of its own (a link is not followed)."""
+    handler = sealed_folder(folder)
+    if handler is not None and handler.is_sealed(name):
+        name = handler.stored_name(name)
     try:
         os.lstat(folder / plain_name(name, "a file"))
     except FileNotFoundError:

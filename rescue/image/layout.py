@@ -37,6 +37,7 @@ from rescue.filesystems.base import RAW_FSTYPE
 from rescue.image import names
 from rescue.image.folder import has_member, plain_name, printable, read_member, read_text_member
 from rescue.image.manifest import StoredAs
+from rescue.image.sealing import folder_sealer, write_sealed_member
 from rescue.units import human_size
 
 HIDDEN_DATA_MAX = 1 << 20
@@ -142,7 +143,12 @@ def read_source_layout(path: str, name: str) -> DiskLayout:
 
 
 def _write(folder: Path, name: str, data: bytes | str) -> None:
+    """Write a layout file (sealed, in an encrypted image's folder)."""
     raw = data.encode() if isinstance(data, str) else data
+    sealer = folder_sealer(folder)
+    if sealer is not None:
+        write_sealed_member(folder, name, raw, sealer)
+        return
     fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         write_all(fd, raw, folder / name)
@@ -257,7 +263,10 @@ def save_layout(
                 res.stdout.replace(copy.encode(), b"/dev/" + name.encode()),
             )
         if layout.table == "gpt":
-            system.run(["sgdisk", "-b", str(folder / names.gdisk_backup_file(name)), copy])
+            backup = names.gdisk_backup_file(name)
+            # in the folder of the table's copy: a private temporary folder
+            system.run(["sgdisk", "-b", str(Path(copy).parent / backup), copy])
+            _write(folder, backup, (Path(copy).parent / backup).read_bytes())
     _write(folder, names.mbr_file(name), _read_at(source_path, 0, 512))
     if layout.table == "gpt":
         _write(folder, names.gpt_primary_file(name), _read_at(source_path, 0, 34 * sector))

@@ -19,18 +19,29 @@ from rescue.blockio import write_all
 from rescue.containers.base import LayerInfo, VolumeInfo
 from rescue.errors import (
     ImageDamagedError,
+    ImageLockedError,
     IncompleteImageError,
     NotAnImageError,
     UnsupportedImageError,
 )
 from rescue.filesystems import registry
-from rescue.image.folder import MAX_MANIFEST, has_member, printable, read_member
-from rescue.image.names import MANIFEST_NAME
+from rescue.image.folder import MAX_MANIFEST, has_member, printable, read_member, sealed_folder
+from rescue.image.hashing import sha256_file
+from rescue.image.names import INCOMPLETE_MARKER, MANIFEST_NAME
 from rescue.image.partclone import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from rescue.image.schema import Fields, damaged
+from rescue.image.sealing import (
+    KEY_FILE,
+    SCHEME,
+    folder_sealer,
+    sealed_name,
+    write_sealed_member,
+)
 
 FORMAT_NAME = "rescue-image"
 FORMAT_VERSION = 1
+ENCRYPTED_FORMAT_VERSION = 2
+"""The outer manifest of an encrypted image: older readers refuse it in words."""
 
 
 class StoredAs(enum.StrEnum):
@@ -331,11 +342,59 @@ class Manifest:
         )
 
 
+@dataclass(frozen=True)
+class OuterManifest:
+    """The plain ``rescue.json`` of an encrypted image: what a check without the
+    passphrase can know (every stored file's size and hash, who made it and when)."""
+
+    tool: str
+    created: str
+    files: tuple[StoredFile, ...]
+
+    def to_json(self) -> str:
+        doc = {
+            "format": FORMAT_NAME,
+            "format_version": ENCRYPTED_FORMAT_VERSION,
+            "tool": self.tool,
+            "created": self.created,
+            "encryption": {"scheme": SCHEME, "key_file": KEY_FILE},
+            "files": [asdict(f) for f in self.files],
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+
+def _stored_files(image_dir: Path, manifest: Manifest) -> tuple[StoredFile, ...]:
+    """Every file of a sealed image's folder with its size and hash (the streams' hashes
+    as the capture computed them while writing)."""
+    streams = {f.name: f for p in manifest.partitions for f in p.files}
+    out = []
+    for name in sorted(os.listdir(image_dir)):
+        if name in (MANIFEST_NAME, INCOMPLETE_MARKER) or name.startswith("."):
+            continue
+        if name in streams:
+            out.append(streams[name])
+            continue
+        path = image_dir / name
+        if path.is_file() and not path.is_symlink():
+            size, digest = sha256_file(path)
+            out.append(StoredFile(name, size, digest))
+    return tuple(out)
+
+
 def write_manifest(image_dir: Path, manifest: Manifest) -> None:
-    """Write the manifest atomically: temp file, fsync, rename, fsync the folder."""
+    """Write the manifest atomically: temp file, fsync, rename, fsync the folder.
+
+    In an encrypted image's folder the manifest is sealed, and the plain
+    ``rescue.json`` written last lists every stored file with its hash."""
+    sealer = folder_sealer(image_dir)
+    if sealer is None:
+        data = manifest.to_json().encode()
+    else:
+        write_sealed_member(image_dir, MANIFEST_NAME, manifest.to_json().encode(), sealer)
+        outer = OuterManifest(manifest.tool, manifest.created, _stored_files(image_dir, manifest))
+        data = outer.to_json().encode()
     final = image_dir / MANIFEST_NAME
     tmp = image_dir / f".{MANIFEST_NAME}.tmp"
-    data = manifest.to_json().encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, data, tmp)
@@ -366,7 +425,25 @@ def read_manifest(image_dir: Path) -> Manifest:
             "(or it was not made by rescue).",
             hint="Capture the disk again; an incomplete image must not be trusted.",
         )
-    raw = read_member(image_dir, MANIFEST_NAME, MAX_MANIFEST, "the manifest")
+    data = _manifest_doc(image_dir, read_member(image_dir, MANIFEST_NAME, MAX_MANIFEST,
+                                                "the manifest"), path)  # fmt: skip
+    if data.get("format_version") == ENCRYPTED_FORMAT_VERSION:
+        handler = sealed_folder(image_dir)
+        if handler is None:
+            raise ImageLockedError(
+                f"{image_dir} is an encrypted image: it opens with its passphrase.",
+                hint="Give it with --image-passphrase-file FILE (its first line), or run the "
+                "command on a terminal to be asked for it.",
+            )
+        path = image_dir / sealed_name(MANIFEST_NAME)
+        inner = handler.read(image_dir, MANIFEST_NAME, MAX_MANIFEST, "the sealed manifest")
+        data = _manifest_doc(image_dir, inner, path)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ImageDamagedError(f"{path} holds no plain manifest of format {FORMAT_VERSION}.")
+    return Manifest.from_dict(data)
+
+
+def _manifest_doc(image_dir: Path, raw: bytes, path: Path) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -376,10 +453,34 @@ def read_manifest(image_dir: Path) -> Manifest:
     version = data.get("format_version")
     if not isinstance(version, int):
         raise ImageDamagedError(f"{path} has no valid format_version.")
-    if version > FORMAT_VERSION:
+    if version > ENCRYPTED_FORMAT_VERSION or (
+        version == ENCRYPTED_FORMAT_VERSION and not isinstance(data.get("encryption"), dict)
+    ):
         raise UnsupportedImageError(
             f"{image_dir} was written in image format {version}; this rescue reads up to "
             f"format {FORMAT_VERSION}.",
             hint="Use a newer rescue to read it.",
         )
-    return Manifest.from_dict(data)
+    return data
+
+
+def read_outer_manifest(image_dir: Path) -> OuterManifest | None:
+    """The plain manifest of an encrypted image (None: the image is not encrypted)."""
+    path = image_dir / MANIFEST_NAME
+    data = _manifest_doc(image_dir, read_member(image_dir, MANIFEST_NAME, MAX_MANIFEST,
+                                                "the manifest"), path)  # fmt: skip
+    if data.get("format_version") != ENCRYPTED_FORMAT_VERSION:
+        return None
+    f = Fields(data, MANIFEST_NAME)
+    enc = f.mapping("encryption")
+    if enc.get("scheme") != SCHEME:
+        raise UnsupportedImageError(
+            f"{image_dir} is encrypted with {printable(repr(enc.get('scheme')))}; this rescue "
+            f"reads {SCHEME}.",
+            hint="Use a newer rescue to read it.",
+        )
+    return OuterManifest(
+        tool=f.required_text("tool"),
+        created=f.required_text("created", max_len=64),
+        files=f.each("files", _stored_file, max_items=MAX_FILES),
+    )

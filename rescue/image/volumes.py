@@ -17,9 +17,10 @@ import mmap
 import os
 import string
 from pathlib import Path
+from typing import Any
 
 from rescue.errors import BadInputError, ImageDamagedError
-from rescue.image.folder import open_member, plain_name, printable
+from rescue.image.folder import open_member, plain_name, printable, sealed_folder
 
 _LETTERS = string.ascii_lowercase
 MAX_VOLUMES = 26 * 26
@@ -276,8 +277,12 @@ def volume_paths(base: Path) -> list[Path]:
 
     Each is a regular file directly inside the stream's folder: a symbolic
     link, a FIFO, a device or a folder in its place is damage, found at once.
+    In an unlocked encrypted image, the files of the stream's sealed copy.
     """
     plain_name(base.name, "a stream")
+    handler = sealed_folder(base.parent)
+    if handler is not None and handler.is_sealed(base.name):
+        base = base.with_name(handler.stored_name(base.name))
     try:
         os.lstat(base)
     except FileNotFoundError:
@@ -310,10 +315,22 @@ class VolumeReader(io.RawIOBase):
 
     Each volume is opened as :func:`rescue.image.folder.open_member` opens a
     file of an image folder: never through a symbolic link, never a FIFO or a
-    device, never waiting.
+    device, never waiting. The volumes of a sealed stream (an unlocked encrypted
+    image) read as the plain stream: positions, sizes and reads are the plain
+    stream's, every chunk authenticated as it is read; ``hashing`` and
+    :meth:`digests` are of the files as stored.
     """
 
-    def __init__(self, paths: list[Path], *, hashing: bool = False, writable: bool = False) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        *,
+        hashing: bool = False,
+        writable: bool = False,
+        unfinished: bool = False,
+    ) -> None:
+        """``unfinished``: the volumes of a capture that was interrupted (a sealed stream
+        has no last chunk then)."""
         super().__init__()
         self._fds: list[int] = []
         self._paths = paths
@@ -337,13 +354,61 @@ class VolumeReader(io.RawIOBase):
         for fd in self._fds:
             self._starts.append(self._starts[-1] + os.fstat(fd).st_size)
         self._pos = 0
+        self._opener: Any = None
+        handler = sealed_folder(paths[0].parent) if paths else None
+        stream = handler.stream_name(paths[0].name) if handler is not None else None
+        if handler is not None and stream is not None:
+            try:
+                self._opener = handler.opener(stream, self._starts[-1], self._raw_pread,
+                                              self._place, unfinished=unfinished)  # fmt: skip
+            except BaseException:
+                self.close()
+                raise
+        self._size = self._starts[-1] if self._opener is None else self._opener.size
 
     @property
     def size(self) -> int:
+        return self._size
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes of the files as stored (the sealed files of an encrypted image's stream)."""
         return self._starts[-1]
+
+    def _place(self, stored: int) -> tuple[str, int]:
+        """The volume (its path) holding stored byte ``stored``, and the offset in it."""
+        for k, p in enumerate(self._paths):
+            if stored < self._starts[k + 1] or k == len(self._paths) - 1:
+                return f"{p.parent}/{printable(p.name)}", stored - self._starts[k]
+        return "", stored
+
+    def _stored_at(self, offset: int) -> int:
+        if self._opener is None:
+            return offset
+        return int(self._opener.sealed_offset(offset // self._opener.chunk_size))
+
+    def _raw_pread(self, offset: int, n: int) -> bytes:
+        """Stored bytes (hashed when read in order, with ``hashing``)."""
+        n = max(0, min(n, self._starts[-1] - offset))
+        out = bytearray(n)
+        view = memoryview(out)
+        done = 0
+        while done < n:
+            pos = offset + done
+            i = next(k for k in range(len(self._fds)) if self._starts[k + 1] > pos)
+            want = min(n - done, self._starts[i + 1] - pos)
+            got = os.preadv(self._fds[i], [view[done : done + want]], pos - self._starts[i])
+            if got == 0:
+                raise ImageDamagedError(f"{self._paths[i]} shrank while being read.")
+            if self._hashes is not None and pos == self._hashed:
+                self._hashes[i].update(view[done : done + got])
+                self._hashed += got
+            done += got
+        return bytes(out)
 
     def volume_at(self, offset: int) -> str | None:
         """Name of the volume holding byte ``offset`` of the stream."""
+        offset = self._stored_at(offset)
         for k in range(len(self._paths)):
             if self._starts[k] <= offset < self._starts[k + 1]:
                 return self._paths[k].name
@@ -351,8 +416,9 @@ class VolumeReader(io.RawIOBase):
 
     def current_volume(self) -> str | None:
         """Name of the volume the last read ended in (for error messages)."""
+        at = self._stored_at(max(0, self._pos - 1))
         for k in range(len(self._paths)):
-            if self._starts[k] <= max(0, self._pos - 1) < self._starts[k + 1]:
+            if self._starts[k] <= at < self._starts[k + 1]:
                 return self._paths[k].name
         return self._paths[-1].name if self._paths else None
 
@@ -374,6 +440,11 @@ class VolumeReader(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
+        if self._opener is not None:
+            data = self._opener.read_at(self._pos, len(view))
+            view[: len(data)] = data
+            self._pos += len(data)
+            return len(data)
         done = 0
         while done < len(view) and self._pos < self.size:
             i = next(k for k in range(len(self._fds)) if self._starts[k + 1] > self._pos)
@@ -393,6 +464,9 @@ class VolumeReader(io.RawIOBase):
         """Ask the kernel to start reading stream bytes ``offset`` to ``offset + length``
         into its cache now (it does not wait): a later read finds them there."""
         end = min(offset + length, self.size)
+        if self._opener is not None:
+            offset, end = self._stored_at(offset), self._stored_at(end) + self._opener.chunk_span
+            end = min(end, self._starts[-1])
         for k, fd in enumerate(self._fds):
             lo, hi = max(offset, self._starts[k]), min(end, self._starts[k + 1])
             if lo < hi:
@@ -403,6 +477,8 @@ class VolumeReader(io.RawIOBase):
         """``n`` bytes at ``offset`` (fewer at the end) without moving the position: safe
         from several threads at once (it never hashes)."""
         n = max(0, min(n, self.size - offset))
+        if self._opener is not None:
+            return bytearray(self._opener.read_at(offset, n))
         out = bytearray(n)
         view = memoryview(out)
         done = 0
@@ -421,6 +497,14 @@ class VolumeReader(io.RawIOBase):
         view = memoryview(data).cast("B")
         if offset + len(view) > self.size:
             raise ValueError("write past the end of the stream")
+        if self._opener is not None:
+            for at, sealed in self._opener.patched(offset, bytes(view)):
+                self._raw_pwrite(at, sealed)
+            return
+        self._raw_pwrite(offset, view)
+
+    def _raw_pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
             pos = offset + done
@@ -436,9 +520,13 @@ class VolumeReader(io.RawIOBase):
         """(name, size, sha256) of every volume: hashes whatever was not read in order."""
         if self._hashes is None:
             raise ValueError("VolumeReader made without hashing")
-        self.seek(self._hashed)
-        while self._hashed < self.size:
-            self.read(8 << 20)
+        if self._opener is not None:
+            while self._hashed < self._starts[-1]:
+                self._raw_pread(self._hashed, 8 << 20)
+        else:
+            self.seek(self._hashed)
+            while self._hashed < self.size:
+                self.read(8 << 20)
         return [
             (p.name, self._starts[k + 1] - self._starts[k], self._hashes[k].hexdigest())
             for k, p in enumerate(self._paths)

@@ -36,7 +36,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rescue import kernel
+from rescue.containers.keys import encode_for_pipe
 from rescue.errors import BadInputError, ExternalToolError, RescueError
+from rescue.image.sealing import folder_sealer
 from rescue.image.view import ImagePart
 from rescue.imagedev.index import prepare, scratch_dir
 from rescue.imagedev.spec import PARTITION_FILE, SPEC_NAME, WRITTEN_FILE, ServerSpec
@@ -334,12 +336,19 @@ def serve(
         mounter_pid=os.getpid(),
         private=mountpoint is None,
     )
+    sealer = folder_sealer(spec.stream.parent)
+    pipe = b""
+    if sealer is not None:  # an encrypted image: the server opens it with the same key
+        spec = replace(spec, sealed=True)
+        pipe = sealer.key_for_pipe()
+    if spec.inner:
+        pipe += key or encode_for_pipe(None)
     with removed_on_failure(rec):
         if mountpoint is None:
             target.mkdir()
         rec.save()
         spec.save(state)
-        _start_server(rec, key if spec.inner else None)
+        _start_server(rec, pipe if spec.sealed or spec.inner else None)
         rec.loop = _attach(rec.served_file, writable)
         rec.save()
     return rec

@@ -37,6 +37,7 @@ from rescue.containers.base import Volume, binary_view
 from rescue.containers.keys import decode_from_pipe
 from rescue.containers.stack import choose_volume, volumes_inside
 from rescue.errors import BadInputError, RescueError
+from rescue.image.sealing import PIPE_KEY_BYTES, Sealer, unlock_folder
 from rescue.imagedev.overlay import Overlay
 from rescue.imagedev.spec import PARTITION_FILE, WRITTEN_FILE, ServerSpec
 
@@ -98,13 +99,23 @@ class _InnerVolume:
         self._reader.close()
 
 
-def _inner_volume(reader: Served, spec: ServerSpec) -> Served:
-    """The volume ``spec`` names inside the partition, unlocked with the key on stdin.
+def _keys_from_stdin(spec: ServerSpec) -> bytes:
+    """What the mounting command wrote to the pipe: the image's key first (an encrypted
+    image: the folder is unlocked with it), then the inner volume's secret. Read once;
+    the keys stay in this process's memory only."""
+    if not (spec.sealed or spec.inner):
+        return b""
+    data = sys.stdin.buffer.read(MAX_SECRET)
+    if spec.sealed:
+        unlock_folder(spec.stream.parent, Sealer.from_pipe(data[:PIPE_KEY_BYTES]))
+        data = data[PIPE_KEY_BYTES:]
+    return data
 
-    The key is read once from the pipe the mounting command wrote it to; it stays
-    in this process's memory only.
-    """
-    secret = decode_from_pipe(sys.stdin.buffer.read(MAX_SECRET))
+
+def _inner_volume(reader: Served, spec: ServerSpec, framed: bytes) -> Served:
+    """The volume ``spec`` names inside the partition, unlocked with ``framed`` (the
+    secret the mounting command sent)."""
+    secret = decode_from_pipe(framed)
     try:
         whole = _Partition(reader)
         volumes = volumes_inside(binary_view(whole), whole.size, secret)
@@ -126,9 +137,10 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
         from rescue.imagedev.index import open_reader  # noqa: PLC0415
 
         self._spec = spec
+        framed = _keys_from_stdin(spec)
         self._reader: Served = open_reader(spec)
         if spec.inner:
-            self._reader = _inner_volume(self._reader, spec)
+            self._reader = _inner_volume(self._reader, spec, framed)
         self._overlay: Overlay | None = None
         self.pieces: Pieces | None = None
         """Where reads of the partition come from as pieces (only the plain partition)."""

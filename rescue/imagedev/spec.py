@@ -37,6 +37,9 @@ class ServerSpec:
     of the partition; the key, if any, comes on the server's standard input."""
     volume: str | None = None
     """Which inner volume (``VG/LV``); None: the only one."""
+    sealed: bool = False
+    """The stream is an encrypted image's: its key comes first on the server's standard
+    input (:meth:`rescue.image.sealing.Sealer.key_for_pipe`)."""
 
     def save(self, state_dir: Path) -> None:
         doc = {
@@ -50,6 +53,7 @@ class ServerSpec:
             "overlay": str(self.overlay) if self.overlay else None,
             "inner": self.inner,
             "volume": self.volume,
+            "sealed": self.sealed,
         }
         tmp = state_dir / (SPEC_NAME + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
@@ -69,4 +73,5 @@ class ServerSpec:
             overlay=Path(doc["overlay"]) if doc.get("overlay") else None,
             inner=bool(doc.get("inner", False)),
             volume=str(doc["volume"]) if doc.get("volume") is not None else None,
+            sealed=bool(doc.get("sealed", False)),
         )

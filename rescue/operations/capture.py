@@ -19,7 +19,13 @@ from rescue.containers.keys import Secret
 from rescue.containers.stack import read_partition
 from rescue.copier import Checkpoint, CompressionOptions, Extent, ReadOptions, write_stream
 from rescue.devices.smart import smart_summary
-from rescue.errors import BadInputError, DeviceError, DeviceGoneError, RefusedError
+from rescue.errors import (
+    BadInputError,
+    DeviceError,
+    DeviceGoneError,
+    ImageLockedError,
+    RefusedError,
+)
 from rescue.filesystems import registry
 from rescue.filesystems.base import Allocation
 from rescue.filesystems.damage import damaged_files
@@ -37,6 +43,15 @@ from rescue.image.manifest import (
     write_manifest,
 )
 from rescue.image.names import DAMAGE_REPORT, INCOMPLETE_MARKER, MANIFEST_NAME, stream_name
+from rescue.image.sealing import (
+    KeyHeader,
+    folder_sealer,
+    is_encrypted,
+    new_key_header,
+    start_encrypted_folder,
+    unlock_image,
+    write_sealed_member,
+)
 from rescue.operations.capture_map import CaptureMap, bitmap_digest
 from rescue.operations.source import (
     Source,
@@ -117,6 +132,7 @@ def capture(
     cancel: threading.Event | None = None,
     resume: bool = False,
     secrets: Mapping[str, Secret] | None = None,
+    image_key: Secret | None = None,
 ) -> Manifest:
     """Image ``source_path`` into the new folder ``image_dir``; returns the manifest written.
 
@@ -127,21 +143,35 @@ def capture(
     ``secrets`` open encrypted partitions (by kernel name, ``sda3``): each is read
     inside and only its used sectors are stored, still encrypted. Every key is
     tried before anything is written; a wrong one raises WrongKeyError.
+
+    ``image_key`` (a passphrase) encrypts the new image: every file of it sealed
+    (:mod:`rescue.image.sealing`); with ``resume``, it opens the interrupted one.
     """
     options = options or CompressionOptions()
     progress = progress or NullProgress()
     src = resolve_source(source_path)
     secrets = dict(secrets or {})
     marker = image_dir / INCOMPLETE_MARKER
+    keys = None
     if not resume:
         _check_folder(image_dir, src)
+        if image_key is not None:  # the key is derived before anything is written
+            keys = new_key_header(image_key.value)
+    elif is_encrypted(image_dir) and folder_sealer(image_dir) is None:
+        if image_key is None:
+            raise ImageLockedError(
+                f"{image_dir} holds an interrupted capture of an encrypted image: it goes on "
+                "only with the image's passphrase.",
+                hint="Give it with --image-passphrase-file FILE, or on a terminal to be asked.",
+            )
+        unlock_image(image_dir, image_key.value)
     fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         progress.phase("Reading the partition table and allocation maps", None)
         disk, plan = _read_plan(fd, src, secrets)
         return _capture(
             fd, src, image_dir, disk, plan, options=options, reading=reading,
-            progress=progress, cancel=cancel, resume=resume, marker=marker,
+            progress=progress, cancel=cancel, resume=resume, marker=marker, keys=keys,
         )  # fmt: skip
     finally:
         os.close(fd)
@@ -160,6 +190,7 @@ def _capture(
     cancel: threading.Event | None,
     resume: bool,
     marker: Path,
+    keys: tuple[KeyHeader, bytes] | None = None,
 ) -> Manifest:
     if resume:
         state = _resume_state(image_dir, src)
@@ -173,6 +204,12 @@ def _capture(
         )
     else:
         _prepare_folder(image_dir, src)
+        if keys is not None:
+            start_encrypted_folder(image_dir, *keys)
+            progress.note(
+                "The image is encrypted (AES-256-GCM): stock Clonezilla cannot read it; "
+                "rescue decrypt makes a plain copy."
+            )
         split = _split_size(options, image_dir, progress)
         options = CompressionOptions(options.level, options.frame_size, options.threads, split)
         marker.write_text(
@@ -216,7 +253,7 @@ def _capture(
         ) from exc
     if any(r.unreadable for r in records):
         write_damage_report(image_dir, records)
-    layout_files = _layout_files(image_dir, records)
+    layout_files = layout_file_hashes(image_dir, records)
     manifest = Manifest(
         tool=f"rescue {__version__}",
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -447,10 +484,18 @@ def _store_all(
     return records
 
 
+def refuse_a_complete_image(image_dir: Path) -> None:
+    """``--resume`` of a folder whose capture finished: nothing to do but say so (and finish
+    the tidying a capture stopped right after its manifest did not get to)."""
+    if (image_dir / MANIFEST_NAME).exists():
+        (image_dir / INCOMPLETE_MARKER).unlink(missing_ok=True)
+        CaptureMap.discard(image_dir)
+        raise BadInputError(f"{image_dir} is a complete image: there is nothing to resume.")
+
+
 def _resume_state(image_dir: Path, src: Source) -> CaptureMap:
     """The map of the interrupted capture in ``image_dir``, checked against the source."""
-    if (image_dir / MANIFEST_NAME).exists():
-        raise BadInputError(f"{image_dir} is a complete image: there is nothing to resume.")
+    refuse_a_complete_image(image_dir)
     state = CaptureMap.load(image_dir)
     was = state.source
     if src.size != was.get("size") or (was.get("serial") and src.serial != was.get("serial")):
@@ -519,10 +564,15 @@ def write_damage_report(image_dir: Path, records: list[PartitionRecord]) -> None
         lines.append("  files holding them:")
         lines.extend(f"    {f}" for f in r.damaged_files)
         lines.append("")
-    (image_dir / DAMAGE_REPORT).write_text("\n".join(lines))
+    text = "\n".join(lines)
+    sealer = folder_sealer(image_dir)
+    if sealer is not None:  # it names the damaged files: sealed like the rest
+        write_sealed_member(image_dir, DAMAGE_REPORT, text.encode(), sealer)
+    else:
+        (image_dir / DAMAGE_REPORT).write_text(text)
 
 
-def _layout_files(image_dir: Path, records: list[PartitionRecord]) -> tuple[StoredFile, ...]:
+def layout_file_hashes(image_dir: Path, records: list[PartitionRecord]) -> tuple[StoredFile, ...]:
     """Hashes of every file in the folder that is not a data stream."""
     stream_files = {f.name for r in records for f in r.files}
     out = []

@@ -6,7 +6,8 @@ rename, fsync the folder) at every checkpoint. It records the source's identity,
 the compression options, the partitions already stored (their manifest
 records) and, for the partition being stored, the last checkpoint of its
 stream (:class:`rescue.copier.Checkpoint`) with a digest of its allocation map:
-a resume reads the maps again and refuses to go on if they changed.
+a resume reads the maps again and refuses to go on if they changed. An
+encrypted capture keeps it sealed (``.rescue-capture-map.json.sealed``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from rescue.copier import Checkpoint
-from rescue.errors import BadInputError
+from rescue.errors import BadInputError, ImageLockedError
+from rescue.image.folder import MAX_MANIFEST, read_stored
 from rescue.image.manifest import PartitionRecord, fsync_dir
 from rescue.image.names import CAPTURE_MAP, MANIFEST_NAME
+from rescue.image.sealing import folder_sealer, sealed_name, sealed_size, write_sealed_member
 from rescue.units import human_size
 
 VERSION = 1
@@ -52,6 +55,11 @@ class CaptureMap:
             "current_bitmap": self.current_bitmap,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
         }
+        sealer = folder_sealer(folder)
+        if sealer is not None:  # an encrypted capture: the map names partitions and labels
+            write_sealed_member(folder, CAPTURE_MAP, json.dumps(doc).encode(), sealer)
+            fsync_dir(folder)
+            return
         tmp = folder / (CAPTURE_MAP + ".tmp")
         with open(tmp, "w") as f:
             json.dump(doc, f)
@@ -64,7 +72,10 @@ class CaptureMap:
     def load(cls, folder: Path) -> CaptureMap:
         path = folder / CAPTURE_MAP
         try:
-            doc = json.loads(path.read_text())
+            if (folder / sealed_name(CAPTURE_MAP)).is_file():
+                doc = json.loads(_open_sealed_map(folder))
+            else:
+                doc = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise BadInputError(
                 f"{folder} holds no capture to resume (no {CAPTURE_MAP}).",
@@ -85,7 +96,31 @@ class CaptureMap:
         )
 
     def remove(self, folder: Path) -> None:
+        self.discard(folder)
+
+    @staticmethod
+    def discard(folder: Path) -> None:
+        """Remove the map (plain or sealed) from ``folder``, if there is one."""
         (folder / CAPTURE_MAP).unlink(missing_ok=True)
+        (folder / sealed_name(CAPTURE_MAP)).unlink(missing_ok=True)
+
+
+def _open_sealed_map(folder: Path) -> bytes:
+    sealer = folder_sealer(folder)
+    if sealer is None:
+        raise ImageLockedError(
+            f"{folder} holds an interrupted capture of an encrypted image: it goes on only "
+            "with the image's passphrase.",
+            hint=f"rescue capture SOURCE --resume {folder} --image-passphrase-file FILE "
+            "(or on a terminal, to be asked)",
+        )
+    name = sealed_name(CAPTURE_MAP)
+    raw = read_stored(folder, name, sealed_size(MAX_MANIFEST), "the capture map")
+    return sealer.open_bytes(CAPTURE_MAP, raw, f"{folder}/{name}")
+
+
+def has_capture_map(folder: Path) -> bool:
+    return (folder / CAPTURE_MAP).is_file() or (folder / sealed_name(CAPTURE_MAP)).is_file()
 
 
 def resumable(image_dir: Path) -> CaptureMap | None:
@@ -95,7 +130,7 @@ def resumable(image_dir: Path) -> CaptureMap | None:
     (a finished capture removes the map). A damaged map or one of another
     version is an error (:meth:`CaptureMap.load`), never a reason to start over.
     """
-    if not (image_dir / CAPTURE_MAP).is_file() or (image_dir / MANIFEST_NAME).exists():
+    if not has_capture_map(image_dir) or (image_dir / MANIFEST_NAME).exists():
         return None
     return CaptureMap.load(image_dir)
 

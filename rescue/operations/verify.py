@@ -7,11 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rescue.errors import ImageDamagedError
+from rescue.image.folder import has_member, sealed_folder
 from rescue.image.hashing import sha256_file
-from rescue.image.manifest import DATA_STREAMS, StoredAs, StoredFile
+from rescue.image.manifest import (
+    DATA_STREAMS,
+    OuterManifest,
+    StoredAs,
+    StoredFile,
+    read_outer_manifest,
+)
+from rescue.image.names import MANIFEST_NAME
 from rescue.image.partclone import StreamReader
+from rescue.image.sealing import is_encrypted
 from rescue.image.streams import ChunkFile, open_stream_chunks, stream_error
-from rescue.image.view import ImagePart, check_all_present, check_present, open_image
+from rescue.image.view import ImagePart, ImageView, check_all_present, check_present, open_image
 from rescue.image.volumes import VolumeReader, volume_paths
 from rescue.progress import NullProgress, ProgressReporter, check_cancel
 
@@ -39,10 +48,20 @@ def verify(
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
 ) -> VerifyReport:
-    """Raise ImageDamagedError naming the file (and offset) at the first damage found."""
+    """Raise ImageDamagedError naming the file (and offset) at the first damage found.
+
+    An encrypted image opened with its passphrase is checked completely (every
+    chunk of every file authenticated as it is read); a locked one, by the size
+    and hash of every sealed file (``rescue.json`` lists them).
+    """
     progress = progress or NullProgress()
+    outer = read_outer_manifest(folder) if has_member(folder, MANIFEST_NAME) else None
+    if outer is not None and sealed_folder(folder) is None:
+        return _verify_sealed(folder, outer, progress, cancel)
     image = open_image(folder)
     report = VerifyReport(folder)
+    if outer is not None:
+        _check_outer(folder, outer, image, report=report, progress=progress, cancel=cancel)
     manifest = image.manifest
     if manifest is None:
         report.notes.append(
@@ -85,6 +104,57 @@ def verify(
             reader.close()
         report.streams_checked += 1
     return report
+
+
+def is_locked(folder: Path) -> bool:
+    """``folder`` holds an encrypted image this process has no key for."""
+    return is_encrypted(folder) and sealed_folder(folder) is None
+
+
+def _verify_sealed(
+    folder: Path,
+    outer: OuterManifest,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> VerifyReport:
+    """A locked encrypted image: every stored file has the size and SHA-256 recorded."""
+    report = VerifyReport(folder)
+    report.notes.append(
+        "Encrypted image checked without its passphrase: every sealed file has its size and "
+        "SHA-256; with the passphrase (--image-passphrase-file) every chunk is authenticated "
+        "and every stream decoded."
+    )
+    for f in outer.files:  # sizes first: a missing or cut file is named at once
+        check_present(folder, f)
+    progress.phase("Hashing the sealed files", sum(f.size for f in outer.files) or None)
+    for f in outer.files:
+        check_cancel(cancel)
+        _check_file(folder, f)
+        progress.advance(f.size)
+        report.files_checked += 1
+    return report
+
+
+def _check_outer(
+    folder: Path,
+    outer: OuterManifest,
+    image: ImageView,
+    *,
+    report: VerifyReport,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> None:
+    """The files an unlocked encrypted image lists outside its sealed manifest (the sealed
+    manifest itself): the streams and layout files are checked with the rest."""
+    inner = set()
+    if image.manifest is not None:
+        inner = {f.name for f in image.manifest.files}
+        inner |= {f.name for p in image.manifest.partitions for f in p.files}
+    for f in outer.files:
+        if f.name not in inner:
+            check_cancel(cancel)
+            _check_file(folder, f)
+            report.files_checked += 1
 
 
 def _pinpoint(
