@@ -38,7 +38,7 @@ from pathlib import Path
 
 from rescue.blockio import binary, write_all
 from rescue.errors import BadInputError, ImageDamagedError, ImageError, RescueError
-from rescue.image.folder import read_member
+from rescue.image.folder import read_member, sealed_folder
 from rescue.image.manifest import DATA_STREAMS, StoredAs
 from rescue.image.names import INDEX_DIR
 from rescue.image.partclone import named
@@ -94,6 +94,8 @@ def _candidate_dirs(stream: Path) -> list[Path]:
     """
     volume_paths(stream)
     key = hashlib.sha256(str(stream.resolve()).encode()).hexdigest()[:16]
+    if sealed_folder(stream.parent) is not None:  # nothing plain goes into an encrypted image
+        return [cache_root() / key]
     return [stream.parent / INDEX_DIR, cache_root() / key]
 
 
