@@ -24,6 +24,8 @@ from textual.widgets import Checkbox, DataTable, Input, OptionList, Static
 from rescue.browse import mounts
 from rescue.cli import main
 from rescue.errors import CancelledError
+from rescue.image import folder as folder_mod
+from rescue.image.sealing import is_encrypted
 from rescue.operations.verify import verify
 from rescue.progress import ProgressReporter
 from rescue.tui.app import RescueApp
@@ -481,3 +483,67 @@ def test_verify_first_starts_on_for_a_clonezilla_image_only(
     run_ui(scenario, make_app())
     with open(target.path, "rb") as f:
         assert f.read(1 << 20) == bytes(1 << 20)
+
+
+def test_encrypted_capture_and_its_restore_from_the_screens(
+    source: tuple[LoopDisk, dict[str, str]], loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """The capture screen's passphrase fields make an encrypted image; the restore screen's
+    image picker asks for the passphrase before it shows what the image holds."""
+    disk, digest = source
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    target = loop_disk_factory(128, None, [])
+    name = target.path.rsplit("/", 1)[-1]
+    phrase = "blue kettle 42"
+
+    async def capture(pilot: Pilot[int], app: RescueApp) -> None:
+        select_disk(app, "disks", disk.path)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.query("#dest"))
+        app.screen.query_one("#dest", Input).value = str(dest)
+        app.screen.query_one("#name", Input).value = "sealed"
+        app.screen.query_one("#pass1", Input).value = phrase
+        app.screen.query_one("#pass2", Input).value = phrase + "x"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not isinstance(app.screen, JobScreen)  # the two differ: nothing starts
+        assert not (dest / "sealed").exists()
+        app.screen.query_one("#pass2", Input).value = phrase
+        await pilot.press("ctrl+s")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+        assert "Encrypted" in job.message
+
+    run_ui(capture, make_app())
+    image = dest / "sealed"
+    assert is_encrypted(image)
+    assert phrase.encode() not in b"".join(p.read_bytes() for p in image.iterdir())
+    folder_mod._SEALED.clear()  # as a new session finds it: locked
+
+    async def restore(pilot: Pilot[int], app: RescueApp) -> None:
+        await open_restore(pilot, app, image)
+        await pilot.pause()
+        key = app.screen.query_one("#image-key", Input)
+        assert key.display
+        about = app.screen.query_one("#about", Static)
+        assert "encrypted image" in str(about.render())
+        key.focus()
+        await pilot.press(*"wrong", "enter")
+        await wait_for(pilot, lambda: "does not open" in str(about.render()))
+        await pilot.press(*phrase, "enter")
+        await wait_for(pilot, lambda: "DATA" in str(about.render()))
+        assert not key.display
+        select_disk(app, "targets", target.path)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, TypedConfirmScreen))
+        await pilot.press(*name, "enter")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+
+    run_ui(restore, make_app())
+    folder_mod._SEALED.clear()
+    target.rescan()
+    mnt = tmp_path / "check"
+    target.mount(0, mnt, "ro")
+    assert tree_digest(mnt) == digest

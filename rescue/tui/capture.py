@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
 from textual.widget import Widget
@@ -20,6 +20,7 @@ from textual.widgets.option_list import Option
 from rescue.containers.keys import Secret, SecretKind
 from rescue.devices import Disk, Partition
 from rescue.errors import RescueError
+from rescue.image.sealing import folder_sealer, is_encrypted, unlock_image
 from rescue.operations.capture import capture
 from rescue.operations.capture_map import resumable
 from rescue.operations.destination import destination_candidates, mount_destination
@@ -56,6 +57,7 @@ class CaptureScreen(Screen[None]):
     CaptureScreen #dests { height: auto; max-height: 5; }
     CaptureScreen #room { padding: 0 1; }
     CaptureScreen #keys { padding: 0; }
+    CaptureScreen #encrypt { height: auto; }
     """
 
     def __init__(self, disk: Disk, services: Services) -> None:
@@ -93,6 +95,10 @@ class CaptureScreen(Screen[None]):
             yield OptionList(id="dests")
             yield Label("Image name:")
             yield Input(default_name(self.disk), id="name")
+            yield Label("Encrypt (empty: no; only rescue opens encrypted images): passphrase twice")
+            with Horizontal(id="encrypt"):
+                yield Input(password=True, placeholder="passphrase (hidden)", id="pass1")
+                yield Input(password=True, placeholder="the same again", id="pass2")
             yield Vertical(id="keys")
         yield Static("", id="room")
         yield Footer()
@@ -227,7 +233,22 @@ class CaptureScreen(Screen[None]):
             return
         source = self.source_path
         image = Path(dest) / name
+        first = self.query_one("#pass1", Input).value
+        if first != self.query_one("#pass2", Input).value and not is_encrypted(image):
+            self.notify("The two passphrases differ.", severity="warning")
+            return
+        image_key = Secret(SecretKind.PASSPHRASE, first.encode()) if first else None
         try:
+            if image.is_dir() and is_encrypted(image) and folder_sealer(image) is None:
+                if image_key is None:  # an interrupted encrypted capture: its map is sealed
+                    self.notify(
+                        f"{shown(image)} holds an interrupted encrypted capture: type its "
+                        "passphrase to resume it.",
+                        severity="warning",
+                        markup=False,
+                    )
+                    return
+                unlock_image(image, image_key.value)
             resume = resumable(image) is not None  # an interrupted capture of this name: go on
         except RescueError as exc:  # its map is damaged: the technician decides, not the screen
             self.notify(shown_message(str(exc)), severity="error", timeout=10, markup=False)
@@ -239,8 +260,9 @@ class CaptureScreen(Screen[None]):
 
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
             manifest = capture(
-                source, image, progress=progress, cancel=cancel, resume=resume, secrets=secrets
-            )
+                source, image, progress=progress, cancel=cancel, resume=resume, secrets=secrets,
+                image_key=image_key,
+            )  # fmt: skip
             used = sum(p.used_bytes for p in manifest.partitions)
             lost = sum(n for p in manifest.partitions for _, n in p.unreadable)
             if lost:
@@ -251,9 +273,10 @@ class CaptureScreen(Screen[None]):
                     f"{', '.join(files[:5]) or 'unknown'}"
                     f"{' and more' if len(files) > 5 else ''}. See damage-report.txt."
                 )
+            sealed = " Encrypted: rescue opens it with the passphrase." if image_key else ""
             return (
                 f"Image complete: {image} ({len(manifest.partitions)} partition(s), "
-                f"{human_size(used)} of used data)."
+                f"{human_size(used)} of used data).{sealed}"
             )
 
         self.app.push_screen(JobScreen(f"Capture {source} -> {image}", job))

@@ -12,6 +12,8 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from rescue.errors import RescueError
+from rescue.image.folder import sealed_folder
+from rescue.image.sealing import is_encrypted, unlock_image
 from rescue.image.view import ImageView, open_image
 from rescue.operations.plan_text import shown, shown_message
 from rescue.tui.services import ImageFinder
@@ -59,12 +61,16 @@ class ImagePicker(Vertical):
     ImagePicker { height: auto; }
     ImagePicker #found { height: auto; max-height: 6; }
     ImagePicker #about { height: auto; max-height: 9; color: $text-muted; }
+    ImagePicker #image-key { display: none; }
+    ImagePicker #image-key.wanted { display: block; }
     """
 
     def compose(self) -> ComposeResult:
         yield Label("Image folder (type it, or pick one found on the drives):")
         yield Input(placeholder="/mnt/usb/images/pc-2026-11-26", id="image")
         yield OptionList(id="found")
+        yield Input(password=True, placeholder="passphrase of the encrypted image, then Enter",
+                    id="image-key")  # fmt: skip
         yield Static("", id="about")
 
     def __init__(self, finder: ImageFinder) -> None:
@@ -91,10 +97,20 @@ class ImagePicker(Vertical):
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id != "image":
             return
+        self._open(Path(event.value.strip()) if event.value.strip() else None)
+
+    def _open(self, path: Path | None) -> None:
         about = self.query_one("#about", Static)
-        path = Path(event.value.strip())
-        if not event.value.strip() or not path.is_dir():
+        key = self.query_one("#image-key", Input)
+        if path is None or not path.is_dir():
+            key.remove_class("wanted")
             about.update("")
+            self.post_message(self.Changed(None))
+            return
+        locked = is_encrypted(path) and sealed_folder(path) is None
+        key.set_class(locked, "wanted")
+        if locked:
+            about.update(plain(f"{path} is an encrypted image: type its passphrase above."))
             self.post_message(self.Changed(None))
             return
         try:
@@ -105,6 +121,26 @@ class ImagePicker(Vertical):
             return
         about.update(plain(describe_image(image)))
         self.post_message(self.Changed(image))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "image-key" or self.value is None or not event.value:
+            return
+        folder, value = self.value, event.value.encode()
+        event.input.value = ""
+        self.query_one("#about", Static).update("Opening the image...")
+
+        def work() -> None:  # Argon2id takes a moment: off the UI thread
+            try:
+                unlock_image(folder, value)
+            except RescueError as exc:
+                self.app.call_from_thread(self._unlock_failed, str(exc))
+                return
+            self.app.call_from_thread(self._open, folder)
+
+        self.run_worker(work, thread=True, group="unlock", exit_on_error=False, exclusive=True)
+
+    def _unlock_failed(self, message: str) -> None:
+        self.query_one("#about", Static).update(plain(message))
 
     @property
     def value(self) -> Path | None:
