@@ -20,13 +20,14 @@ import pytest
 from capabilities import need
 from conftest import DiskFactory
 from diskbench import LoopDisk, PartSpec, rescue_command, tree_digest
+from failing_device import failing_loop
 
 from rescue.cli import main
-from rescue.errors import ImageDamagedError, WrongKeyError
+from rescue.errors import EXIT_UNREADABLE, ImageDamagedError, WrongKeyError
 from rescue.image import folder as folder_mod
 from rescue.image import sealing
 
-pytestmark = need("root", "loop", "partclone")
+pytestmark = need("root", "loop", "partclone", "fuse")
 
 PASSPHRASE = "grey-heron 7 lantern"
 MARKER = b"UNMISTAKABLE-CONTENT-0451"
@@ -340,3 +341,45 @@ def test_the_passphrase_is_asked_for_properly_and_never_shown(
     (image / "rescue.json").write_text(json.dumps(doc))
     newer = rescue_command("info", str(image), "--image-passphrase-file", str(passfile))
     assert newer.returncode == 2 and "format 3" in newer.stderr
+
+
+def test_an_encrypted_capture_of_a_failing_disk_holds_what_a_plain_one_holds(
+    tmp_path: Path, passfile: Path
+) -> None:
+    """Bad sectors: the retries' recovered bytes are patched into sealed chunks (each
+    resealed) and the damage report is sealed; the plain streams match a plain capture's."""
+    img = tmp_path / "source.img"
+    with img.open("wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", str(img)], check=True)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        (mnt / "victim.bin").write_bytes(random.Random(4).randbytes(6 << 20))
+        (mnt / "notes.txt").write_bytes(MARKER * 100)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    out = subprocess.run(["debugfs", "-R", "blocks /victim.bin", str(img)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    victim = [int(b) for b in out.split()]
+    bad = [(victim[10] * 4096, 4096), (victim[700] * 4096, 3 * 4096)]
+    plain, sealed = tmp_path / "plain", tmp_path / "sealed"
+    with failing_loop(img, bad, tmp_path) as dev:
+        assert main(["capture", dev, str(plain), "--retries", "1"]) == EXIT_UNREADABLE
+        assert main(["capture", dev, str(sealed), "--retries", "1", "--encrypt",
+                     "--image-passphrase-file", str(passfile)]) == EXIT_UNREADABLE  # fmt: skip
+    assert (sealed / "damage-report.txt.sealed").is_file()
+    assert not (sealed / "damage-report.txt").exists()
+    assert b"victim.bin" not in every_byte(sealed) and MARKER not in every_byte(sealed)
+    lock(sealed)
+    key = ("--image-passphrase-file", str(passfile))
+    assert rescue_command("verify", str(sealed), *key).returncode == 0
+    opened = tmp_path / "opened"
+    assert rescue_command("decrypt", str(sealed), str(opened), *key).returncode == 0
+    assert "/victim.bin" in (opened / "damage-report.txt").read_text()
+    (stream,) = [p.name for p in plain.glob("*-ptcl-img.zst")]
+    assert (opened / stream).read_bytes() == (plain / stream).read_bytes()
+    a = json.loads((plain / "rescue.json").read_text())["partitions"][0]
+    b = json.loads((opened / "rescue.json").read_text())["partitions"][0]
+    assert a["unreadable"] == b["unreadable"] and a["damaged_files"] == b["damaged_files"]
