@@ -25,6 +25,7 @@ from textual.widgets import Input
 import rescue.tui.restore
 from rescue.cli import main
 from rescue.devices.model import Disk, Partition
+from rescue.devices.network import Interface
 from rescue.devices.smart import SmartSummary
 from rescue.operations.restore import RestorePlan, plan_restore
 from rescue.progress import ProgressReporter
@@ -90,11 +91,16 @@ def used(path: str, size: int, fstype: str | None) -> int | None:
     return size // 3
 
 
+def wired() -> list[Interface]:
+    return [Interface("enp1s0", "52:54:00:12:34:56", wired=True, up=True,
+                      addresses=("192.168.1.23/24",))]  # fmt: skip
+
+
 def app() -> RescueApp:
     images = [Path("/mnt/usb/images/office-pc-2026-11-20")]
     return RescueApp(
         disks_source=fixed_disks, smart=health, used=used, find_images=lambda: images,
-        hotplug=False,
+        network=wired, hotplug=False,
     )  # fmt: skip
 
 
@@ -239,7 +245,7 @@ def test_restore_confirmation_of_a_real_image(
     monkeypatch.setattr(rescue.tui.restore, "plan_restore", plan_for_the_real_disks)
     ui = RescueApp(
         disks_source=lambda: [shown_target], smart=health, used=used,
-        find_images=lambda: [IMAGE], hotplug=False,
+        find_images=lambda: [IMAGE], network=wired, hotplug=False,
     )  # fmt: skip
 
     async def before(pilot: Pilot[Any]) -> None:

@@ -18,6 +18,7 @@ from textual import on
 from textual.app import App
 
 from rescue.devices import list_disks
+from rescue.devices.network import interfaces
 from rescue.devices.smart import smart_summary
 from rescue.operations.estimate import used_bytes
 from rescue.operations.finding import find_images_on_drives
@@ -31,7 +32,14 @@ from rescue.tui.messages import (
     VerifyRequested,
 )
 from rescue.tui.restore import RestoreScreen, VerifyScreen
-from rescue.tui.services import DiskLister, ImageFinder, Services, SmartReader, UsedReader
+from rescue.tui.services import (
+    DiskLister,
+    ImageFinder,
+    NetworkReader,
+    Services,
+    SmartReader,
+    UsedReader,
+)
 
 
 class RescueApp(App[int]):
@@ -47,6 +55,7 @@ class RescueApp(App[int]):
         smart: SmartReader | None = None,
         used: UsedReader | None = None,
         find_images: ImageFinder | None = None,
+        network: NetworkReader | None = None,
         hotplug: bool = True,
     ) -> None:
         super().__init__()
@@ -55,6 +64,7 @@ class RescueApp(App[int]):
             smart=smart or smart_summary,
             used=used or used_bytes,
             find_images=find_images or find_images_on_drives,
+            network=network or interfaces,
         )
         self._hotplug = hotplug
         self._stop = threading.Event()

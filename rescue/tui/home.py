@@ -12,11 +12,15 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from rescue.devices import Disk
+from rescue.devices.network import Interface, set_static, use_dhcp
+from rescue.devices.network import summary as network_summary
 from rescue.devices.smart import SmartSummary
+from rescue.errors import RescueError
 from rescue.operations.plan_text import shown
 from rescue.tui.messages import (
     BrowseRequested,
@@ -44,6 +48,58 @@ FLAG_WORDS = {
 }
 
 
+NETWORK_EVERY = 5.0
+"""Seconds between two readings of the network addresses."""
+
+
+class NetworkDialog(ModalScreen[str | None]):
+    """A static address for a wired interface, or DHCP again (empty address)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    NetworkDialog { align: center middle; }
+    NetworkDialog Vertical { width: 72; height: auto; border: round $accent; padding: 0 1; }
+    NetworkDialog #net-error { color: $error; height: auto; }
+    """
+
+    def __init__(self, wired: list[Interface]) -> None:
+        super().__init__()
+        self.wired = wired
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            names = ", ".join(f"{i.name} ({i.mac})" for i in self.wired) or "none found"
+            yield Label(plain(f"Wired interfaces: {names}"))
+            yield Label("Interface:")
+            first = self.wired[0].name if self.wired else ""
+            yield Input(first, id="net-iface")
+            yield Label("Address/prefix (empty: DHCP again), e.g. 192.168.1.50/24:")
+            yield Input(id="net-address")
+            yield Label("Gateway (optional):")
+            yield Input(id="net-gateway")
+            yield Label("DNS server (optional):")
+            yield Input(id="net-dns")
+            yield Static("", id="net-error")
+            yield Label("Enter applies (until the next boot); Esc cancels.")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        value = {n: self.query_one(f"#net-{n}", Input).value.strip()
+                 for n in ("iface", "address", "gateway", "dns")}  # fmt: skip
+        try:
+            if value["address"]:
+                dns = (value["dns"],) if value["dns"] else ()
+                set_static(value["iface"], value["address"], value["gateway"] or None, dns)
+                self.dismiss(f"{value['iface']}: static address {value['address']} set.")
+            else:
+                use_dhcp(value["iface"])
+                self.dismiss(f"{value['iface']}: DHCP again.")
+        except RescueError as exc:
+            self.query_one("#net-error", Static).update(plain(str(exc)))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class HomeScreen(Screen[None]):
     """The disks table; details of the selected disk below it."""
 
@@ -52,6 +108,7 @@ class HomeScreen(Screen[None]):
         Binding("r", "restore", "Restore"),
         Binding("v", "verify", "Verify"),
         Binding("b", "browse", "Browse"),
+        Binding("n", "network", "Net"),
         Binding("f5,u", "refresh", "Refresh"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -59,6 +116,7 @@ class HomeScreen(Screen[None]):
     HomeScreen #disks { height: 1fr; }
     HomeScreen #detail { height: auto; max-height: 12; padding: 0 1; border-top: solid $panel; }
     HomeScreen #status { height: 1; padding: 0 1; color: $text-muted; }
+    HomeScreen #network { height: 1; padding: 0 1; color: $text-muted; }
     """
 
     def __init__(self, services: Services) -> None:
@@ -77,12 +135,15 @@ class HomeScreen(Screen[None]):
         yield DataTable(id="disks", cursor_type="row", zebra_stripes=True)
         yield Static("", id="detail")
         yield Static("", id="status")
+        yield Static("Network: ...", id="network")
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#disks", DataTable)
         table.add_columns("device", "size", "model / file", "bus", "health", "do not write: why")
         self.action_refresh()
+        self._read_network()
+        self.set_interval(NETWORK_EVERY, self._read_network)
 
     def on_unmount(self) -> None:
         self._stop.set()
@@ -128,6 +189,32 @@ class HomeScreen(Screen[None]):
                 self.health[d.path] = summary
                 if summary is not None:
                     self.app.call_from_thread(self.action_refresh)
+
+    def _read_network(self) -> None:
+        """The addresses, read off the UI thread (a DHCP lease comes some seconds after boot)."""
+
+        def work() -> None:
+            try:
+                line = network_summary(self.services.network())
+            except RescueError as exc:
+                line = f"Network: unknown ({exc})"
+            if not self._stop.is_set():
+                self.app.call_from_thread(self._show_network, line)
+
+        self.run_worker(work, thread=True, group="network", exit_on_error=False, exclusive=True)
+
+    def _show_network(self, line: str) -> None:
+        self.query_one("#network", Static).update(plain(line))
+
+    def action_network(self) -> None:
+        wired = [i for i in self.services.network() if i.wired]
+
+        def done(result: str | None) -> None:
+            if result:
+                self.notify(result, markup=False)
+            self._read_network()
+
+        self.app.push_screen(NetworkDialog(wired), done)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_detail()

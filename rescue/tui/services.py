@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue.devices import Disk
+from rescue.devices.network import Interface, interfaces
 from rescue.devices.smart import SmartSummary
 from rescue.operations.unlock import EncryptedPartition, encrypted_partitions
 
@@ -20,6 +21,7 @@ SmartReader = Callable[[str], SmartSummary | None]
 UsedReader = Callable[[str, int, str | None], int | None]
 ImageFinder = Callable[[], list[Path]]
 EncryptedFinder = Callable[[str], list[EncryptedPartition]]
+NetworkReader = Callable[[], list[Interface]]
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,5 @@ class Services:
     find_images: ImageFinder
     encrypted: EncryptedFinder = encrypted_partitions
     """The encrypted partitions of a disk or partition (read from their headers)."""
+    network: NetworkReader = interfaces
+    """The network interfaces and their addresses."""
