@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from rescue.cli.locations import add_share_arguments, image_location
 from rescue.containers.base import LayerInfo
 from rescue.image.view import open_image
 from rescue.operations.plan_text import shown
@@ -21,7 +22,8 @@ from rescue.units import human_size
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("info", help="show what an image holds")
-    p.add_argument("image_dir", type=Path)
+    p.add_argument("image_dir", help="image folder, or a share URL (smb://, nfs://, ssh://)")
+    add_share_arguments(p)
     p.add_argument("--json", action="store_true", help="the manifest as JSON")
     p.set_defaults(func=run)
 
@@ -32,7 +34,12 @@ def safe(text: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    image = open_image(args.image_dir)
+    with image_location(args.image_dir, args, read_only=True) as local:
+        return _info(args, local)
+
+
+def _info(args: argparse.Namespace, local: Path) -> int:
+    image = open_image(local)
     if args.json:
         if image.manifest is not None:
             data: dict[str, Any] = json.loads(image.manifest.to_json())
