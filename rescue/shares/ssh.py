@@ -108,6 +108,12 @@ def failure(loc: ShareLocation, said: str, ssh_log: str) -> ShareError:
         (ln.strip() for ln in [*ssh_log.splitlines(), *said.splitlines()] if ln.strip()),
         "no message",
     )
+    if "permission denied" in said.lower() and "permission denied (" not in low:
+        return ShareAuthError(
+            f"The SSH server let {where} in, but the user may not use {remote(loc)} ({words}).",
+            hint="Check the folder's owner and permissions on the server, or give a folder "
+            "the user may write.",
+        )
     if "permission denied" in low or "too many authentication failures" in low:
         return ShareAuthError(
             f"The SSH server refused {where}: wrong password or key ({words}).",
