@@ -266,6 +266,8 @@ def test_smb_version_from_the_url_is_the_only_one_tried(monkeypatch: pytest.Monk
 
 @need("root")
 @pytest.mark.skipif(not SMBD.exists(), reason="samba (smbd) is not installed")
+@pytest.mark.skipif(system.which("smbclient") is None, reason="smbclient is not installed")
+@pytest.mark.skipif(system.which("mount.cifs") is None, reason="cifs-utils is not installed")
 def test_a_real_smbd_answers_and_mount_cifs_meets_it(tmp_path: Path) -> None:
     """smbd from tests/share_servers.py starts on 127.0.0.1 and lists its share to smbclient;
     the real mount.cifs then mounts it where the kernel has CIFS (the live system), and on a
@@ -452,12 +454,13 @@ def _share_mounts(run_dir: Path) -> list[str]:
             and (m.mountpoint.startswith(str(run_dir)) or "rsq" in m.source)]  # fmt: skip
 
 
-def _cmdlines() -> bytes:
+def _every_process(what: str) -> bytes:
+    """``/proc/PID/<what>`` (cmdline, environ) of every process, joined."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                out.append((entry / "cmdline").read_bytes())
+                out.append((entry / what).read_bytes())
             except OSError:
                 continue
     return b"\n".join(out)
@@ -485,7 +488,10 @@ def test_mount_share_and_unmount(
         assert (mnt / "hello.txt").read_text() == "from the server"
         (mnt / "back.txt").write_text("from rescue")
         assert (sshd.root / "back.txt").read_text() == "from rescue"
-        assert sshd.password.encode() not in _cmdlines()  # sshfs and ssh run now
+        running = [m for m in kernel.mount_table() if m.mountpoint == str(mnt)]
+        assert running and running[0].fstype == "fuse.sshfs"  # sshfs and ssh run now:
+        assert sshd.password.encode() not in _every_process("cmdline")
+        assert sshd.password.encode() not in _every_process("environ")
         run_dir = Path(share_env[mounts.RUN_DIR_ENV])
         assert run_dir.stat().st_mode & 0o777 == 0o700
         assert _files_holding(run_dir, sshd.password.encode()) == []
