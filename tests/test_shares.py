@@ -42,6 +42,7 @@ from rescue.shares.errors import (
     ShareFullError,
     ShareNotFoundError,
 )
+from rescue.shares.hostkeys import HostKey, HostKeyError, ensure_known
 from rescue.shares.location import parse_location
 
 # --- URLs ------------------------------------------------------------------------------
@@ -396,7 +397,7 @@ def test_sshfs_arguments() -> None:
          "read: Connection reset by peer\n", ShareAuthError),
         ("No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict "
          "checking.\nHost key verification failed.\n", "read: Connection reset by peer\n",
-         mounts.hostkeys.HostKeyError),
+         HostKeyError),
         ("ssh: connect to host 127.0.0.1 port 2299: Connection refused\n",
          "read: Connection reset by peer\n", ServerUnreachableError),
         ("", "tech@127.0.0.1:/nothere: No such file or directory\n", ShareNotFoundError),
@@ -685,3 +686,64 @@ def test_server_killed_mid_capture_then_resume_finishes(
     assert streams
     for name in streams:
         assert (sshd.root / "pc2" / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+@real_ssh
+def test_host_key_confirmed_on_a_terminal_is_kept_and_checked_after(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """The real scan: a key the technician does not confirm is refused and not kept; one
+    confirmed is kept, and a later --host-key that differs from it is refused."""
+    known = tmp_path / "known_hosts"
+    shown: list[str] = []
+
+    def answer(yes: bool):  # type: ignore[no-untyped-def]
+        def confirm(entry: str, keys: list[HostKey]) -> bool:
+            shown.extend(k.fingerprint for k in keys)
+            assert entry == f"[127.0.0.1]:{sshd.port}"
+            return yes
+
+        return confirm
+
+    with pytest.raises(HostKeyError, match="not known to rescue"):
+        ensure_known(known, "127.0.0.1", sshd.port, expected=None, confirm=answer(False))
+    assert shown == [sshd.fingerprint()]
+    assert not known.exists() or known.read_text() == ""
+    ensure_known(known, "127.0.0.1", sshd.port, expected=None, confirm=answer(True))
+    assert f"[127.0.0.1]:{sshd.port} ssh-ed25519 " in known.read_text()
+    ensure_known(known, "127.0.0.1", sshd.port, expected=sshd.fingerprint(), confirm=None)
+    other = "SHA256:" + "A" * 43
+    with pytest.raises(HostKeyError, match="already knows"):
+        ensure_known(known, "127.0.0.1", sshd.port, expected=other, confirm=None)
+    with pytest.raises(HostKeyError, match="not an SSH key fingerprint"):
+        ensure_known(known, "127.0.0.1", sshd.port, expected="MD5:12:34", confirm=None)
+
+
+@real_ssh
+def test_unmount_of_a_share_whose_server_died(
+    sshd: SshServer, share_env: dict[str, str], tmp_path: Path, password_file: Path
+) -> None:
+    mnt = tmp_path / "mnt"
+    login = ["--password-file", str(password_file), "--host-key", sshd.fingerprint()]
+    res = rescue_command("mount-share", sshd.url(sshd.root), str(mnt), *login, env=share_env)
+    assert res.returncode == 0, res.stderr
+    try:
+        sshd.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the dead connection shows on the next access
+            try:
+                os.listdir(mnt)
+            except OSError as exc:
+                assert exc.errno in mounts.DROPPED
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the mount still answers with its server gone")
+        res = rescue_command("unmount", str(mnt), env=share_env)
+        assert res.returncode == 0, res.stderr
+        assert kernel.mounted_at(mnt) is None
+    finally:
+        if kernel.mounted_at(mnt) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        if sshd.proc is None:
+            sshd.start()
