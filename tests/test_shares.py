@@ -25,7 +25,7 @@ import pytest
 from capabilities import need
 from conftest import DiskFactory
 from diskbench import PartSpec, fill_tree, rescue_command, tree_digest
-from share_servers import SMBD, SSHD, SambaServer, SshServer
+from share_servers import SMBD, SSHD, SambaServer, SshServer, free_port
 
 from rescue import kernel, system
 from rescue.cli import build_parser
@@ -555,7 +555,7 @@ def test_wrong_password_unknown_key_missing_folder_and_no_server(
     assert missing.returncode == EXIT_REFUSED, missing.stderr
     assert "does not exist on the server" in missing.stderr
 
-    nobody = f"ssh://{sshd.user}@127.0.0.1:{sshd.port + 1 if sshd.port < 65535 else 1}/x"
+    nobody = f"ssh://{sshd.user}@127.0.0.1:{free_port()}/x"  # nothing listens there
     gone = rescue_command("mount-share", nobody, str(mnt), *pw, env=share_env)
     assert gone.returncode == EXIT_FAILED, gone.stderr
     assert "did not answer" in gone.stderr
@@ -747,3 +747,34 @@ def test_unmount_of_a_share_whose_server_died(
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         if sshd.proc is None:
             sshd.start()
+
+
+@real_ssh
+def test_a_private_mount_left_by_a_killed_command_is_swept(
+    sshd: SshServer, share_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command killed with SIGKILL cannot unmount its share: the next one does."""
+    for key, value in share_env.items():
+        monkeypatch.setenv(key, value)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id nobody has any more
+    creds = mounts.Credentials(password=sshd.password.encode(), host_key=sshd.fingerprint())
+    left = mounts.run_dir() / f"mnt-{dead.pid}-left"
+    left.mkdir()
+    mounts.attach(parse_location(sshd.url(sshd.root)), left, creds, read_only=True)
+    ours = mounts.run_dir() / f"mnt-{os.getpid()}-ours"
+    ours.mkdir()
+    mounts.attach(parse_location(sshd.url(sshd.root)), ours, creds, read_only=True)
+    try:
+        with mounts.private_share(parse_location(sshd.url(sshd.root)), creds,
+                                  read_only=True) as folder:  # fmt: skip
+            assert kernel.mounted_at(folder) is not None
+            assert kernel.mounted_at(left) is None and not left.exists()
+            assert kernel.mounted_at(ours) is not None  # its command (this one) still runs
+        assert kernel.mounted_at(folder) is None and not folder.exists()
+    finally:
+        for m in (left, ours):
+            if kernel.mounted_at(m) is not None:
+                mounts.detach(m, "fuse")
+            if m.exists():
+                m.rmdir()

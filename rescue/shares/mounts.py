@@ -236,8 +236,13 @@ def unmount_share(mountpoint: Path | str) -> ShareMount:
 
 @contextlib.contextmanager
 def private_share(loc: ShareLocation, creds: Credentials, *, read_only: bool) -> Iterator[Path]:
-    """``loc`` mounted in a new folder under :func:`run_dir` until the block ends."""
-    folder = Path(tempfile.mkdtemp(prefix="mnt-", dir=run_dir()))
+    """``loc`` mounted in a new folder under :func:`run_dir` until the block ends.
+
+    The folder's name holds this process's id, so that mounts left by a command
+    that was killed are found and taken down (:func:`sweep`) by the next one.
+    """
+    sweep()
+    folder = Path(tempfile.mkdtemp(prefix=f"mnt-{os.getpid()}-", dir=run_dir()))
     try:
         attach(loc, folder, creds, read_only=read_only)
         try:
@@ -252,6 +257,33 @@ def private_share(loc: ShareLocation, creds: Credentials, *, read_only: bool) ->
 def _remove_empty(folder: Path) -> None:
     with contextlib.suppress(OSError):
         folder.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep() -> list[str]:
+    """Take down private mounts whose command is gone (killed before it could unmount)."""
+    root = run_dir()
+    swept = []
+    for entry in kernel.mount_table():
+        path = Path(entry.mountpoint)
+        if path.parent != root or not path.name.startswith("mnt-"):
+            continue
+        owner = path.name.split("-")[1]
+        if owner.isdigit() and not _alive(int(owner)):
+            log.warning("taking down %s, left by a command that ended without unmounting", path)
+            detach(path, "fuse" if entry.fstype.startswith("fuse") else "kernel")
+            _remove_empty(path)
+            swept.append(str(path))
+    return swept
 
 
 def writing_error(exc: OSError, *, source: str, image: str) -> ShareError:
