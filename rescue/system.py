@@ -7,11 +7,12 @@ Every call to sfdisk, sgdisk, mkswap, mount, losetup, ... goes through
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rescue.errors import ExternalToolError
 
@@ -84,6 +85,31 @@ def run(
             f"{' '.join(argv)} failed (exit {result.returncode}): {err or 'no message'}"
         )
     return result
+
+
+MAX_PIPED_SECRET = 4096
+"""A secret handed over on a pipe fits its buffer at once (Linux's is 64 KiB)."""
+
+
+@contextlib.contextmanager
+def secret_pipe(secret: bytes) -> Iterator[int]:
+    """The read end of a pipe that holds ``secret`` and then ends, for ``pass_fds``.
+
+    For tools that read a secret from an inherited descriptor (mount.cifs's
+    ``PASSWD_FD``): the secret never shows in an argument list, the environment
+    (which holds only the descriptor's number) or a file.
+    """
+    if len(secret) > MAX_PIPED_SECRET:
+        raise ValueError("secret too long for a pipe")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, secret)
+    finally:
+        os.close(write_end)
+    try:
+        yield read_end
+    finally:
+        os.close(read_end)
 
 
 def output(argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = None) -> str:

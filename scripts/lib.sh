@@ -12,7 +12,8 @@ RUNTIME_PACKAGES=(
   fusefat exfat-fuse cryptsetup-bin
 )
 # What the tests add: reference tools to compare against and to fill disks.
-TEST_PACKAGES=(xxhash kmod gzip acl lvm2 dislocker)
+TEST_PACKAGES=(xxhash kmod gzip acl lvm2 dislocker
+  openssh-server openssh-client sshfs samba smbclient cifs-utils)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -33,9 +34,18 @@ install_packages() {
   fi
   say "Installing Debian packages: $missing"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
+  # servers the tests start themselves (sshd, smbd) must not be started as services by
+  # their packages: a policy-rc.d that says no, for the length of the install
+  local policy=/usr/sbin/policy-rc.d made_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+  fi
+  local status=0
+  apt-get update -q || status=$?
   # shellcheck disable=SC2086
-  apt-get install -y -q --no-install-recommends $missing
+  [ "$status" != 0 ] || apt-get install -y -q --no-install-recommends $missing || status=$?
+  if [ -n "$made_policy" ]; then rm -f "$policy"; fi
+  return "$status"
 }
 
 # Python for the venv: Debian's own when present (the live system uses it too).

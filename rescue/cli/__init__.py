@@ -15,12 +15,23 @@ import sys
 from collections.abc import Sequence
 
 from rescue import __version__
-from rescue.cli import capture, decrypt, extract, info, mount, network, restore, verify
+from rescue.cli import capture, decrypt, extract, info, mount, network, restore, shares, verify
 from rescue.cli import list as list_cmd
 from rescue.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, RescueError
 from rescue.operations.plan_text import shown_message
 
-SUBCOMMANDS = (list_cmd, capture, restore, verify, info, mount, extract, decrypt, network)
+SUBCOMMANDS = (
+    list_cmd,
+    capture,
+    restore,
+    verify,
+    info,
+    mount,
+    extract,
+    decrypt,
+    shares,
+    network,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """`rescue capture SOURCE IMAGE_DIR`: image a disk, a partition or a raw disk file.
 
 A folder holding an interrupted capture is refused with the command that goes on
-with it (``--resume``): the two are never mixed up.
+with it (``--resume``): the two are never mixed up. IMAGE_DIR may be a share's URL
+(``rescue/cli/locations.py``); a connection that drops names the resume command.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from rescue.cli.image_key import (
     unlock_if_encrypted,
 )
 from rescue.cli.keys import add_key_arguments, ask_for_missing, secrets_from
+from rescue.cli.locations import add_share_arguments, image_location, is_share
 from rescue.cli.progress import reporter
 from rescue.cli.sizes import parse_size
 from rescue.copier import CompressionOptions, ReadOptions
-from rescue.errors import EXIT_UNREADABLE, BadInputError
+from rescue.errors import EXIT_UNREADABLE, BadInputError, DeviceError
 from rescue.operations.capture import capture, refuse_a_complete_image
 from rescue.operations.capture_map import CaptureMap, describe, resumable
 from rescue.operations.plan_text import shown
 from rescue.operations.unlock import encrypted_partitions
+from rescue.shares.mounts import writing_error
 
 
 def add_parser(sub: Any) -> None:
@@ -31,8 +34,10 @@ def add_parser(sub: Any) -> None:
         "capture", help="image a disk or partition (only the used blocks)"
     )
     p.add_argument("source", nargs="?", help="disk, partition, or a file holding a raw disk")
-    p.add_argument("image_dir", nargs="?", type=Path, help="new folder for the image")
-    p.add_argument("--resume", type=Path, metavar="IMAGE_DIR",
+    p.add_argument("image_dir", nargs="?",
+                   help="new folder for the image, or a share URL (smb://, nfs://, ssh://)"
+                   )  # fmt: skip
+    p.add_argument("--resume", metavar="IMAGE_DIR",
                    help="go on with an interrupted capture in IMAGE_DIR (same source disk)"
                    )  # fmt: skip
     p.add_argument("--level", type=int, default=3, choices=range(1, 20), metavar="N",
@@ -50,6 +55,7 @@ def add_parser(sub: Any) -> None:
                    "--image-passphrase-file); stock Clonezilla cannot read it")  # fmt: skip
     add_image_key_argument(p)
     add_key_arguments(p)
+    add_share_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -74,6 +80,26 @@ def refuse_an_interrupted_capture(source: str, image_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    where = args.resume if args.resume is not None else args.image_dir
+    if where is None or (args.resume is None and args.source is None):
+        raise BadInputError("Give the disk to capture and a new folder for the image.")
+    with image_location(where, args, read_only=False) as folder:
+        args.image_dir = folder
+        if args.resume is not None:
+            args.resume = folder
+        try:
+            return _capture_into(args, where)
+        except DeviceError as exc:
+            if is_share(where) and isinstance(exc.__cause__, OSError):
+                raise writing_error(exc.__cause__, source=args.source, image=where) from exc
+            raise
+        except OSError as exc:
+            if is_share(where):
+                raise writing_error(exc, source=args.source, image=where) from exc
+            raise
+
+
+def _capture_into(args: argparse.Namespace, where: str) -> int:
     options = CompressionOptions(level=args.level, split=args.split)
     reading = ReadOptions(keep_going=not args.stop_on_error, retries=max(0, args.retries))
     image_key = new_image_key(args)
@@ -97,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     lost = [(p.name, off, n) for p in manifest.partitions for off, n in p.unreadable]
     if not args.json:
         print(
-            f"Image complete: {shown(args.image_dir)} ({len(manifest.partitions)} partition(s), "
+            f"Image complete: {shown(where)} ({len(manifest.partitions)} partition(s), "
             f"{manifest.used_bytes} used bytes)."
         )
         if lost:

@@ -10,6 +10,7 @@ from rescue.browse.extract import describe_failures, describe_left_out
 from rescue.browse.session import BrowseSession
 from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.keys import add_volume_arguments, secret_for_image
+from rescue.cli.locations import add_share_arguments, image_location
 from rescue.cli.progress import reporter
 from rescue.errors import EXIT_FAILED
 
@@ -18,7 +19,7 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "extract", help="copy files or folders out of an image (no restore needed)"
     )
-    p.add_argument("image_dir", type=Path)
+    p.add_argument("image_dir", help="image folder, or a share URL (smb://, nfs://, ssh://)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="paths inside the partition")
     p.add_argument("--partition", type=int, metavar="N", help="partition number")
     p.add_argument("--to", type=Path, required=True, metavar="DIR", help="destination folder")
@@ -31,16 +32,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     add_volume_arguments(p)
     add_image_key_argument(p)
+    add_share_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    unlock_if_encrypted(args.image_dir, args)
-    secret = secret_for_image(args, args.image_dir, args.partition)
+    with image_location(args.image_dir, args, read_only=True) as local:
+        return _extract_from(args, local)
+
+
+def _extract_from(args: argparse.Namespace, local: Path) -> int:
+    unlock_if_encrypted(local, args)
+    secret = secret_for_image(args, local, args.partition)
     with (
         reporter(args.json) as progress,
         BrowseSession(
-            args.image_dir, args.partition, progress=progress, volume=args.volume, secret=secret
+            local, args.partition, progress=progress, volume=args.volume, secret=secret
         ) as session,
     ):
         result = session.extract(args.paths, args.to, progress=progress, no_special=args.no_special)

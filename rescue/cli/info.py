@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
+from rescue.cli.locations import add_share_arguments, image_location
 from rescue.containers.base import LayerInfo
 from rescue.image.sealing import is_encrypted
 from rescue.image.view import open_image
@@ -23,7 +24,8 @@ from rescue.units import human_size
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("info", help="show what an image holds")
-    p.add_argument("image_dir", type=Path)
+    p.add_argument("image_dir", help="image folder, or a share URL (smb://, nfs://, ssh://)")
+    add_share_arguments(p)
     add_image_key_argument(p)
     p.add_argument("--json", action="store_true", help="the manifest as JSON")
     p.set_defaults(func=run)
@@ -35,8 +37,13 @@ def safe(text: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    unlock_if_encrypted(args.image_dir, args)
-    image = open_image(args.image_dir)
+    with image_location(args.image_dir, args, read_only=True) as local:
+        return _info(args, local)
+
+
+def _info(args: argparse.Namespace, local: Path) -> int:
+    unlock_if_encrypted(local, args)
+    image = open_image(local)
     if args.json:
         if image.manifest is not None:
             data: dict[str, Any] = json.loads(image.manifest.to_json())
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold]{folder}[/]: {safe(src.kind)} image of {safe(src.path)} ({ident}), "
                       f"{human_size(src.size)}, table {table_kind}")  # fmt: skip
         console.print(f"made {safe(m.created)} by {safe(m.tool)}, format {m.format_version}")
-        if is_encrypted(args.image_dir):
+        if is_encrypted(local):
             console.print("encrypted (AES-256-GCM, every file sealed): stock Clonezilla cannot "
                           "read it; rescue decrypt makes a plain copy")  # fmt: skip
     else:

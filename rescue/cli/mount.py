@@ -12,6 +12,7 @@ from rescue.cli.keys import add_volume_arguments, secret_for_image
 from rescue.cli.progress import reporter
 from rescue.errors import BadInputError
 from rescue.operations.plan_text import shown
+from rescue.shares import mounts as share_mounts
 
 
 def add_parser(sub: Any) -> None:
@@ -32,7 +33,9 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run_mount)
 
     u: argparse.ArgumentParser = sub.add_parser(
-        "unmount", help="unmount an image mounted by rescue mount, leaving nothing behind"
+        "unmount",
+        help="unmount an image mounted by rescue mount (or a share by rescue mount-share), "
+        "leaving nothing behind",
     )
     u.add_argument("mountpoint", type=Path, nargs="?")
     u.add_argument("--all", action="store_true", help="unmount every image rescue has mounted")
@@ -65,6 +68,17 @@ def run_unmount(args: argparse.Namespace) -> int:
         return 0
     if args.mountpoint is None:
         raise BadInputError("Name the folder to unmount, or use --all.")
-    rec = mounts.unmount(args.mountpoint)
+    if share_mounts.find(args.mountpoint) is not None:
+        share = share_mounts.unmount_share(args.mountpoint)
+        print(f"Unmounted {shown(share.url)} from {shown(share.mountpoint)}.")
+        return 0
+    try:
+        rec = mounts.unmount(args.mountpoint)
+    except BadInputError:
+        raise BadInputError(
+            f"Neither an image (rescue mount) nor a share (rescue mount-share) is mounted "
+            f"at {args.mountpoint} by rescue: rescue unmount leaves other mounts alone.",
+            hint="Unmount it with the tool that mounted it (umount, fusermount3 -u).",
+        ) from None
     print(f"Unmounted {shown(rec.image)} from {shown(rec.mountpoint)}.")
     return 0

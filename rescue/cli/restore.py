@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from rescue.cli.columns import Column, Row, print_table, terminal_width
 from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
+from rescue.cli.locations import add_share_arguments, image_location
 from rescue.cli.progress import reporter
 from rescue.devices.safety import confirm
 from rescue.errors import BadInputError
@@ -38,8 +39,9 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "restore", help="write an image onto a disk or partition (destroys what is there)"
     )
-    p.add_argument("image_dir", type=Path, nargs="?",
-                   help="the image folder (none: list the images on the drives)")  # fmt: skip
+    p.add_argument("image_dir", nargs="?",
+                   help="the image folder or a share URL (smb://, nfs://, ssh://; none: list "
+                   "the images on the drives)")  # fmt: skip
     p.add_argument("target", nargs="?",
                    help="disk (whole-disk image) or partition (partition image)")  # fmt: skip
     p.add_argument("--yes", action="store_true",
@@ -61,6 +63,7 @@ def add_parser(sub: Any) -> None:
                    "checked; --no-verify-first skips it)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     add_image_key_argument(p)
+    add_share_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -139,10 +142,15 @@ def run(args: argparse.Namespace) -> int:
             f"Give the disk or partition to write {args.image_dir} onto.",
             hint=f"Name it: rescue restore {args.image_dir} TARGET (rescue list shows the disks).",
         )
-    unlock_if_encrypted(args.image_dir, args)
+    with image_location(args.image_dir, args, read_only=True) as local:
+        return _restore_from(args, local)
+
+
+def _restore_from(args: argparse.Namespace, local: Path) -> int:
+    unlock_if_encrypted(local, args)
     with reporter(args.json) as progress:
         plan = plan_restore(
-            args.image_dir,
+            local,
             args.target,
             args.layout,
             new_ids=args.new_ids,

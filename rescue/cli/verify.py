@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
+from rescue.cli.locations import add_share_arguments, image_location
 from rescue.cli.progress import reporter
 from rescue.image.view import ImageView, open_image
 from rescue.operations.plan_text import shown
@@ -16,7 +17,8 @@ from rescue.units import human_size
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("verify", help="check an image completely")
-    p.add_argument("image_dir", type=Path)
+    p.add_argument("image_dir", help="image folder, or a share URL (smb://, nfs://, ssh://)")
+    add_share_arguments(p)
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     add_image_key_argument(p)
     p.set_defaults(func=run)
@@ -35,12 +37,17 @@ def checked_lines(image: ImageView) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    unlock_if_encrypted(args.image_dir, args)
-    if not args.json and not is_locked(args.image_dir):
-        for line in checked_lines(open_image(args.image_dir)):
+    with image_location(args.image_dir, args, read_only=True) as local:
+        return _verify(args, local)
+
+
+def _verify(args: argparse.Namespace, local: Path) -> int:
+    unlock_if_encrypted(local, args)
+    if not args.json and not is_locked(local):
+        for line in checked_lines(open_image(local)):
             print(line)
     with reporter(args.json) as progress:
-        report = verify(args.image_dir, progress=progress)
+        report = verify(local, progress=progress)
     if not args.json:
         for note in report.notes:
             print(f"note: {shown(note)}")

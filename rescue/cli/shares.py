@@ -1,0 +1,41 @@
+"""`rescue mount-share URL MNT`: a network share as a folder, for scripts.
+
+``rescue unmount MNT`` takes it down again (see ``rescue/cli/mount.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rescue.cli.locations import add_share_arguments, credentials_from
+from rescue.operations.plan_text import shown
+from rescue.shares.location import FORMS, parse_location
+from rescue.shares.mounts import mount_share
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "mount-share",
+        help="mount a network share (smb://, nfs://, ssh://) at a folder",
+        description="Mount a network share at MNT. URL forms: " + "; ".join(FORMS) + ".",
+    )
+    p.add_argument("url", metavar="URL")
+    p.add_argument("mountpoint", type=Path, metavar="MNT", help="an empty folder (made if missing)")
+    p.add_argument("--read-only", action="store_true", help="mount it read-only")
+    add_share_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    loc = parse_location(args.url)
+    mounted = mount_share(
+        loc, args.mountpoint, credentials_from(args, loc), read_only=args.read_only
+    )
+    mode = "read-only" if args.read_only else "read-write"
+    print(
+        f"Mounted {shown(mounted.url)} {mode} at {shown(mounted.mountpoint)}.\n"
+        f"When done: rescue unmount {shown(mounted.mountpoint)}"
+    )
+    return 0
