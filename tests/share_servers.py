@@ -4,8 +4,10 @@
 in a temporary folder, for a temporary user (made with useradd, its password
 set through chpasswd on stdin, removed afterwards) who logs in with a password
 or a key. :class:`SambaServer` runs smbd with its own smb.conf on a port of its
-own. Every process is ended by its PID (and its children found through /proc),
-never by name.
+own (guests, or a temporary user with a password). :class:`GaneshaServer` runs
+the user-space NFS server nfs-ganesha, NFSv4 over TCP only, exporting one folder.
+Every process is ended by its PID (and its children found through /proc), never
+by name.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
 SMBD = Path("/usr/sbin/smbd")
+GANESHA = Path("/usr/bin/ganesha.nfsd")
 LOOPBACK = "127.0.0.1"
 
 
@@ -173,12 +176,17 @@ class SshServer:
 class SambaServer:
     """smbd on 127.0.0.1 with its own smb.conf, one guest-writable share named ``images``."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, user: bool = False) -> None:
+        """With ``user``, a temporary user (``self.user``, ``self.password``) may log in;
+        the share takes guests either way."""
         self.base = base
         self.port = free_port()
         self.share = base / "share"
         self.config = base / "smb.conf"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.user = f"rsm{secrets.token_hex(4)}" if user else None
+        self.password = f"pw-{secrets.token_hex(12)}"
+        self._user_made = False
 
     def start(self) -> None:
         for sub in ("private", "lock", "state", "cache", "pid", "log", "share"):
@@ -215,6 +223,15 @@ class SambaServer:
             start_new_session=True,  # smbd signals its whole process group when it stops
         )  # fmt: skip
         wait_for_port(self.port, self.proc)
+        if self.user is not None and not self._user_made:
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                            self.user], check=True)  # fmt: skip
+            self._user_made = True
+            subprocess.run(
+                ["smbpasswd", "-c", str(self.config), "-s", "-a", self.user],
+                input=f"{self.password}\n{self.password}\n".encode(), check=True,
+                capture_output=True,
+            )  # fmt: skip
 
     def list_shares(self) -> str:
         """What ``smbclient -L`` lists as guest."""
@@ -240,6 +257,9 @@ class SambaServer:
         if self.proc is not None:
             end_process(self.proc)
             self.proc = None
+        if self._user_made and self.user is not None:
+            subprocess.run(["userdel", self.user], check=False, capture_output=True)
+            self._user_made = False
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in self.helpers():
                 with contextlib.suppress(ProcessLookupError):
@@ -247,3 +267,62 @@ class SambaServer:
             deadline = time.monotonic() + 5
             while self.helpers() and time.monotonic() < deadline:
                 time.sleep(0.05)
+
+
+class GaneshaServer:
+    """nfs-ganesha on 127.0.0.1 (NFSv4 over TCP, no rpcbind, no grace period), exporting
+    ``self.export`` as ``/export`` read-write for root."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.export = base / "export"
+        self.config = base / "ganesha.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        for sub in ("export", "recovery"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        plugins = next(
+            (str(p) for p in Path("/usr/lib").glob("*/ganesha") if p.is_dir()), "/usr/lib/ganesha"
+        )
+        self.config.write_text(
+            "NFS_CORE_PARAM {\n"
+            "  Protocols = 4;\n"
+            f"  NFS_Port = {self.port};\n"
+            f"  Bind_addr = {LOOPBACK};\n"
+            "  Enable_NLM = false;\n"
+            "  Enable_RQUOTA = false;\n"
+            "  Enable_UDP = false;\n"
+            f'  Plugins_Dir = "{plugins}";\n'
+            "}\n"
+            "NFSV4 {\n"
+            "  Graceless = true;\n"
+            "  RecoveryBackend = fs;\n"
+            f'  RecoveryRoot = "{self.base / "recovery"}";\n'
+            "}\n"
+            "EXPORT {\n"
+            "  Export_Id = 1;\n"
+            f'  Path = "{self.export}";\n'
+            '  Pseudo = "/export";\n'
+            "  Access_Type = RW;\n"
+            "  Squash = No_Root_Squash;\n"
+            "  Protocols = 4;\n"
+            "  Transports = TCP;\n"
+            "  SecType = sys;\n"
+            "  FSAL { Name = VFS; }\n"
+            "}\n"
+            "LOG { Default_Log_Level = EVENT; }\n"
+        )
+        self.proc = subprocess.Popen(
+            [str(GANESHA), "-F", "-f", str(self.config), "-L", str(self.base / "ganesha.log"),
+             "-p", str(self.base / "ganesha.pid")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            end_process(self.proc)
+            self.proc = None
