@@ -778,3 +778,70 @@ def test_a_private_mount_left_by_a_killed_command_is_swept(
                 mounts.detach(m, "fuse")
             if m.exists():
                 m.rmdir()
+
+
+@real_ssh
+@need("root", "loop")
+def test_the_capture_screen_mounts_an_ssh_share_and_captures_onto_it(
+    sshd: SshServer, small_disk: tuple[str, dict[str, str]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The destination list's "network share" entry: F2, the URL and password typed, the
+    unknown host key confirmed (y), the capture goes to the server; the app unmounts it."""
+    import asyncio  # noqa: PLC0415
+
+    from textual.widgets import Input, OptionList  # noqa: PLC0415
+
+    from rescue.tui.app import RescueApp  # noqa: PLC0415
+    from rescue.tui.jobs import ConfirmScreen, JobScreen  # noqa: PLC0415
+    from rescue.tui.share import ShareDialog, unmount_all  # noqa: PLC0415
+
+    monkeypatch.setenv(mounts.RUN_DIR_ENV, str(tmp_path / "run"))
+    disk, _digest = small_disk
+    app = RescueApp(smart=lambda _p: None, find_images=list, network=list, hotplug=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.3)
+            table = app.screen.query_one("#disks")
+            keys = [row.value for row in table.rows]  # type: ignore[attr-defined]
+            table.move_cursor(row=keys.index(disk))  # type: ignore[attr-defined]
+            await pilot.press("c")
+            await pilot.pause(0.3)
+            dests = app.screen.query_one("#dests", OptionList)
+            dests.highlighted = dests.option_count - 1
+            await pilot.press("f2")
+            await pilot.pause()
+            assert isinstance(app.screen, ShareDialog)
+            app.screen.query_one("#share-url", Input).value = sshd.url(sshd.root)
+            app.screen.query_one("#share-password", Input).value = sshd.password
+            app.screen.query_one("#share-url", Input).focus()
+            await pilot.press("enter")
+            deadline = time.monotonic() + 30
+            while not isinstance(app.screen, ConfirmScreen):
+                assert time.monotonic() < deadline, "no host key question"
+                await pilot.pause(0.1)
+            assert sshd.fingerprint() in str(app.screen._question)
+            await pilot.press("y")
+            while isinstance(app.screen, ShareDialog | ConfirmScreen):
+                assert time.monotonic() < deadline, "the share did not mount"
+                await pilot.pause(0.1)
+            dest = app.screen.query_one("#dest", Input).value
+            assert dest.startswith(str(tmp_path / "run"))
+            app.screen.query_one("#name", Input).value = "from-the-screen"
+            await pilot.press("ctrl+s")
+            while not isinstance(app.screen, JobScreen):
+                await pilot.pause(0.1)
+            job = app.screen
+            while job.outcome is None:
+                assert time.monotonic() < deadline + 120, "the capture did not finish"
+                await pilot.pause(0.2)
+            assert job.outcome == "ok", job.message
+
+    asyncio.run(go())
+    assert (sshd.root / "from-the-screen" / "rescue.json").is_file()
+    assert unmount_all() == []
+    assert _share_mounts(tmp_path / "run") == []
+    assert sshd.password.encode() not in b"".join(
+        p.read_bytes() for p in (sshd.root / "from-the-screen").iterdir()
+    )

@@ -40,6 +40,7 @@ from rescue.tui.services import (
     SmartReader,
     UsedReader,
 )
+from rescue.tui.share import unmount_all
 
 
 class RescueApp(App[int]):
@@ -114,4 +115,6 @@ def run_app() -> int:
         result = app.run()
     finally:
         app._stop.set()
+        for problem in unmount_all():  # the network shares the screens mounted
+            print(f"rescue: could not unmount {problem}")
     return result or 0

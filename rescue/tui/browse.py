@@ -23,7 +23,8 @@ from rescue.operations.plan_text import shown, shown_message
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen
 from rescue.tui.services import Services
-from rescue.tui.widgets import ImagePicker, plain
+from rescue.tui.text import plain
+from rescue.tui.widgets import ImagePicker
 from rescue.units import human_size
 
 
@@ -62,6 +63,7 @@ class BrowseScreen(Screen[None]):
         Binding("space", "mark", "Mark"),
         Binding("backspace", "up", "Up"),
         Binding("ctrl+e", "extract", "Extract marked"),
+        Binding("f6", "share", "Share"),
         Binding("escape", "leave", "Back"),
     ]
     DEFAULT_CSS = """
@@ -109,6 +111,9 @@ class BrowseScreen(Screen[None]):
                     severity="error",
                     markup=False,
                 )
+
+    def action_share(self) -> None:
+        self.query_one(ImagePicker).open_share()
 
     def action_open(self) -> None:
         image = self.query_one(ImagePicker).value

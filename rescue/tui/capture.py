@@ -30,7 +30,11 @@ from rescue.operations.unlock import EncryptedPartition
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen, JobWarning
 from rescue.tui.services import Services
+from rescue.tui.share import ShareDialog
 from rescue.units import human_size
+
+SHARE_OPTION = "network-share"
+"""The destination list's entry that mounts a network share."""
 
 
 def default_name(disk: Disk) -> str:
@@ -90,7 +94,9 @@ class CaptureScreen(Screen[None]):
                 for p in self.disk.partitions
             ]
             yield OptionList(*options, id="sources")
-            yield Label("Destination folder (a mounted drive; F2 mounts one listed below):")
+            yield Label(
+                "Destination folder (F2 mounts the drive or network share highlighted below):"
+            )
             yield Input(placeholder="/mnt/usb", id="dest")
             yield OptionList(id="dests")
             yield Label("Image name:")
@@ -113,6 +119,7 @@ class CaptureScreen(Screen[None]):
                 f"{shown(p.label or '')} ({shown(where)})"
             )
             dests.add_option(Option(Content(text), id=p.path))
+        dests.add_option(Option("network share (SMB, NFS, SSH): F2 connects", id=SHARE_OPTION))
         self._estimate()
         self._show_keys()
 
@@ -209,6 +216,14 @@ class CaptureScreen(Screen[None]):
             self.notify("Highlight a partition in the list first.", severity="warning")
             return
         path = dests.get_option_at_index(dests.highlighted).id
+        if path == SHARE_OPTION:
+
+            def mounted(folder: Path | None) -> None:
+                if folder is not None:
+                    self.query_one("#dest", Input).value = str(folder)
+
+            self.app.push_screen(ShareDialog(read_only=False), mounted)
+            return
         part = next(
             (p for d in self.services.list_disks() for p in d.partitions if p.path == path), None
         )

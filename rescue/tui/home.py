@@ -29,7 +29,7 @@ from rescue.tui.messages import (
     VerifyRequested,
 )
 from rescue.tui.services import Services
-from rescue.tui.widgets import plain
+from rescue.tui.text import plain
 from rescue.units import human_size
 
 FLAG_SHORT = {

@@ -24,7 +24,7 @@ from textual.widgets import Footer, Header, Input, Log, ProgressBar, Static
 from rescue.errors import CancelledError, RescueError
 from rescue.operations.plan_text import Section, plan_lines, shown_message
 from rescue.progress import ProgressReporter
-from rescue.tui.widgets import plain
+from rescue.tui.text import plain
 from rescue.units import human_size
 
 Job = Callable[[ProgressReporter, threading.Event], str]

@@ -28,7 +28,8 @@ from rescue.operations.verify import verify
 from rescue.progress import ProgressReporter
 from rescue.tui.jobs import JobScreen, TypedConfirmScreen
 from rescue.tui.services import Services
-from rescue.tui.widgets import ImagePicker, plain
+from rescue.tui.text import plain
+from rescue.tui.widgets import ImagePicker
 from rescue.units import human_size
 
 
@@ -51,6 +52,7 @@ class RestoreScreen(Screen[None]):
         Binding("f3", "toggle_new_ids", "New IDs"),
         Binding("f4", "next_grow", "Grows"),
         Binding("f5", "toggle_verify", "Verify first", show=False),  # the box names F5
+        Binding("f6", "share", "Share", show=False),  # the image picker's label names F6
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
@@ -145,6 +147,9 @@ class RestoreScreen(Screen[None]):
         self.new_ids = not self.new_ids
         self._show_options()
 
+    def action_share(self) -> None:
+        self.query_one(ImagePicker).open_share()
+
     def action_start(self) -> None:
         image = self.query_one(ImagePicker).value
         table = self.query_one("#targets", DataTable)
@@ -208,6 +213,7 @@ class VerifyScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "start", "Verify"),
+        Binding("f6", "share", "Share"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = "VerifyScreen > Vertical { padding: 0 1; }"
@@ -221,6 +227,9 @@ class VerifyScreen(Screen[None]):
         with Vertical():
             yield ImagePicker(self.services.find_images)
         yield Footer()
+
+    def action_share(self) -> None:
+        self.query_one(ImagePicker).open_share()
 
     def action_start(self) -> None:
         image = self.query_one(ImagePicker).value

@@ -14,9 +14,11 @@ from textual.widgets.option_list import Option
 from rescue.errors import RescueError
 from rescue.image.folder import sealed_folder
 from rescue.image.sealing import is_encrypted, unlock_image
-from rescue.image.view import ImageView, open_image
-from rescue.operations.plan_text import shown, shown_message
+from rescue.image.view import ImageView, find_images, looks_like_image, open_image
+from rescue.operations.plan_text import shown
 from rescue.tui.services import ImageFinder
+from rescue.tui.share import ShareDialog
+from rescue.tui.text import plain
 from rescue.units import human_size
 
 
@@ -41,11 +43,6 @@ def describe_image(image: ImageView) -> str:
     return "\n".join(lines)
 
 
-def plain(text: str) -> Content:
-    """Text that is never read as markup, its control characters escaped (its lines kept)."""
-    return Content(shown_message(text))
-
-
 class ImagePicker(Vertical):
     """An image folder: typed in, or chosen from those found on the mounted drives.
 
@@ -66,7 +63,7 @@ class ImagePicker(Vertical):
     """
 
     def compose(self) -> ComposeResult:
-        yield Label("Image folder (type it, or pick one found on the drives):")
+        yield Label("Image folder (type it, or pick one found on the drives; F6: a network share):")
         yield Input(placeholder="/mnt/usb/images/pc-2026-11-26", id="image")
         yield OptionList(id="found")
         yield Input(password=True, placeholder="passphrase of the encrypted image, then Enter",
@@ -141,6 +138,23 @@ class ImagePicker(Vertical):
 
     def _unlock_failed(self, message: str) -> None:
         self.query_one("#about", Static).update(plain(message))
+
+    def open_share(self) -> None:
+        """Mount a network share (read-only) and look for images in it."""
+
+        def mounted(folder: Path | None) -> None:
+            if folder is None:
+                return
+            if looks_like_image(folder):
+                self.query_one("#image", Input).value = str(folder)
+                return
+            found = find_images([folder])
+            self._show_found(found)
+            self.query_one("#about", Static).update(
+                plain(f"{len(found)} image(s) found on the share, listed above: pick one.")
+            )
+
+        self.app.push_screen(ShareDialog(read_only=True), mounted)
 
     @property
     def value(self) -> Path | None:
