@@ -268,6 +268,33 @@ def test_smb_version_from_the_url_is_the_only_one_tried(monkeypatch: pytest.Monk
 @need("root")
 @pytest.mark.skipif(not SMBD.exists(), reason="samba (smbd) is not installed")
 @pytest.mark.skipif(system.which("smbclient") is None, reason="smbclient is not installed")
+def test_list_shares_asks_a_real_smbd_with_the_password_on_a_pipe(tmp_path: Path) -> None:
+    server = SambaServer(tmp_path / "smb", user=True)
+    try:
+        server.start()
+        right, wrong = tmp_path / "right.txt", tmp_path / "wrong.txt"
+        right.write_text(server.password + "\n")
+        wrong.write_text("not-the-password\n")
+        url = f"smb://{server.user}@127.0.0.1:{server.port}"
+        listed = rescue_command("list-shares", url, "--password-file", str(right))
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split() == [f"{url}/images"]
+        refused = rescue_command("list-shares", url, "--password-file", str(wrong))
+        assert refused.returncode == EXIT_REFUSED and "refused" in refused.stderr
+        assert server.password not in refused.stderr + listed.stderr
+        guest = rescue_command("list-shares", f"smb://127.0.0.1:{server.port}")
+        assert guest.returncode == 0 and "/images" in guest.stdout, guest.stderr
+        no_share = rescue_command("capture", "/dev/null", f"smb://127.0.0.1:{server.port}")
+        assert no_share.returncode == EXIT_REFUSED and "followed by a path" in no_share.stderr
+        closed = rescue_command("list-shares", f"smb://127.0.0.1:{free_port()}")
+        assert closed.returncode == EXIT_FAILED and "Could not reach" in closed.stderr
+    finally:
+        server.stop()
+
+
+@need("root")
+@pytest.mark.skipif(not SMBD.exists(), reason="samba (smbd) is not installed")
+@pytest.mark.skipif(system.which("smbclient") is None, reason="smbclient is not installed")
 @pytest.mark.skipif(system.which("mount.cifs") is None, reason="cifs-utils is not installed")
 def test_a_real_smbd_answers_and_mount_cifs_meets_it(tmp_path: Path) -> None:
     """smbd from tests/share_servers.py starts on 127.0.0.1 and lists its share to smbclient;

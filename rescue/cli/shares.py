@@ -1,6 +1,7 @@
-"""`rescue mount-share URL MNT`: a network share as a folder, for scripts.
+"""`rescue mount-share URL MNT`: a network share as a folder, for scripts;
+`rescue list-shares smb://[DOMAIN;]USER@HOST`: the shares an SMB server offers.
 
-``rescue unmount MNT`` takes it down again (see ``rescue/cli/mount.py``).
+``rescue unmount MNT`` takes a mounted share down again (see ``rescue/cli/mount.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from rescue.cli.locations import add_share_arguments, credentials_from
+from rescue.errors import BadInputError
 from rescue.operations.plan_text import shown
 from rescue.shares.location import FORMS, parse_location
 from rescue.shares.mounts import mount_share
+from rescue.shares.smb import list_shares
 
 
 def add_parser(sub: Any) -> None:
@@ -26,6 +29,27 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--read-only", action="store_true", help="mount it read-only")
     add_share_arguments(p)
     p.set_defaults(func=run)
+
+    ls: argparse.ArgumentParser = sub.add_parser(
+        "list-shares", help="the shares an SMB server offers (where it lists them)"
+    )
+    ls.add_argument("url", metavar="smb://[DOMAIN;]USER@HOST")
+    add_share_arguments(ls)
+    ls.set_defaults(func=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    loc = parse_location(args.url, server_only=True)
+    if loc.scheme != "smb":
+        raise BadInputError("Only SMB servers list their shares: give smb://[USER@]HOST.")
+    creds = credentials_from(args, loc)
+    found = list_shares(loc, creds.password)
+    base = loc.url().rstrip("/")
+    for name, comment in found:
+        print(f"{shown(base)}/{shown(name)}" + (f"  ({shown(comment)})" if comment else ""))
+    if not found:
+        print(f"{shown(loc.host_in_url)} lists no shares to this user.")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -167,8 +167,10 @@ def _version(text: str, scheme: str, query: str) -> str | None:
     return value
 
 
-def parse_location(text: str) -> ShareLocation:
-    """``text`` as a share location, or a BadInputError that shows the valid forms."""
+def parse_location(text: str, *, server_only: bool = False) -> ShareLocation:
+    """``text`` as a share location, or a BadInputError that shows the valid forms.
+
+    ``server_only``: an smb:// URL may stop at the host (to list its shares)."""
     m = _URL.fullmatch(text)
     if m is None:
         raise _bad(text, "it does not start with smb://, nfs:// or ssh://")
@@ -180,7 +182,7 @@ def parse_location(text: str) -> ShareLocation:
         raise _bad(text, "a URL for a share has no '#' part")
     rest, _, query = rest.partition("?")
     authority, slash, raw_path = rest.partition("/")
-    if not slash:
+    if not slash and not (server_only and scheme == "smb"):
         raise _bad(text, "the host is not followed by a path")
     a = _AUTHORITY.fullmatch(authority)
     if a is None:
@@ -225,9 +227,10 @@ def parse_location(text: str) -> ShareLocation:
             raise _bad(text, f"the path may not hold {value!r}")
         parts.append(value)
     if scheme == "smb":
-        if not parts:
+        if not parts and not server_only:
             raise _bad(text, "smb:// needs the share's name after the host")
-        _check_name(text, "share name", parts[0])
+        if parts:
+            _check_name(text, "share name", parts[0])
     if scheme == "nfs" and not parts:
         raise _bad(text, "nfs:// needs the export's path after the host")
     return ShareLocation(

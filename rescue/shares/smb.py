@@ -9,10 +9,12 @@ names one. SMB1 is never offered.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 from pathlib import Path
 
+from rescue import system
 from rescue.shares.errors import (
     ClientMissingError,
     DialectRefusedError,
@@ -111,3 +113,67 @@ def failure(loc: ShareLocation, said: str, tried: tuple[str, ...]) -> ShareError
             "turn SMB2/3 on at the server, or name a dialect with ?vers= in the URL.",
         )
     return ShareError(f"mount.cifs could not mount {where}: {words}")
+
+
+def list_argv(loc: ShareLocation) -> list[str]:
+    """smbclient's listing of the shares of ``loc``'s server (SMB2 and newer only)."""
+    argv = ["smbclient", "-g", "-L", loc.host, "-m", "SMB3"]
+    if loc.port is not None:
+        argv += ["-p", str(loc.port)]
+    if loc.user is None:
+        argv.append("-N")
+    else:
+        argv += ["-U", f"{loc.domain}/{loc.user}" if loc.domain else loc.user]
+    return argv
+
+
+def parse_listing(out: str) -> list[tuple[str, str]]:
+    """(name, comment) of each disk share in smbclient's ``-g`` output."""
+    found = []
+    for line in out.splitlines():
+        kind, _, rest = line.partition("|")
+        if kind == "Disk":
+            name, _, comment = rest.partition("|")
+            found.append((name, comment))
+    return found
+
+
+def listing_failure(loc: ShareLocation, said: str) -> ShareError:
+    words = " ".join(ln.strip() for ln in said.splitlines() if ln.strip())[:300] or "no message"
+    who = f"{loc.domain + chr(92) if loc.domain else ''}{loc.user}" if loc.user else "guest"
+    if "LOGON_FAILURE" in said or "WRONG_PASSWORD" in said or "ACCOUNT" in said:
+        return ShareAuthError(
+            f"The server {loc.host_in_url} refused {who} ({words}).",
+            hint="Check the user name, the domain (smb://DOMAIN;USER@HOST) and the password "
+            "file's first line.",
+        )
+    if "ACCESS_DENIED" in said:
+        return ShareError(
+            f"The server {loc.host_in_url} does not list its shares to {who} ({words}).",
+            hint="Give the share's name in the URL: smb://USER@HOST/SHARE/PATH.",
+        )
+    if "CONNECTION_REFUSED" in said or "UNREACHABLE" in said or "TIMEOUT" in said:
+        return ServerUnreachableError(
+            f"Could not reach the SMB server {loc.host_in_url} ({words}).",
+            hint="Check the address, that file sharing is on there (port 445), the firewall "
+            "and the network.",
+        )
+    return ShareError(f"smbclient could not list the shares of {loc.host_in_url}: {words}")
+
+
+def list_shares(loc: ShareLocation, password: bytes | None) -> list[tuple[str, str]]:
+    """The disk shares ``loc``'s server offers (where it lists them), as (name, comment).
+
+    The password goes to smbclient on a pipe (``PASSWD_FD``), as to mount.cifs."""
+    argv = list_argv(loc)
+    with contextlib.ExitStack() as stack:
+        env: dict[str, str] = {}
+        fds: tuple[int, ...] = ()
+        if loc.user is not None:
+            fd = stack.enter_context(system.secret_pipe(password or b""))
+            env, fds = {"PASSWD_FD": str(fd)}, (fd,)
+        res = system.run(argv, check=False, env=env, pass_fds=fds, timeout=60)
+    out = res.stdout.decode(errors="replace")
+    if res.returncode != 0:
+        raise listing_failure(loc, out + res.stderr.decode(errors="replace"))
+    return parse_listing(out)

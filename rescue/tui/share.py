@@ -3,7 +3,8 @@
 The capture screen offers it beside the local drives (its destination list has a
 "network share" entry: F2 on it), the image picker with F6. The dialog takes a
 URL (``smb://[DOMAIN;]USER@HOST/SHARE/PATH``, ``nfs://HOST/EXPORT/PATH``,
-``ssh://USER@HOST[:PORT]/PATH``), a password (hidden) or an SSH key file, and
+``ssh://USER@HOST[:PORT]/PATH``; ``smb://USER@HOST`` alone lists the server's
+shares), a password (hidden) or an SSH key file, and
 mounts the share (read-write for a capture's destination, read-only for images)
 under rescue's private folder, recorded as ``rescue mount-share`` records it. An
 SSH server rescue does not know yet shows its key fingerprints to be confirmed
@@ -28,6 +29,7 @@ from rescue.errors import RescueError
 from rescue.shares.hostkeys import HostKey, describe
 from rescue.shares.location import parse_location
 from rescue.shares.mounts import Credentials, mount_share, run_dir, unmount_share
+from rescue.shares.smb import list_shares
 from rescue.tui.jobs import ConfirmScreen
 from rescue.tui.text import plain
 
@@ -111,6 +113,14 @@ class ShareDialog(ModalScreen[Path | None]):
 
         def work() -> None:
             try:
+                server = parse_location(url, server_only=True)
+                if server.scheme == "smb" and not server.path:  # no share named: list them
+                    shares = list_shares(server, password.encode() if password else None)
+                    names = ", ".join(name for name, _ in shares) or "none listed"
+                    base = server.url().rstrip("/")
+                    text = f"Shares on {server.host_in_url}: {names}. Add one: {base}/SHARE/..."
+                    self.app.call_from_thread(error.update, plain(text))
+                    return
                 loc = parse_location(url)
                 creds = Credentials(
                     password=password.encode() if password else None,
