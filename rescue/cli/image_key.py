@@ -15,8 +15,8 @@ import getpass
 import sys
 from pathlib import Path
 
-from rescue.cli.keys import MAX_KEY_FILE
-from rescue.containers.keys import Secret, SecretKind, passphrase_from_file
+from rescue.cli.keys import first_line_of
+from rescue.containers.keys import Secret, SecretKind
 from rescue.errors import BadInputError, WrongKeyError
 from rescue.image.sealing import is_encrypted, unlock_image
 
@@ -28,19 +28,7 @@ def add_image_key_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _from_file(path: Path) -> Secret:
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise BadInputError(
-            f"--image-passphrase-file: cannot read {path}: {exc.strerror or exc}."
-        ) from None
-    value = passphrase_from_file(data)
-    if len(data) > MAX_KEY_FILE or not value:
-        raise BadInputError(
-            f"--image-passphrase-file: {path} holds no passphrase on its first line."
-        )
-    return Secret(SecretKind.PASSPHRASE, value)
+    return Secret(SecretKind.PASSPHRASE, first_line_of(path, "--image-passphrase-file"))
 
 
 def _asked(prompt: str) -> bytes:

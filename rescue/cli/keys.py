@@ -58,14 +58,19 @@ def _given(args: argparse.Namespace) -> list[tuple[str, str, SecretKind]]:
     return given + [("--key-file", v, SecretKind.KEY_FILE) for v in args.key_file]
 
 
+def first_line_of(path: Path, option: str) -> bytes:
+    """The first line of a passphrase or password file (refused when empty or too large)."""
+    data = passphrase_from_file(_read_key_file(path, option))
+    if not data:
+        raise BadInputError(f"{option}: the first line of {path} is empty.")
+    return data
+
+
 def _secret_from(option: str, file: str, kind: SecretKind) -> Secret:
     """The key in ``file``: its first line for a passphrase, its exact bytes otherwise."""
-    data = _read_key_file(Path(file), option)
     if kind == SecretKind.PASSPHRASE:
-        data = passphrase_from_file(data)
-        if not data:
-            raise BadInputError(f"{option}: the first line of {file} is empty.")
-    return Secret(kind, data)
+        return Secret(kind, first_line_of(Path(file), option))
+    return Secret(kind, _read_key_file(Path(file), option))
 
 
 def add_volume_arguments(p: argparse.ArgumentParser) -> None:

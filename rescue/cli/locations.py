@@ -22,13 +22,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from rescue.containers.keys import passphrase_from_file
+from rescue.cli.keys import first_line_of
 from rescue.errors import BadInputError
 from rescue.shares.hostkeys import HostKey, describe
 from rescue.shares.location import ShareLocation, looks_like_url, parse_location
 from rescue.shares.mounts import Credentials, private_share
-
-MAX_PASSWORD_FILE = 64 << 10
 
 
 def add_share_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,17 +41,7 @@ def add_share_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _password_from(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_PASSWORD_FILE + 1)
-    except OSError as exc:
-        raise BadInputError(f"--password-file: cannot read {path}: {exc.strerror}.") from None
-    if len(data) > MAX_PASSWORD_FILE:
-        raise BadInputError(f"--password-file: {path} is too large to hold a password.")
-    password = passphrase_from_file(data)
-    if not password:
-        raise BadInputError(f"--password-file: the first line of {path} is empty.")
-    return password
+    return first_line_of(path, "--password-file")
 
 
 def _confirm_on_terminal(entry: str, keys: list[HostKey]) -> bool:

@@ -388,7 +388,11 @@ class VolumeReader(io.RawIOBase):
         return int(self._opener.sealed_offset(offset // self._opener.chunk_size))
 
     def _raw_pread(self, offset: int, n: int) -> bytes:
-        """Stored bytes (hashed when read in order, with ``hashing``)."""
+        """Stored bytes of a sealed stream (hashed when read in order, with ``hashing``)."""
+        return bytes(self._stored(offset, n, hashing=self._hashes is not None))
+
+    def _stored(self, offset: int, n: int, *, hashing: bool) -> bytearray:
+        """``n`` stored bytes at ``offset`` (fewer at the end), read from the volumes."""
         n = max(0, min(n, self._starts[-1] - offset))
         out = bytearray(n)
         view = memoryview(out)
@@ -400,11 +404,11 @@ class VolumeReader(io.RawIOBase):
             got = os.preadv(self._fds[i], [view[done : done + want]], pos - self._starts[i])
             if got == 0:
                 raise ImageDamagedError(f"{self._paths[i]} shrank while being read.")
-            if self._hashes is not None and pos == self._hashed:
+            if hashing and self._hashes is not None and pos == self._hashed:
                 self._hashes[i].update(view[done : done + got])
                 self._hashed += got
             done += got
-        return bytes(out)
+        return out
 
     def volume_at(self, offset: int) -> str | None:
         """Name of the volume holding byte ``offset`` of the stream."""
@@ -479,18 +483,7 @@ class VolumeReader(io.RawIOBase):
         n = max(0, min(n, self.size - offset))
         if self._opener is not None:
             return bytearray(self._opener.read_at(offset, n))
-        out = bytearray(n)
-        view = memoryview(out)
-        done = 0
-        while done < n:
-            pos = offset + done
-            i = next(k for k in range(len(self._fds)) if self._starts[k + 1] > pos)
-            want = min(n - done, self._starts[i + 1] - pos)
-            got = os.preadv(self._fds[i], [view[done : done + want]], pos - self._starts[i])
-            if got == 0:
-                raise ImageDamagedError(f"{self._paths[i]} shrank while being read.")
-            done += got
-        return out
+        return self._stored(offset, n, hashing=False)
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Overwrite stream bytes in place (the volumes never grow); opened ``writable``."""
