@@ -184,6 +184,17 @@ def write_all(fd: int, data: bytes | bytearray | memoryview, path: str | Path) -
         done += n
 
 
+def write_durable(path: Path, data: bytes | bytearray | memoryview, *, new: bool = False) -> None:
+    """Write ``path`` whole and fsync it (``new``: it must not exist yet); errors name it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if new else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644)
+    try:
+        write_all(fd, data, path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """``(offset, length)`` ranges sorted, overlapping and touching ones joined, empty dropped."""
     out: list[tuple[int, int]] = []

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rescue import __version__, kernel, system
-from rescue.blockio import device_size, is_block_device, pwrite_all, write_all
+from rescue.blockio import device_size, is_block_device, pwrite_all, write_durable
 from rescue.errors import (
     ImageDamagedError,
     NotAnImageError,
@@ -149,12 +149,7 @@ def _write(folder: Path, name: str, data: bytes | str) -> None:
     if sealer is not None:
         write_sealed_member(folder, name, raw, sealer)
         return
-    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, raw, folder / name)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durable(folder / name, raw)
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes:

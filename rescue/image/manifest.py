@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rescue.blockio import write_all
+from rescue.blockio import write_durable
 from rescue.containers.base import LayerInfo, VolumeInfo
 from rescue.errors import (
     ImageDamagedError,
@@ -395,12 +395,7 @@ def write_manifest(image_dir: Path, manifest: Manifest) -> None:
         data = outer.to_json().encode()
     final = image_dir / MANIFEST_NAME
     tmp = image_dir / f".{MANIFEST_NAME}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data, tmp)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durable(tmp, data)
     tmp.replace(final)
     fsync_dir(image_dir)
 

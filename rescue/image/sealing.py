@@ -24,7 +24,6 @@ import binascii
 import hashlib
 import io
 import json
-import os
 import re
 import secrets
 import struct
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rescue.blockio import write_all
+from rescue.blockio import write_durable
 from rescue.errors import ImageDamagedError, UnsupportedImageError, WrongKeyError
 from rescue.image.folder import (
     has_member,
@@ -231,12 +230,7 @@ def read_key_header(folder: Path) -> KeyHeader:
 
 
 def write_key_header(folder: Path, header: KeyHeader) -> None:
-    fd = os.open(folder / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, header.to_json().encode(), folder / KEY_FILE)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durable(folder / KEY_FILE, header.to_json().encode(), new=True)
 
 
 class Sealer:
@@ -521,12 +515,7 @@ def start_encrypted_folder(folder: Path, header: KeyHeader, data_key: bytes) -> 
     """Write the key header and the note into the new image folder; unlock it."""
     write_key_header(folder, header)
     note = NOTE.format(scheme=SCHEME, cipher=CIPHER, key_file=KEY_FILE).encode()
-    fd = os.open(folder / NOTE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, note, folder / NOTE_FILE)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durable(folder / NOTE_FILE, note, new=True)
     sealer = Sealer(data_key, header.image_id)
     unlock_folder(folder, sealer)
     return sealer
@@ -637,10 +626,5 @@ def write_sealed_member(folder: Path, name: str, data: bytes, sealer: Sealer) ->
     """Seal ``data`` as ``NAME.sealed`` in ``folder``: new file, fsync, rename."""
     final = folder / sealed_name(name)
     tmp = folder / f".{sealed_name(name)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, sealer.seal_bytes(name, data), tmp)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durable(tmp, sealer.seal_bytes(name, data))
     tmp.replace(final)

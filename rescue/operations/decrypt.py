@@ -15,6 +15,7 @@ import os
 import threading
 from pathlib import Path
 
+from rescue.blockio import write_durable
 from rescue.errors import BadInputError, ImageLockedError
 from rescue.image.folder import sealed_folder
 from rescue.image.manifest import (
@@ -63,7 +64,7 @@ def decrypt(
         plain = name[: -len(SUFFIX)]
         if plain == MANIFEST_NAME:
             continue
-        _write_new(out / plain, _open_sealed(folder, plain))
+        write_durable(out / plain, _open_sealed(folder, plain), new=True)
     total = 0
     for part in manifest.partitions:
         if part.stream is not None:
@@ -89,17 +90,6 @@ def _open_sealed(folder: Path, name: str) -> bytes:
     handler = sealed_folder(folder)
     assert handler is not None
     return handler.read(folder, name, 64 << 20, "a sealed file")
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_stream(
