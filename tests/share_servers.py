@@ -254,12 +254,17 @@ class SambaServer:
         return found
 
     def stop(self) -> None:
-        if self.proc is not None:
-            end_process(self.proc)
-            self.proc = None
+        self.kill()
         if self._user_made and self.user is not None:
             subprocess.run(["userdel", self.user], check=False, capture_output=True)
             self._user_made = False
+
+    def kill(self) -> None:
+        """End smbd and its helpers, keeping the user and the share: ``start`` brings the
+        same server back on the same port (a server that went away and came back)."""
+        if self.proc is not None:
+            end_process(self.proc)
+            self.proc = None
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in self.helpers():
                 with contextlib.suppress(ProcessLookupError):
@@ -326,3 +331,7 @@ class GaneshaServer:
         if self.proc is not None:
             end_process(self.proc)
             self.proc = None
+
+    def kill(self) -> None:
+        """The server goes away; ``start`` brings it back on the same port, same export."""
+        self.stop()

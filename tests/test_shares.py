@@ -631,6 +631,23 @@ def test_capture_to_ssh_then_verify_info_and_restore(
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["partitions"][0]["label"] == "data"
 
+    browse = tmp_path / "browse"  # rescue mount of the URL: the share stays up while mounted
+    res = rescue_command("mount", url, str(browse), *login[:2], env=share_env)
+    assert res.returncode == 0, res.stderr
+    run_dir = Path(share_env[mounts.RUN_DIR_ENV])
+    try:
+        assert tree_digest(browse) == digest
+        assert len(_share_mounts(run_dir)) == 1
+    finally:
+        res = rescue_command("unmount", str(browse), env=share_env)
+    assert res.returncode == 0, res.stderr
+    assert f"Unmounted the share {sshd.url(sshd.root)}" in res.stdout
+    assert _share_mounts(run_dir) == [] and kernel.mounted_at(browse) is None
+    wrong = rescue_command("mount", sshd.url(sshd.root / "no-image"), str(browse), *login[:2],
+                           env=share_env)  # fmt: skip
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert _share_mounts(run_dir) == [] and not list((run_dir / "mounted").glob("*.json"))
+
     target = loop_disk_factory(96, None, [])
     mnt = tmp_path / "share"
     res = rescue_command("mount-share", sshd.url(sshd.root), str(mnt), "--read-only", *login[:2],

@@ -1,25 +1,34 @@
-"""`rescue mount` and `rescue unmount`: an image partition as a read-only folder."""
+"""`rescue mount` and `rescue unmount`: an image partition as a read-only folder.
+
+The image may be on a share (``rescue mount smb://.../IMAGE MNT``): its folder
+on the share is mounted read-only first, in rescue's own folder, recorded as held
+for the image mount, and taken down when ``rescue unmount MNT`` takes the image
+down (or when the image mount fails).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from rescue.browse import mounts
 from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.keys import add_volume_arguments, secret_for_image
+from rescue.cli.locations import add_share_arguments, credentials_from, is_share
 from rescue.cli.progress import reporter
-from rescue.errors import BadInputError
+from rescue.errors import BadInputError, RescueError
 from rescue.operations.plan_text import shown
 from rescue.shares import mounts as share_mounts
+from rescue.shares.location import parse_location
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "mount", help="mount a partition of an image read-only (no restore needed)"
     )
-    p.add_argument("image_dir", type=Path)
+    p.add_argument("image_dir", help="the image folder, or its smb://, nfs:// or ssh:// URL")
     p.add_argument("mountpoint", type=Path, help="an empty folder (made if missing)")
     p.add_argument(
         "--partition",
@@ -30,6 +39,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     add_volume_arguments(p)
     add_image_key_argument(p)
+    add_share_arguments(p)
     p.set_defaults(func=run_mount)
 
     u: argparse.ArgumentParser = sub.add_parser(
@@ -43,11 +53,29 @@ def add_parser(sub: Any) -> None:
 
 
 def run_mount(args: argparse.Namespace) -> int:
-    unlock_if_encrypted(args.image_dir, args)
-    secret = secret_for_image(args, args.image_dir, args.partition)
+    if not is_share(args.image_dir):
+        return _mount_folder(Path(args.image_dir), args)
+    loc = parse_location(args.image_dir)
+    holder, name = loc.split_image()
+    creds = credentials_from(args, loc)
+    share = share_mounts.mount_share(
+        holder, share_mounts.holder_folder(), creds, read_only=True,
+        holds_for=args.mountpoint.absolute(),
+    )  # fmt: skip
+    try:
+        return _mount_folder(Path(share.mountpoint) / name, args)
+    except BaseException:
+        with contextlib.suppress(RescueError, OSError):
+            share_mounts.unmount_share(share.mountpoint)
+        raise
+
+
+def _mount_folder(folder: Path, args: argparse.Namespace) -> int:
+    unlock_if_encrypted(folder, args)
+    secret = secret_for_image(args, folder, args.partition)
     with reporter(args.json) as progress:
         mounted = mounts.mount_image(
-            args.image_dir, args.mountpoint, partition=args.partition, progress=progress,
+            folder, args.mountpoint, partition=args.partition, progress=progress,
             volume=args.volume, secret=secret,
         )  # fmt: skip
     rec = mounted.record
@@ -64,6 +92,9 @@ def run_unmount(args: argparse.Namespace) -> int:
     if args.all:
         done = mounts.unmount_all()
         swept = mounts.sweep()
+        for share in share_mounts.records():
+            if share.holds_for is not None:
+                share_mounts.unmount_share(share.mountpoint)
         print(f"Unmounted {len(done) + len(swept)} image(s).")
         return 0
     if args.mountpoint is None:
@@ -81,4 +112,7 @@ def run_unmount(args: argparse.Namespace) -> int:
             hint="Unmount it with the tool that mounted it (umount, fusermount3 -u).",
         ) from None
     print(f"Unmounted {shown(rec.image)} from {shown(rec.mountpoint)}.")
+    for share in share_mounts.held_for(rec.mountpoint):
+        share_mounts.unmount_share(share.mountpoint)
+        print(f"Unmounted the share {shown(share.url)} it was read from.")
     return 0

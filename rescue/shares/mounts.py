@@ -67,6 +67,9 @@ class ShareMount:
     url: str
     kind: str
     """``fuse`` (sshfs) or ``kernel`` (cifs, nfs): how it is taken down."""
+    holds_for: str | None = None
+    """The image mount (``rescue mount URL MNT``) this share is mounted for, if any:
+    taken down with it."""
 
 
 def run_dir() -> Path:
@@ -188,9 +191,17 @@ def detach(mountpoint: Path | str, kind: str) -> None:
 
 
 def mount_share(
-    loc: ShareLocation, mountpoint: Path, creds: Credentials, *, read_only: bool
+    loc: ShareLocation,
+    mountpoint: Path,
+    creds: Credentials,
+    *,
+    read_only: bool,
+    holds_for: Path | None = None,
 ) -> ShareMount:
-    """Mount ``loc`` at ``mountpoint`` for scripts and record it for ``rescue unmount``."""
+    """Mount ``loc`` at ``mountpoint`` for scripts and record it for ``rescue unmount``.
+
+    ``holds_for``: the image mount this share is for (see :func:`held_for`).
+    """
     if mountpoint.exists() and not mountpoint.is_dir():
         raise BadInputError(f"{mountpoint} is not a folder.")
     mountpoint.mkdir(parents=True, exist_ok=True)
@@ -199,15 +210,25 @@ def mount_share(
     if any(mountpoint.iterdir()):
         raise BadInputError(f"{mountpoint} is not empty: give an empty folder.")
     attach(loc, mountpoint, creds, read_only=read_only)
-    mounted = ShareMount(os.path.realpath(mountpoint), loc.url(), kind_of(loc))
+    held = os.path.realpath(holds_for) if holds_for is not None else None
+    mounted = ShareMount(os.path.realpath(mountpoint), loc.url(), kind_of(loc), held)
     _record_path(mountpoint).write_text(json.dumps(asdict(mounted)) + "\n")
     return mounted
+
+
+def holder_folder() -> Path:
+    """A new empty folder for a share that an image mount reads from."""
+    return Path(tempfile.mkdtemp(prefix="for-image-", dir=run_dir()))
 
 
 def _load(path: Path) -> ShareMount | None:
     try:
         doc = json.loads(path.read_text())
-        return ShareMount(str(doc["mountpoint"]), str(doc["url"]), str(doc["kind"]))
+        held = doc.get("holds_for")
+        return ShareMount(
+            str(doc["mountpoint"]), str(doc["url"]), str(doc["kind"]),
+            str(held) if held is not None else None,
+        )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -231,7 +252,15 @@ def unmount_share(mountpoint: Path | str) -> ShareMount:
     if kernel.mounted_at(rec.mountpoint) is not None:
         detach(rec.mountpoint, rec.kind)
     _record_path(rec.mountpoint).unlink(missing_ok=True)
+    if rec.holds_for is not None:
+        _remove_empty(Path(rec.mountpoint))
     return rec
+
+
+def held_for(image_mount: Path | str) -> list[ShareMount]:
+    """The shares mounted for the image mount at ``image_mount`` (``rescue mount URL``)."""
+    where = os.path.realpath(image_mount)
+    return [r for r in records() if r.holds_for == where]
 
 
 @contextlib.contextmanager
