@@ -53,6 +53,7 @@ from rescue.image.partclone import (
     block_offset,
     stream_prefix,
 )
+from rescue.image.regions import RegionHasher
 from rescue.image.sealing import SealedStreamWriter, stream_writer
 from rescue.image.seekable import (
     SeekableZstdWriter,
@@ -130,6 +131,8 @@ class StreamResult:
     unreadable: tuple[tuple[int, int], ...] = ()
     """Partition byte ranges (offset, length) of used data that could not be read."""
     read_errors: int = 0
+    regions: tuple[StoredFile, ...] = ()
+    """The region hash list's file (empty when none was asked for)."""
 
 
 def _read_error(path: str, offset: int, exc: OSError) -> DeviceError:
@@ -253,8 +256,10 @@ class _Reader(threading.Thread):
         frames: tuple[int, queue.Queue[bytearray]],
         start: _Start,
         keep_going: bool = True,
+        regions: RegionHasher | None = None,
     ) -> None:
         super().__init__(name="rescue-reader", daemon=True)
+        self.regions = regions
         self.keep_going = keep_going
         self.errors = 0
         """Read errors met (each one skipped past)."""
@@ -392,6 +397,7 @@ class _Reader(threading.Thread):
         iov: list[memoryview] = []
         strips: list[tuple[list[memoryview], int | None]] = []
         ranks: list[int] = []  # rank of each piece's first block
+        used_views: list[list[memoryview]] = []  # each piece's bytes, for the region hashes
         at = 0
         for o, n in pieces:
             if o > at:
@@ -399,7 +405,9 @@ class _Reader(threading.Thread):
             ranks.append(self._rank)
             placed = self._place(n)
             strips += placed
-            iov += [v for views, _slot in placed for v in views]
+            piece = [v for views, _slot in placed for v in views]
+            used_views.append(piece)
+            iov += piece
             self._rank += n // self.alloc.block_size
             at = o + n
         self._span_bad = []
@@ -420,6 +428,11 @@ class _Reader(threading.Thread):
                     if x < y:
                         skipped.append((x, y - x))
                         raw += self._raw_ranges(x, y, p_lo, rank0)
+        if self.regions is not None:
+            for x, n in skipped:
+                self.regions.spoil(x, x + n)
+            for (o, _n), piece in zip(pieces, used_views, strict=True):
+                self.regions.feed(lo + o, piece)
         used = sum(n for _o, n in pieces)
         return _Item(self._frames.full(self._pos), used, raw, skipped)
 
@@ -608,6 +621,7 @@ def write_stream(
     reading: ReadOptions | None = None,
     resume: Checkpoint | None = None,
     checkpoint: Callable[[Checkpoint], None] | None = None,
+    regions: Path | None = None,
 ) -> StreamResult:
     """Store the used blocks of ``src`` as a stream: partclone, or raw bytes for a dd stream.
 
@@ -615,7 +629,9 @@ def write_stream(
     :mod:`rescue.salvage` retries them and patches what it recovers into place.
     Every few seconds ``checkpoint`` gets the point up to which the stream is
     safely on disk; ``resume`` goes on from such a point, producing the same
-    stream as an uninterrupted capture.
+    stream as an uninterrupted capture. With ``regions``, the region hash list
+    (:mod:`rescue.image.regions`) is written there as the blocks are read; a resumed
+    capture hashes again what was read before it started (it reads, no compression).
     """
     reading = reading or ReadOptions()
     raw = alloc.raw
@@ -641,10 +657,24 @@ def write_stream(
             binary(volumes), level=options.level, frame_size=options.frame_size,
             threads=options.threads,
         )  # fmt: skip
+    if regions is not None:  # always written whole: drop what an interrupted capture left
+        for leftover in regions.parent.glob(f"{regions.name}*"):
+            leftover.unlink()
+    region_out = stream_writer(regions, None) if regions is not None else None
+    hasher = RegionHasher(binary(region_out)) if region_out is not None else None
+    if hasher is not None and start.block:
+        try:
+            _hash_before(src, alloc, hasher, upto_block=start.block, skipped=skipped, cancel=cancel)
+        except BaseException:
+            zw.abort()
+            volumes.close(fsync=False)
+            assert region_out is not None
+            region_out.close(fsync=False)
+            raise
     free = _frame_buffers(options.frame_size, zw.workers)
     reader = _Reader(
         src, alloc, cancel, header=header, prefix=prefix, frames=(options.frame_size, free),
-        start=start, keep_going=reading.keep_going,
+        start=start, keep_going=reading.keep_going, regions=hasher,
     )  # fmt: skip
     last_checkpoint = time.monotonic()
     reader.start()
@@ -667,14 +697,24 @@ def write_stream(
         check_cancel(cancel)
         zw.close()
         volumes.close(fsync=True)
+        if hasher is not None and region_out is not None:
+            hasher.close()
+            region_out.close(fsync=True)
     except BaseException:
         zw.abort()
         volumes.close(fsync=False)
+        if region_out is not None:
+            region_out.close(fsync=False)
         raise
     finally:
         reader.stop()
         reader.join()
     files = tuple(StoredFile(p.name, size, digest) for p, size, digest in volumes.files)
+    region_files = (
+        tuple(StoredFile(p.name, size, digest) for p, size, digest in region_out.files)
+        if region_out is not None
+        else ()
+    )
     unreadable: tuple[tuple[int, int], ...] = ()
     if skipped:
         files, unreadable = _salvage(
@@ -696,7 +736,43 @@ def write_stream(
         stream_bytes=zw.bytes_in,
         unreadable=unreadable,
         read_errors=reader.errors,
+        regions=region_files,
     )
+
+
+def _hash_before(
+    src: Extent,
+    alloc: Allocation,
+    hasher: RegionHasher,
+    *,
+    upto_block: int,
+    skipped: list[tuple[int, int]],
+    cancel: threading.Event | None,
+) -> None:
+    """Feed ``hasher`` the used bytes before block ``upto_block``, read again from ``src``
+    (what an interrupted capture had read); unreadable and skipped bytes spoil their regions."""
+    for off, n in skipped:
+        hasher.spoil(off, off + n)
+    limit = min(upto_block * alloc.block_size, alloc.device_size)
+    buf = memoryview(bytearray(READ_SPAN))
+    for first, count in alloc.runs():
+        lo = first * alloc.block_size
+        hi = min((first + count) * alloc.block_size, limit)
+        while lo < hi:
+            check_cancel(cancel)
+            n = min(hi - lo, READ_SPAN)
+            try:
+                got = os.preadv(src.fd, [buf[:n]], src.base + lo)
+            except OSError as exc:
+                if exc.errno in GONE_ERRORS:
+                    raise DeviceGoneError(f"{src.path} disappeared ({exc.strerror}).") from exc
+                got = 0
+            if got < n:
+                hasher.spoil(lo + got, lo + n)
+            hasher.feed(lo, [buf[:got]])
+            lo += n
+        if hi >= limit:
+            break
 
 
 def _frames_on_disk(out_base: Path, count: int) -> list[tuple[int, int, int]]:

@@ -105,6 +105,10 @@ class PartitionRecord:
     layers: tuple[LayerInfo, ...] = ()
     """The volume layers the partition was read through (LUKS, BitLocker, LVM): what
     they are, whether they were read inside, and the volumes inside them."""
+    regions: tuple[StoredFile, ...] = ()
+    """The region hash list (``rescue/image/regions.py``): one file, none in older images."""
+    region_size: int = 0
+    """Bytes of partition per region hash (0: no list)."""
 
     @staticmethod
     def from_dict(data: object, where: str = "partition") -> PartitionRecord:
@@ -248,7 +252,18 @@ def _record(f: Fields) -> PartitionRecord:
         damaged_files=f.texts("damaged_files", max_items=MAX_RANGES),
         tail=tail,
         layers=f.each("layers", _layer, max_items=4),
+        regions=f.each("regions", _stored_file, max_items=1),
+        region_size=_region_size(f),
     )
+
+
+def _region_size(f: Fields) -> int:
+    size = f.count("region_size", high=1 << 30)
+    if size & (size - 1) or 0 < size < 4096:
+        raise damaged(f.at("region_size"), f"is {size}, not a power of two of 4 KiB or more")
+    if bool(size) != bool(f.objects("regions", max_items=1)):
+        raise damaged(f.at("region_size"), "and the region list go together")
+    return size
 
 
 @dataclass(frozen=True)
@@ -366,7 +381,7 @@ class OuterManifest:
 def _stored_files(image_dir: Path, manifest: Manifest) -> tuple[StoredFile, ...]:
     """Every file of a sealed image's folder with its size and hash (the streams' hashes
     as the capture computed them while writing)."""
-    streams = {f.name: f for p in manifest.partitions for f in p.files}
+    streams = {f.name: f for p in manifest.partitions for f in (*p.files, *p.regions)}
     out = []
     for name in sorted(os.listdir(image_dir)):
         if name in (MANIFEST_NAME, INCOMPLETE_MARKER) or name.startswith("."):

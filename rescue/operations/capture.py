@@ -43,6 +43,7 @@ from rescue.image.manifest import (
     write_manifest,
 )
 from rescue.image.names import DAMAGE_REPORT, INCOMPLETE_MARKER, MANIFEST_NAME, stream_name
+from rescue.image.regions import REGION_SIZE, regions_name
 from rescue.image.sealing import (
     KeyHeader,
     folder_sealer,
@@ -446,6 +447,7 @@ def _store_all(
             reading=reading,
             resume=resume_point,
             checkpoint=keep,
+            regions=image_dir / regions_name(p.name),
         )
         tail = None
         fs_end = alloc.total_blocks * alloc.block_size
@@ -472,6 +474,8 @@ def _store_all(
                 used_bytes=alloc.used_bytes,
                 stream_bytes=result.stream_bytes,
                 files=result.files,
+                regions=result.regions,
+                region_size=REGION_SIZE if result.regions else 0,
                 unreadable=result.unreadable,
                 damaged_files=_damage(src, p, alloc, result.unreadable, progress),
                 warnings=alloc.warnings,
@@ -573,8 +577,9 @@ def write_damage_report(image_dir: Path, records: list[PartitionRecord]) -> None
 
 
 def layout_file_hashes(image_dir: Path, records: list[PartitionRecord]) -> tuple[StoredFile, ...]:
-    """Hashes of every file in the folder that is not a data stream."""
-    stream_files = {f.name for r in records for f in r.files}
+    """Hashes of every file in the folder that is not a data stream or a region list (those
+    were hashed as they were written)."""
+    stream_files = {f.name for r in records for f in (*r.files, *r.regions)}
     out = []
     for path in sorted(image_dir.iterdir()):
         if path.name in stream_files or path.name == INCOMPLETE_MARKER or not path.is_file():

@@ -26,6 +26,7 @@ from rescue.image.manifest import (
     write_manifest,
 )
 from rescue.image.names import MANIFEST_NAME
+from rescue.image.regions import regions_name
 from rescue.image.sealing import SUFFIX, folder_sealer, is_encrypted
 from rescue.image.volumes import VolumeReader, VolumeWriter, volume_paths
 from rescue.operations.capture import layout_file_hashes
@@ -56,7 +57,7 @@ def decrypt(
     if out.resolve() == folder.resolve():
         raise BadInputError("The plain copy goes into a new folder, not into the image itself.")
     out.mkdir(parents=True, exist_ok=True)
-    stored_streams = {f.name for p in manifest.partitions for f in p.files}
+    stored_streams = {f.name for p in manifest.partitions for f in (*p.files, *p.regions)}
     for name in sorted(os.listdir(folder)):
         check_cancel(cancel)
         if name in stored_streams or not name.endswith(SUFFIX) or name.startswith("."):
@@ -103,16 +104,33 @@ def _copy_stream(
 ) -> PartitionRecord:
     assert part.stream is not None
     size = split if isinstance(split, int) and split > 0 else None
-    writer = VolumeWriter(out / part.stream, size)
+    files = _copy_plain(folder, out, part.stream, size, progress=progress, cancel=cancel)
+    regions: tuple[StoredFile, ...] = ()
+    if part.regions:
+        regions = _copy_plain(folder, out, regions_name(part.name), None, cancel=cancel)
+    return dataclasses.replace(part, files=files, regions=regions)
+
+
+def _copy_plain(
+    folder: Path,
+    out: Path,
+    name: str,
+    split: int | None,
+    *,
+    progress: ProgressReporter | None = None,
+    cancel: threading.Event | None,
+) -> tuple[StoredFile, ...]:
+    """The plain bytes of the sealed stream ``name`` as a new (split) file in ``out``."""
+    writer = VolumeWriter(out / name, split)
     try:
-        with VolumeReader(volume_paths(folder / part.stream)) as reader:
+        with VolumeReader(volume_paths(folder / name)) as reader:
             while chunk := reader.read(_COPY):
                 check_cancel(cancel)
                 writer.write(chunk)
-                progress.advance(len(chunk))
+                if progress is not None:
+                    progress.advance(len(chunk))
         writer.close(fsync=True)
     except BaseException:
         writer.close(fsync=False)
         raise
-    files = tuple(StoredFile(p.name, n, digest) for p, n, digest in writer.files)
-    return dataclasses.replace(part, files=files)
+    return tuple(StoredFile(p.name, n, digest) for p, n, digest in writer.files)

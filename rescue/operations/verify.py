@@ -76,7 +76,7 @@ def verify(
                 "That is not damage to the image itself."
             )
         check_all_present(image)  # sizes first: a truncated or missing file is named at once
-        for f in manifest.files:
+        for f in (*manifest.files, *(r for p in manifest.partitions for r in p.regions)):
             _check_file(folder, f)
             report.files_checked += 1
     recorded = (
@@ -149,7 +149,7 @@ def _check_outer(
     inner = set()
     if image.manifest is not None:
         inner = {f.name for f in image.manifest.files}
-        inner |= {f.name for p in image.manifest.partitions for f in p.files}
+        inner |= {f.name for p in image.manifest.partitions for f in (*p.files, *p.regions)}
     for f in outer.files:
         if f.name not in inner:
             check_cancel(cancel)
