@@ -105,9 +105,12 @@ def app() -> RescueApp:
 
 
 async def settle(pilot: Pilot[Any]) -> None:
+    """Until the screen stops changing: workers done, animations run out, refreshes drawn
+    (on a loaded machine a snapshot taken sooner caught a focus change half done)."""
     await pilot.pause(0.3)
     await pilot.app.workers.wait_for_complete()
-    await pilot.pause(0.1)
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause(0.2)
 
 
 @pytest.mark.parametrize("size", SIZES)
