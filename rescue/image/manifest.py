@@ -110,6 +110,11 @@ class PartitionRecord:
     region_size: int = 0
     """Bytes of partition per region hash (0: no list)."""
 
+    @property
+    def stored(self) -> tuple[StoredFile, ...]:
+        """Every file written for this partition's data: the stream's volumes, the region list."""
+        return (*self.files, *self.regions)
+
     @staticmethod
     def from_dict(data: object, where: str = "partition") -> PartitionRecord:
         return _record(Fields(data, where))
@@ -381,7 +386,7 @@ class OuterManifest:
 def _stored_files(image_dir: Path, manifest: Manifest) -> tuple[StoredFile, ...]:
     """Every file of a sealed image's folder with its size and hash (the streams' hashes
     as the capture computed them while writing)."""
-    streams = {f.name: f for p in manifest.partitions for f in (*p.files, *p.regions)}
+    streams = {f.name: f for p in manifest.partitions for f in p.stored}
     out = []
     for name in sorted(os.listdir(image_dir)):
         if name in (MANIFEST_NAME, INCOMPLETE_MARKER) or name.startswith("."):

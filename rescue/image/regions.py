@@ -28,7 +28,6 @@ import xxhash
 import zstandard
 
 REGION_SIZE = 64 * 1024
-HASH_NAME = "xxh3-128"
 RECORD = struct.Struct("<Q16s")
 UNKNOWN = b"\xff" * 16
 """The digest of a region that could not be read whole."""
@@ -57,8 +56,6 @@ class RegionHasher:
 
     def __init__(self, out: IO[bytes], region_size: int = REGION_SIZE) -> None:
         self.region_size = region_size
-        self.count = 0
-        """Regions written so far."""
         self._writer = zstandard.ZstdCompressor(level=_LEVEL).stream_writer(
             out, closefd=False, write_return_read=True
         )
@@ -115,7 +112,6 @@ class RegionHasher:
             h.update(_RUN.pack(within, n))
         h.update(len(self._runs).to_bytes(4, "little"))
         self._batch.append(RECORD.pack(r, UNKNOWN if bad else h.digest()))
-        self.count += 1
         self._last = r
         self._region = -1
         if len(self._batch) >= _BATCH:

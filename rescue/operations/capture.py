@@ -579,7 +579,7 @@ def write_damage_report(image_dir: Path, records: list[PartitionRecord]) -> None
 def layout_file_hashes(image_dir: Path, records: list[PartitionRecord]) -> tuple[StoredFile, ...]:
     """Hashes of every file in the folder that is not a data stream or a region list (those
     were hashed as they were written)."""
-    stream_files = {f.name for r in records for f in (*r.files, *r.regions)}
+    stream_files = {f.name for r in records for f in r.stored}
     out = []
     for path in sorted(image_dir.iterdir()):
         if path.name in stream_files or path.name == INCOMPLETE_MARKER or not path.is_file():

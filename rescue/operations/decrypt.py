@@ -57,7 +57,7 @@ def decrypt(
     if out.resolve() == folder.resolve():
         raise BadInputError("The plain copy goes into a new folder, not into the image itself.")
     out.mkdir(parents=True, exist_ok=True)
-    stored_streams = {f.name for p in manifest.partitions for f in (*p.files, *p.regions)}
+    stored_streams = {f.name for p in manifest.partitions for f in p.stored}
     for name in sorted(os.listdir(folder)):
         check_cancel(cancel)
         if name in stored_streams or not name.endswith(SUFFIX) or name.startswith("."):

@@ -149,7 +149,7 @@ def _check_outer(
     inner = set()
     if image.manifest is not None:
         inner = {f.name for f in image.manifest.files}
-        inner |= {f.name for p in image.manifest.partitions for f in (*p.files, *p.regions)}
+        inner |= {f.name for p in image.manifest.partitions for f in p.stored}
     for f in outer.files:
         if f.name not in inner:
             check_cancel(cancel)
