@@ -104,6 +104,18 @@ def app() -> RescueApp:
     )  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def steady_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A focused input's cursor stays drawn: it blinks every 0.5 s, about the time a
+    settle takes, so a snapshot caught it on or off as the machine's load went (three
+    snapshots failed in CI that way)."""
+
+    def shown(self: Input) -> None:
+        self._cursor_visible = True
+
+    monkeypatch.setattr(Input, "_toggle_cursor", shown)
+
+
 async def settle(pilot: Pilot[Any]) -> None:
     """Until the screen stops changing: workers done, animations run out, refreshes drawn
     (on a loaded machine a snapshot taken sooner caught a focus change half done)."""
