@@ -664,7 +664,7 @@ def write_stream(
     hasher = RegionHasher(binary(region_out)) if region_out is not None else None
     if hasher is not None and start.block:
         try:
-            _hash_before(src, alloc, hasher, upto_block=start.block, skipped=skipped, cancel=cancel)
+            hash_used(src, alloc, hasher, upto_block=start.block, skipped=skipped, cancel=cancel)
         except BaseException:
             zw.abort()
             volumes.close(fsync=False)
@@ -740,17 +740,19 @@ def write_stream(
     )
 
 
-def _hash_before(
+def hash_used(
     src: Extent,
     alloc: Allocation,
     hasher: RegionHasher,
     *,
     upto_block: int,
-    skipped: list[tuple[int, int]],
+    skipped: Sequence[tuple[int, int]] = (),
     cancel: threading.Event | None,
+    progress: ProgressReporter | None = None,
 ) -> None:
-    """Feed ``hasher`` the used bytes before block ``upto_block``, read again from ``src``
-    (what an interrupted capture had read); unreadable and skipped bytes spoil their regions."""
+    """Feed ``hasher`` the used bytes before block ``upto_block``, read from ``src`` (what an
+    interrupted capture had read, or a whole partition compared with a base image);
+    unreadable and ``skipped`` bytes spoil their regions."""
     for off, n in skipped:
         hasher.spoil(off, off + n)
     limit = min(upto_block * alloc.block_size, alloc.device_size)
@@ -770,9 +772,37 @@ def _hash_before(
             if got < n:
                 hasher.spoil(lo + got, lo + n)
             hasher.feed(lo, [buf[:got]])
+            if progress is not None:
+                progress.advance(n)
             lo += n
         if hi >= limit:
             break
+
+
+def write_region_list(
+    src: Extent,
+    alloc: Allocation,
+    out: Path,
+    *,
+    cancel: threading.Event | None,
+    progress: ProgressReporter,
+) -> tuple[StoredFile, ...]:
+    """Read every used byte of ``src`` for its region digests only (no stream): the list
+    goes to ``out`` (sealed in an encrypted image), replacing what was there."""
+    for leftover in out.parent.glob(f"{out.name}*"):
+        leftover.unlink()
+    writer = stream_writer(out, None)
+    try:
+        hasher = RegionHasher(binary(writer))
+        hash_used(
+            src, alloc, hasher, upto_block=alloc.total_blocks, cancel=cancel, progress=progress
+        )
+        hasher.close()
+        writer.close(fsync=True)
+    except BaseException:
+        writer.close(fsync=False)
+        raise
+    return tuple(StoredFile(p.name, size, digest) for p, size, digest in writer.files)
 
 
 def _frames_on_disk(out_base: Path, count: int) -> list[tuple[int, int, int]]:

@@ -114,6 +114,10 @@ class ImageDamagedError(ImageError):
         """Byte offset in the stored (compressed) stream where the damage was found."""
 
 
+class BaseImageError(ImageError):
+    """An incremental image's base is missing, changed, or not an image it can build on."""
+
+
 class CancelledError(RescueError):
     """The user cancelled the operation."""
 

@@ -15,7 +15,18 @@ import sys
 from collections.abc import Sequence
 
 from rescue import __version__
-from rescue.cli import capture, decrypt, extract, info, mount, network, restore, shares, verify
+from rescue.cli import (
+    capture,
+    consolidate,
+    decrypt,
+    extract,
+    info,
+    mount,
+    network,
+    restore,
+    shares,
+    verify,
+)
 from rescue.cli import list as list_cmd
 from rescue.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, RescueError
 from rescue.operations.plan_text import shown_message
@@ -29,6 +40,7 @@ SUBCOMMANDS = (
     mount,
     extract,
     decrypt,
+    consolidate,
     shares,
     network,
 )

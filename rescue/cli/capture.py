@@ -53,10 +53,23 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--encrypt", action="store_true",
                    help="encrypt the image (AES-256-GCM, a passphrase typed twice or from "
                    "--image-passphrase-file); stock Clonezilla cannot read it")  # fmt: skip
+    p.add_argument("--base", metavar="BASE_DIR",
+                   help="an earlier image of the same disk, in the same folder as the new one: "
+                   "store only what changed since (an incremental image)")  # fmt: skip
     add_image_key_argument(p)
     add_key_arguments(p)
     add_share_arguments(p)
     p.set_defaults(func=run)
+
+
+def base_path(base: str | None, image_dir: Path) -> Path | None:
+    """``--base``: a folder, or a plain name of a folder beside the new image (which is how
+    it is given for an image on a share)."""
+    if base is None:
+        return None
+    if "/" not in base:
+        return image_dir.parent / base
+    return Path(base)
 
 
 def refuse_an_interrupted_capture(source: str, image_dir: Path) -> None:
@@ -119,12 +132,17 @@ def _capture_into(args: argparse.Namespace, where: str) -> int:
         manifest = capture(
             args.source, args.image_dir, options=options, reading=reading, progress=progress,
             resume=args.resume is not None, secrets=secrets, image_key=image_key,
+            base=None if args.resume is not None else base_path(args.base, Path(args.image_dir)),
         )  # fmt: skip
     lost = [(p.name, off, n) for p in manifest.partitions for off, n in p.unreadable]
     if not args.json:
+        stored = ""
+        if manifest.base is not None:
+            held = sum(p.used_bytes for p in manifest.partitions)
+            stored = f"; incremental on {shown(manifest.base.name)}, {held} bytes of it stored"
         print(
             f"Image complete: {shown(where)} ({len(manifest.partitions)} partition(s), "
-            f"{manifest.used_bytes} used bytes)."
+            f"{manifest.used_bytes} used bytes{stored})."
         )
         if lost:
             total = sum(n for _, _, n in lost)

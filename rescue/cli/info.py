@@ -16,8 +16,9 @@ from rich.text import Text
 from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.locations import add_share_arguments, image_location
 from rescue.containers.base import LayerInfo
+from rescue.image.manifest import Manifest, read_manifest
 from rescue.image.sealing import is_encrypted
-from rescue.image.view import open_image
+from rescue.image.view import ImagePart, open_image
 from rescue.operations.plan_text import shown
 from rescue.units import human_size
 
@@ -47,6 +48,8 @@ def _info(args: argparse.Namespace, local: Path) -> int:
     if args.json:
         if image.manifest is not None:
             data: dict[str, Any] = json.loads(image.manifest.to_json())
+            if image.bases:
+                data["chain"] = [_link(f) for f in (local, *image.bases)]
         else:
             data = {
                 "format": "clonezilla",
@@ -72,6 +75,17 @@ def _info(args: argparse.Namespace, local: Path) -> int:
         if is_encrypted(local):
             console.print("encrypted (AES-256-GCM, every file sealed): stock Clonezilla cannot "
                           "read it; rescue decrypt makes a plain copy")  # fmt: skip
+        if image.bases:
+            console.print(
+                f"incremental: it holds what changed since {safe(image.bases[0].name)}; "
+                "restoring it reads the whole chain (rescue consolidate makes a full image)"
+            )
+            for link in (_link(f) for f in (local, *image.bases)):
+                console.print(
+                    f"  {safe(link['folder'])}: made {safe(link['created'])}, "
+                    f"{human_size(link['stored_bytes'])} stored"
+                    + (", a full image" if link["full"] else "")
+                )
     else:
         console.print(f"[bold]{folder}[/]: image written by Clonezilla "
                       f"({image.kind} {safe(image.disk_name or '')})")  # fmt: skip
@@ -83,7 +97,7 @@ def _info(args: argparse.Namespace, local: Path) -> int:
             human_size(p.size),
             Text(shown(p.fstype or "-")),
             Text(shown(p.label or "")),
-            Text(shown(p.stored_as)),
+            Text(_stored_as(p, m)),
             human_size(p.used_bytes) if p.used_bytes else "-",
         )
     console.print(table)
@@ -96,6 +110,22 @@ def _info(args: argparse.Namespace, local: Path) -> int:
             for w in r.warnings:
                 console.print(f"[yellow]note:[/] {safe(r.name)}: {safe(w)}")
     return 0
+
+
+def _stored_as(part: ImagePart, m: Manifest | None) -> str:
+    record = next((r for r in m.partitions if r.name == part.name), None) if m else None
+    if record is None or record.delta is None:
+        return shown(part.stored_as)
+    d = record.delta
+    return f"{shown(part.stored_as)}, changes: {d.regions_stored} of {d.regions} regions"
+
+
+def _link(folder: Path) -> dict[str, Any]:
+    """One image of a chain, for info: when it was made, the bytes it stores."""
+    m = read_manifest(folder)
+    stored = sum(f.size for f in m.files) + sum(f.size for r in m.partitions for f in r.stored)
+    return {"folder": folder.name, "created": m.created, "stored_bytes": stored,
+            "full": m.base is None}  # fmt: skip
 
 
 _STATES = {

@@ -152,6 +152,14 @@ def _write(folder: Path, name: str, data: bytes | str) -> None:
     write_durable(folder / name, raw)
 
 
+def write_lists(folder: Path, disk: str | None, parts: list[str]) -> None:
+    """``disk`` (a whole-disk image only) and ``parts``: the files by which Clonezilla knows
+    an image folder and what it holds."""
+    if disk is not None:
+        _write(folder, names.DISK_FILE, disk + "\n")
+    _write(folder, names.PARTS_FILE, " ".join(parts) + "\n")
+
+
 def _read_at(path: str, offset: int, size: int) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -242,8 +250,7 @@ def save_layout(
 ) -> None:
     """Write every layout file of a whole-disk image (streams are written by the copier)."""
     name = layout.name
-    _write(folder, names.DISK_FILE, name + "\n")
-    _write(folder, names.PARTS_FILE, " ".join(parts) + "\n")
+    write_lists(folder, name, parts)
     _write(folder, names.sfdisk_dump(name), _sfdisk_dump(source_path, name))
     cyl = max(1, layout.size // (255 * 63 * 512))
     _write(folder, names.chs_file(name), f"cylinders={cyl}\nheads=255\nsectors=63\n")
@@ -297,7 +304,7 @@ def save_partition_only(
     label: str | None = None,
 ) -> None:
     """A single-partition image, as Clonezilla's "saveparts" writes it (no ``disk`` file)."""
-    _write(folder, names.PARTS_FILE, part + "\n")
+    write_lists(folder, None, [part])
     if _recreated(fstype):
         _swap_info(folder, part, uuid, label)
     ids = {"LABEL": label, "UUID": uuid, "TYPE": fstype}

@@ -42,6 +42,8 @@ FORMAT_NAME = "rescue-image"
 FORMAT_VERSION = 1
 ENCRYPTED_FORMAT_VERSION = 2
 """The outer manifest of an encrypted image: older readers refuse it in words."""
+INCREMENTAL_FORMAT_VERSION = 3
+"""An incremental image (it has a ``base``): older readers refuse it in words."""
 
 
 class StoredAs(enum.StrEnum):
@@ -109,6 +111,9 @@ class PartitionRecord:
     """The region hash list (``rescue/image/regions.py``): one file, none in older images."""
     region_size: int = 0
     """Bytes of partition per region hash (0: no list)."""
+    delta: Delta | None = None
+    """Set when the stream holds only the regions that changed since the base image (the
+    rest is the base's): what the partition held in all. None: the stream holds it all."""
 
     @property
     def stored(self) -> tuple[StoredFile, ...]:
@@ -118,6 +123,30 @@ class PartitionRecord:
     @staticmethod
     def from_dict(data: object, where: str = "partition") -> PartitionRecord:
         return _record(Fields(data, where))
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A partition stored as a difference from the same partition of the base image."""
+
+    used_blocks: int
+    """Used blocks of the partition as captured (the stream holds the changed ones)."""
+    used_bytes: int
+    regions: int
+    """Regions holding used data (the records of the region list)."""
+    regions_stored: int
+    """Of those, the regions whose data the stream holds (changed or new since the base)."""
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """The image an incremental image was captured against."""
+
+    name: str
+    """Its folder, a sibling of this image's folder (a plain name)."""
+    sha256: str
+    """SHA-256 of its ``rescue.json`` as it was when this image was made."""
+    created: str
 
 
 MAX_PARTITIONS = 1024
@@ -259,7 +288,25 @@ def _record(f: Fields) -> PartitionRecord:
         layers=f.each("layers", _layer, max_items=4),
         regions=f.each("regions", _stored_file, max_items=1),
         region_size=_region_size(f),
+        delta=_delta(f, stored_as, total, used),
     )
+
+
+def _delta(f: Fields, stored_as: str, total: int, stored: int) -> Delta | None:
+    if f.doc.get("delta") is None:
+        return None
+    d = Fields(f.doc.get("delta"), f.at("delta"))
+    used = d.count("used_blocks")
+    delta = Delta(used, d.count("used_bytes"), d.count("regions"), d.count("regions_stored"))
+    if stored_as != StoredAs.PARTCLONE or not f.objects("regions", max_items=1):
+        raise damaged(f.at("delta"), "is only for a partclone stream with its region list")
+    if not stored <= used <= total or delta.regions_stored > delta.regions:
+        raise damaged(
+            f.at("delta"),
+            f"says {used} used blocks ({delta.regions_stored} of {delta.regions} regions "
+            f"stored) where the stream holds {stored} of {total}",
+        )
+    return delta
 
 
 def _region_size(f: Fields) -> int:
@@ -297,10 +344,13 @@ class Manifest:
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    base: BaseRef | None = None
+    """The image this one was captured against (format 3); None: a full image."""
 
     @property
     def used_bytes(self) -> int:
-        return sum(p.used_bytes for p in self.partitions)
+        """The used data of every partition (of the partition as captured, for a delta)."""
+        return sum(p.delta.used_bytes if p.delta else p.used_bytes for p in self.partitions)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -359,7 +409,27 @@ class Manifest:
             format=f.required_text("format"),
             format_version=f.required_int("format_version", high=1 << 16),
             extra=f.mapping("extra"),
+            base=_base(f),
         )
+
+
+def _base(f: Fields) -> BaseRef | None:
+    version = f.doc.get("format_version")
+    if f.doc.get("base") is None:
+        if version == INCREMENTAL_FORMAT_VERSION:
+            raise damaged(f.at("base"), f"is missing in an image of format {version}")
+        return None
+    if version != INCREMENTAL_FORMAT_VERSION:
+        raise damaged(
+            f.at("base"), f"belongs to format {INCREMENTAL_FORMAT_VERSION}, not {version}"
+        )
+    b = Fields(f.doc.get("base"), f.at("base"))
+    name = b.name("name", "the base image")
+    assert name is not None
+    digest = b.required_text("sha256", max_len=64)
+    if not _SHA256.fullmatch(digest):
+        raise damaged(b.at("sha256"), "is not a SHA-256 in hex")
+    return BaseRef(name, digest, b.required_text("created", max_len=64))
 
 
 @dataclass(frozen=True)
@@ -468,12 +538,12 @@ def _manifest_doc(image_dir: Path, raw: bytes, path: Path) -> dict[str, Any]:
     version = data.get("format_version")
     if not isinstance(version, int):
         raise ImageDamagedError(f"{path} has no valid format_version.")
-    if version > ENCRYPTED_FORMAT_VERSION or (
+    if version > INCREMENTAL_FORMAT_VERSION or (
         version == ENCRYPTED_FORMAT_VERSION and not isinstance(data.get("encryption"), dict)
     ):
         raise UnsupportedImageError(
             f"{image_dir} was written in image format {version}; this rescue reads up to "
-            f"format {FORMAT_VERSION}.",
+            f"format {INCREMENTAL_FORMAT_VERSION}.",
             hint="Use a newer rescue to read it.",
         )
     return data

@@ -70,6 +70,13 @@ def stream_name(part: str, fstype: str) -> str:
     return f"{part.replace('/', '-')}.{fstype}{STREAM_SUFFIX}.zst"
 
 
+def delta_stream_name(part: str, fstype: str) -> str:
+    """``sda1.ext4-rescue-delta.zst``: the stream of an incremental image's partition, which
+    holds only what changed since its base. Clonezilla's patterns (``*-ptcl-img.*``) never
+    take it for a stream it could restore alone."""
+    return f"{part.replace('/', '-')}.{fstype}-rescue-delta.zst"
+
+
 # --- rescue's own files -----------------------------------------------------------------
 
 MANIFEST_NAME = "rescue.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from rescue.errors import ImageDamagedError, IncompleteImageError, NotAnImageErr
 from rescue.filesystems.swap import SWAP
 from rescue.image import layout as layout_mod
 from rescue.image import names
+from rescue.image.chain import Link, chain_chunks, image_chain, partition_links
 from rescue.image.folder import (
     MAX_LAYOUT_FILE,
     has_member,
@@ -48,6 +50,10 @@ class ImagePart:
     """Bytes after the filesystem's last block (NTFS's backup boot sector)."""
     tail_offset: int = 0
     """Where ``tail`` goes: the end of the filesystem's last block."""
+    links: tuple[Link, ...] = ()
+    """For a partition of an incremental image: its stream and those it builds on, newest
+    first, down to a full one (:mod:`rescue.image.chain`); empty when ``stream`` holds it all."""
+    region_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ImageView:
     """None for an image written by Clonezilla (no rescue.json)."""
     table: str | None = None
     """gpt, dos or None (a partition image)."""
+    bases: tuple[Path, ...] = ()
+    """For an incremental image, the folders of the images it builds on, its base first."""
 
     @property
     def required_size(self) -> int:
@@ -87,6 +95,15 @@ def open_image(folder: Path) -> ImageView:
             hint="Capture the disk again; an incomplete image must not be trusted.",
         )
     return _from_layout(folder)
+
+
+def part_chunks(part: ImagePart) -> Iterator[bytes]:
+    """The decoded stream of ``part``: its own, or composed from its chain (for a partition
+    of an incremental image), as a full capture would have written it."""
+    assert part.stream is not None
+    if part.links:
+        return chain_chunks(part.links, part.region_size)
+    return open_stream_chunks(part.stream, part.compression)
 
 
 def check_present(folder: Path, stored: StoredFile) -> None:
@@ -142,6 +159,7 @@ def _written_by_rescue(folder: Path) -> bool:
 
 
 def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
+    chain = image_chain(folder, manifest) if manifest.base is not None else []
     parts = tuple(
         ImagePart(
             name=r.name,
@@ -154,9 +172,11 @@ def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
             compression="zst",
             uuid=r.uuid,
             label=r.label,
-            used_bytes=r.used_bytes,
+            used_bytes=r.delta.used_bytes if r.delta else r.used_bytes,
             tail=base64.b64decode(r.tail) if r.tail else None,
             tail_offset=r.total_blocks * r.block_size,
+            links=partition_links(chain, r.name) if r.delta else (),
+            region_size=r.region_size,
         )
         for r in manifest.partitions
     )
@@ -167,6 +187,7 @@ def _from_manifest(folder: Path, manifest: Manifest) -> ImageView:
         parts=parts,
         manifest=manifest,
         table=manifest.source.partition_table,
+        bases=tuple(c.folder for c in chain[1:]),
     )
 
 

@@ -34,10 +34,12 @@ import os
 import shutil
 import stat
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from rescue.blockio import binary, write_all
 from rescue.errors import BadInputError, ImageDamagedError, ImageError, RescueError
+from rescue.image.chain import ChainReader, Link
 from rescue.image.folder import read_member, sealed_folder
 from rescue.image.manifest import DATA_STREAMS, StoredAs
 from rescue.image.names import INDEX_DIR
@@ -235,6 +237,8 @@ def check_part(part: ImagePart) -> None:
     size = part.size or None
     if part.stored_as == StoredAs.PARTCLONE:
         check_stream(part.stream, part.compression, partition_size=size, expect_fstype=part.fstype)
+        for link in part.links[1:]:  # the images an incremental one builds on
+            check_stream(link.stream, "zst", partition_size=size, expect_fstype=part.fstype)
     else:
         check_raw_stream(part.stream, part.compression, partition_size=size)
 
@@ -309,6 +313,9 @@ def prepare(
         tail_offset=part.tail_offset,
     )
     check_part(part)
+    if part.links:  # rescue's own streams, each with its seek table
+        chain = tuple((link.stream, link.regions) for link in part.links)
+        return replace(spec, chain=chain, region_size=part.region_size)
     if part.compression == "zst" and _own_table(part.stream) is not None:
         return spec
     found = find_index(part.stream) or build_index(part, progress, cancel)
@@ -341,15 +348,23 @@ class VirtualPartition:
             table = _read_table_index(spec.table, spec.stream)
         source = spec.copy or spec.stream
         try:
-            self._reader = PartitionReader(
-                source,
-                raw=spec.raw,
-                size=spec.size,
-                table=table,
-                cache_frames=1024,
-                cache_bytes=frame_cache_bytes(),
-                prefetch=PREFETCH_FRAMES,
-            )
+            self._reader: PartitionReader | ChainReader
+            if spec.chain:
+                links = [Link(s.parent, s, r) for s, r in spec.chain]
+                self._reader = ChainReader(
+                    links, spec.region_size, size=spec.size, cache_frames=1024,
+                    cache_bytes=frame_cache_bytes(), prefetch=PREFETCH_FRAMES,
+                )  # fmt: skip
+            else:
+                self._reader = PartitionReader(
+                    source,
+                    raw=spec.raw,
+                    size=spec.size,
+                    table=table,
+                    cache_frames=1024,
+                    cache_bytes=frame_cache_bytes(),
+                    prefetch=PREFETCH_FRAMES,
+                )
         except ImageDamagedError as exc:
             raise stream_error(spec.stream.name, exc) from exc
         except ImageError as exc:

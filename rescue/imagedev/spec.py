@@ -40,6 +40,10 @@ class ServerSpec:
     sealed: bool = False
     """The stream is an encrypted image's: its key comes first on the server's standard
     input (:meth:`rescue.image.sealing.Sealer.key_for_pipe`)."""
+    chain: tuple[tuple[Path, Path], ...] = ()
+    """For a partition of an incremental image: (stream, region list) of each image of its
+    chain, newest first (``stream`` is the first); empty for a stream that holds it all."""
+    region_size: int = 0
 
     def save(self, state_dir: Path) -> None:
         doc = {
@@ -54,6 +58,8 @@ class ServerSpec:
             "inner": self.inner,
             "volume": self.volume,
             "sealed": self.sealed,
+            "chain": [[str(a), str(b)] for a, b in self.chain],
+            "region_size": self.region_size,
         }
         tmp = state_dir / (SPEC_NAME + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
@@ -74,4 +80,6 @@ class ServerSpec:
             inner=bool(doc.get("inner", False)),
             volume=str(doc["volume"]) if doc.get("volume") is not None else None,
             sealed=bool(doc.get("sealed", False)),
+            chain=tuple((Path(a), Path(b)) for a, b in doc.get("chain", [])),
+            region_size=int(doc.get("region_size", 0)),
         )

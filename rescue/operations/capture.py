@@ -17,7 +17,14 @@ from rescue.blockio import Window, binary
 from rescue.containers.base import LayerInfo
 from rescue.containers.keys import Secret
 from rescue.containers.stack import read_partition
-from rescue.copier import Checkpoint, CompressionOptions, Extent, ReadOptions, write_stream
+from rescue.copier import (
+    Checkpoint,
+    CompressionOptions,
+    Extent,
+    ReadOptions,
+    write_region_list,
+    write_stream,
+)
 from rescue.devices.smart import smart_summary
 from rescue.errors import (
     BadInputError,
@@ -34,6 +41,9 @@ from rescue.filesystems.swap import SWAP
 from rescue.image import layout as layout_mod
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import (
+    FORMAT_VERSION,
+    INCREMENTAL_FORMAT_VERSION,
+    Delta,
     Manifest,
     PartitionRecord,
     SourceIdentity,
@@ -42,7 +52,15 @@ from rescue.image.manifest import (
     fsync_dir,
     write_manifest,
 )
-from rescue.image.names import DAMAGE_REPORT, INCOMPLETE_MARKER, MANIFEST_NAME, stream_name
+from rescue.image.names import (
+    DAMAGE_REPORT,
+    DISK_FILE,
+    INCOMPLETE_MARKER,
+    MANIFEST_NAME,
+    PARTS_FILE,
+    delta_stream_name,
+    stream_name,
+)
 from rescue.image.regions import REGION_SIZE, regions_name
 from rescue.image.sealing import (
     KeyHeader,
@@ -54,6 +72,14 @@ from rescue.image.sealing import (
     write_sealed_member,
 )
 from rescue.operations.capture_map import CaptureMap, bitmap_digest
+from rescue.operations.incremental import (
+    Base,
+    changed_regions,
+    delta_allocation,
+    open_base,
+    same_disk,
+    why_whole,
+)
 from rescue.operations.source import (
     Source,
     refuse_if_mounted_rw,
@@ -134,6 +160,7 @@ def capture(
     resume: bool = False,
     secrets: Mapping[str, Secret] | None = None,
     image_key: Secret | None = None,
+    base: Path | None = None,
 ) -> Manifest:
     """Image ``source_path`` into the new folder ``image_dir``; returns the manifest written.
 
@@ -147,6 +174,10 @@ def capture(
 
     ``image_key`` (a passphrase) encrypts the new image: every file of it sealed
     (:mod:`rescue.image.sealing`); with ``resume``, it opens the interrupted one.
+
+    ``base`` (an image in the same folder) makes the image incremental: each partition the
+    base holds the same way is stored as the regions that changed since (FORMAT.md
+    section 13). A resumed capture goes on against the base it started with.
     """
     options = options or CompressionOptions()
     progress = progress or NullProgress()
@@ -154,8 +185,16 @@ def capture(
     secrets = dict(secrets or {})
     marker = image_dir / INCOMPLETE_MARKER
     keys = None
+    opened_base = None
     if not resume:
         _check_folder(image_dir, src)
+        if base is not None:
+            if image_key is not None:
+                raise BadInputError(
+                    "An encrypted image cannot be captured against a base yet.",
+                    hint="Capture it without --base (a full encrypted image), or drop --encrypt.",
+                )
+            opened_base = open_base(base, image_dir)
         if image_key is not None:  # the key is derived before anything is written
             keys = new_key_header(image_key.value)
     elif is_encrypted(image_dir) and folder_sealer(image_dir) is None:
@@ -173,6 +212,7 @@ def capture(
         return _capture(
             fd, src, image_dir, disk, plan, options=options, reading=reading,
             progress=progress, cancel=cancel, resume=resume, marker=marker, keys=keys,
+            base=opened_base,
         )  # fmt: skip
     finally:
         os.close(fd)
@@ -192,9 +232,11 @@ def _capture(
     resume: bool,
     marker: Path,
     keys: tuple[KeyHeader, bytes] | None = None,
+    base: Base | None = None,
 ) -> Manifest:
     if resume:
         state = _resume_state(image_dir, src)
+        base = _resumed_base(image_dir, state)
         options = CompressionOptions(
             state.options["level"], state.options["frame_size"], options.threads,
             state.options["split"],
@@ -222,9 +264,18 @@ def _capture(
             options={"level": options.level, "frame_size": options.frame_size,
                      "split": options.split},
         )  # fmt: skip
+        if base is not None:
+            state.options["base"] = dataclasses.asdict(base.ref)
+            progress.note(
+                f"Incremental: only what changed since {base.folder.name} "
+                f"({base.manifest.created}) is stored."
+            )
         state.save(image_dir)
     _health_note(src, progress)
     table = _save_plan(image_dir, src, disk, plan)
+    if base is not None:  # Clonezilla must not list it: it cannot be restored alone
+        for name in (DISK_FILE, PARTS_FILE):
+            (image_dir / name).unlink(missing_ok=True)
     for p in plan:
         if p.alloc is not None:
             for w in p.alloc.warnings:
@@ -232,7 +283,7 @@ def _capture(
     try:
         records = _store_all(
             fd, src, image_dir, plan, options, state=state,
-            reading=reading or ReadOptions(), progress=progress, cancel=cancel,
+            reading=reading or ReadOptions(), progress=progress, cancel=cancel, base=base,
         )  # fmt: skip
     except DeviceGoneError as exc:
         raise DeviceGoneError(
@@ -278,6 +329,8 @@ def _capture(
         },
         partitions=tuple(records),
         files=layout_files,
+        format_version=FORMAT_VERSION if base is None else INCREMENTAL_FORMAT_VERSION,
+        base=base.ref if base is not None else None,
     )
     check_cancel(cancel)
     write_manifest(image_dir, manifest)
@@ -384,9 +437,13 @@ def _store_all(
     reading: ReadOptions,
     progress: ProgressReporter,
     cancel: threading.Event | None,
+    base: Base | None = None,
 ) -> list[PartitionRecord]:
     total = sum(p.alloc.used_bytes for p in plan if p.alloc is not None)
     progress.phase(f"Capturing {src.path}", total)
+    other_disk = same_disk(base, src.serial, src.size) if base is not None else None
+    if other_disk:
+        progress.note(f"Every partition is stored whole: {other_disk}.")
     records = []
     for p in plan:
         check_cancel(cancel)
@@ -412,6 +469,14 @@ def _store_all(
             state.save(image_dir)
             continue
         alloc = p.alloc
+        delta, region_files = None, None
+        if base is not None:
+            found = _delta(
+                fd, src, image_dir, p, base, other_disk=other_disk, progress=progress,
+                cancel=cancel,
+            )  # fmt: skip
+            if found is not None:
+                alloc, delta, region_files = found
         digest = bitmap_digest(alloc.bitmap)
         resume_point = None
         if state.current == p.name and state.checkpoint is not None:
@@ -436,19 +501,23 @@ def _store_all(
             state.save(image_dir)
 
         raw = alloc.raw
-        name = stream_name(p.name, alloc.fstype)
+        name = (
+            delta_stream_name(p.name, alloc.fstype) if delta else stream_name(p.name, alloc.fstype)
+        )
         result = write_stream(
             Extent(fd, src.path, p.start, p.size),
             alloc,
             image_dir / name,
             options,
-            progress=progress,
+            progress=progress if delta is None else _Unmetered(progress),
             cancel=cancel,
             reading=reading,
             resume=resume_point,
             checkpoint=keep,
-            regions=image_dir / regions_name(p.name),
+            regions=image_dir / regions_name(p.name) if delta is None else None,
         )
+        if region_files is not None:
+            result = dataclasses.replace(result, regions=region_files)
         tail = None
         fs_end = alloc.total_blocks * alloc.block_size
         if not raw and alloc.device_size > fs_end:
@@ -479,6 +548,7 @@ def _store_all(
                 unreadable=result.unreadable,
                 damaged_files=_damage(src, p, alloc, result.unreadable, progress),
                 warnings=alloc.warnings,
+                delta=delta,
             )
         )
         state.done.append(records[-1])
@@ -486,6 +556,69 @@ def _store_all(
         state.checkpoint = None
         state.save(image_dir)
     return records
+
+
+class _Unmetered:
+    """Passes on what a reporter is told but the bytes done (counted once already)."""
+
+    def __init__(self, inner: ProgressReporter) -> None:
+        self._inner = inner
+
+    def phase(self, name: str, total: int | None) -> None:
+        self._inner.phase(name, total)
+
+    def advance(self, done: int) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        self._inner.note(message)
+
+
+def _delta(
+    fd: int,
+    src: Source,
+    image_dir: Path,
+    p: _Planned,
+    base: Base,
+    *,
+    other_disk: str | None,
+    progress: ProgressReporter,
+    cancel: threading.Event | None,
+) -> tuple[Allocation, Delta, tuple[StoredFile, ...]] | None:
+    """Compare partition ``p`` with the base: the allocation of the blocks to store, what
+    the delta records and the region list written; None when it is stored whole."""
+    assert p.alloc is not None
+    record = base.record(p.name)
+    why = other_disk or why_whole(record, start=p.start, size=p.size, uuid=p.uuid, alloc=p.alloc)
+    if why is not None or record is None:
+        if not other_disk:
+            progress.note(f"{p.name}: stored whole, {why}.")
+        return None
+    out = image_dir / regions_name(p.name)
+    files = write_region_list(
+        Extent(fd, src.path, p.start, p.size), p.alloc, out, cancel=cancel, progress=progress
+    )
+    changed, total = changed_regions(out, base.folder / record.regions[0].name)
+    alloc, delta = delta_allocation(p.alloc, changed, total)
+    progress.note(
+        f"{p.name}: {len(changed)} of {total} regions changed since the base "
+        f"({alloc.used_bytes} of {p.alloc.used_bytes} used bytes to store)."
+    )
+    return alloc, delta, files
+
+
+def _resumed_base(image_dir: Path, state: CaptureMap) -> Base | None:
+    """The base an interrupted incremental capture started with, checked unchanged."""
+    ref = state.options.get("base")
+    if not isinstance(ref, dict):
+        return None
+    base = open_base(image_dir.parent / str(ref.get("name")), image_dir)
+    if base.ref.sha256 != ref.get("sha256"):
+        raise RefusedError(
+            f"The base {base.folder} changed since this capture started: it cannot be resumed.",
+            hint="Capture again into a new folder.",
+        )
+    return base
 
 
 def refuse_a_complete_image(image_dir: Path) -> None:

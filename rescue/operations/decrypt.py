@@ -104,14 +104,14 @@ def _copy_stream(
 ) -> PartitionRecord:
     assert part.stream is not None
     size = split if isinstance(split, int) and split > 0 else None
-    files = _copy_plain(folder, out, part.stream, size, progress=progress, cancel=cancel)
+    files = copy_volumes(folder, out, part.stream, size, progress=progress, cancel=cancel)
     regions: tuple[StoredFile, ...] = ()
     if part.regions:
-        regions = _copy_plain(folder, out, regions_name(part.name), None, cancel=cancel)
+        regions = copy_volumes(folder, out, regions_name(part.name), None, cancel=cancel)
     return dataclasses.replace(part, files=files, regions=regions)
 
 
-def _copy_plain(
+def copy_volumes(
     folder: Path,
     out: Path,
     name: str,

@@ -27,10 +27,9 @@ from rescue.image.manifest import DATA_STREAMS, StoredAs
 from rescue.image.streams import (
     check_raw_stream,
     check_stream,
-    open_stream_chunks,
     stream_error,
 )
-from rescue.image.view import ImagePart, ImageView, check_all_present, open_image
+from rescue.image.view import ImagePart, ImageView, check_all_present, open_image, part_chunks
 from rescue.operations.bootcheck import check_fstabs
 from rescue.operations.grow import grow_filesystem
 from rescue.operations.layout_plan import Fit, Growth, Slot, fixed_size_reason, plan_growth
@@ -193,6 +192,8 @@ def check_streams(image: ImageView) -> None:
                 f"{header.total_blocks} blocks of {header.block_size} bytes; the manifest "
                 f"records {record.used_blocks} of {record.total_blocks} of {record.block_size}."
             )
+        for link in part.links[1:]:  # the images an incremental one builds on
+            check_stream(link.stream, "zst", partition_size=size, expect_fstype=part.fstype)
 
 
 def _check_device_safety(path: str) -> None:
@@ -359,7 +360,7 @@ def _restore_part(
         return
     fd = open_for_writing(path)
     try:
-        chunks = open_stream_chunks(part.stream, part.compression)
+        chunks = part_chunks(part)
         room = part.size if base else device_size(path)
         dst = Extent(fd, path, base, room)
         if part.stored_as == StoredAs.PARTCLONE:

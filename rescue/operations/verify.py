@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rescue.errors import ImageDamagedError
+from rescue.image.chain import ChainReader
 from rescue.image.folder import has_member, sealed_folder
 from rescue.image.hashing import sha256_file
 from rescue.image.manifest import (
@@ -55,6 +56,31 @@ def verify(
     and hash of every sealed file (``rescue.json`` lists them).
     """
     progress = progress or NullProgress()
+    report = _verify_one(folder, progress=progress, cancel=cancel)
+    image = open_image(folder)
+    for part in image.parts:  # the chain fits together: every region held by one image
+        if part.links:
+            ChainReader(part.links, part.region_size, size=part.size or None).close()
+    for base in image.bases:  # each checked against its child's record by open_image
+        progress.note(f"Checking {base.name}, which {folder.name} builds on")
+        below = _verify_one(base, progress=progress, cancel=cancel)
+        report.files_checked += below.files_checked
+        report.streams_checked += below.streams_checked
+        report.stream_bytes += below.stream_bytes
+        report.notes.extend(below.notes)
+    if image.bases:
+        report.notes.append(
+            f"Incremental image: checked with the {len(image.bases)} image(s) it builds on ("
+            + ", ".join(b.name for b in image.bases)
+            + ")."
+        )
+    return report
+
+
+def _verify_one(
+    folder: Path, *, progress: ProgressReporter, cancel: threading.Event | None
+) -> VerifyReport:
+    """One image of a chain: its own files and streams."""
     outer = read_outer_manifest(folder) if has_member(folder, MANIFEST_NAME) else None
     if outer is not None and sealed_folder(folder) is None:
         return _verify_sealed(folder, outer, progress, cancel)
@@ -82,7 +108,10 @@ def verify(
     recorded = (
         {f.name: f for p in manifest.partitions for f in p.files} if manifest is not None else {}
     )
-    progress.phase("Decoding streams", image.used_bytes or None)
+    held = image.used_bytes
+    if manifest is not None and manifest.base is not None:  # its streams hold what changed
+        held = sum(r.used_bytes for r in manifest.partitions)
+    progress.phase("Decoding streams", held or None)
     for part in image.parts:
         if part.stream is None or part.stored_as not in DATA_STREAMS:
             continue

@@ -1,0 +1,168 @@
+"""Capture against a base image: what may be compared with it, and what changed.
+
+A partition is stored as a difference from the base (FORMAT.md section 13) only
+when the base holds the same partition the same way: same place and size on the
+disk, same filesystem (type, UUID, block size and count), a partclone stream
+with a region list of the same region size. Anything else is stored whole, and
+the technician is told why. Nothing here reads the base's streams: the
+comparison is between region lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescue.blockio import binary
+from rescue.errors import BadInputError, RescueError
+from rescue.filesystems.base import Allocation
+from rescue.image.chain import manifest_digest
+from rescue.image.manifest import BaseRef, Delta, Manifest, PartitionRecord, StoredAs
+from rescue.image.partclone import Bitmap
+from rescue.image.regions import REGION_SIZE, UNKNOWN, read_regions
+from rescue.image.sealing import is_encrypted
+from rescue.image.view import ImageView, open_image
+from rescue.image.volumes import VolumeReader
+
+
+@dataclass(frozen=True)
+class Base:
+    """The base image of a capture, opened and checked (its whole chain readable)."""
+
+    folder: Path
+    manifest: Manifest
+    ref: BaseRef
+
+    def record(self, name: str) -> PartitionRecord | None:
+        return next((r for r in self.manifest.partitions if r.name == name), None)
+
+
+def open_base(base: Path, image_dir: Path) -> Base:
+    """The image ``base`` for a capture into ``image_dir``: complete, plain, readable down to
+    its full image, and in the same folder as the new image (chains are found by name)."""
+    if base.resolve().parent != image_dir.absolute().parent.resolve():
+        raise BadInputError(
+            f"The base {base} is not in the folder the new image goes to "
+            f"({image_dir.absolute().parent}).",
+            hint="Capture into a folder beside the base: an incremental image finds its base "
+            "by name in its own folder.",
+        )
+    if base.resolve() == image_dir.absolute().resolve():
+        raise BadInputError("The base and the new image are the same folder.")
+    if is_encrypted(base):
+        raise BadInputError(
+            f"{base} is an encrypted image: this rescue does not capture against an encrypted "
+            "base.",
+            hint="Capture a full image, or capture against a plain one.",
+        )
+    view: ImageView = open_image(base)
+    manifest = view.manifest
+    if manifest is None:
+        raise BadInputError(
+            f"{base} was not made by rescue: it has no region hashes to compare with.",
+            hint="Capture a full image with rescue first; later captures can build on it.",
+        )
+    if not any(r.regions for r in manifest.partitions):
+        raise BadInputError(
+            f"{base} was made by an older rescue without region hashes: nothing can be "
+            "compared with it.",
+            hint="Capture a full image first; later captures can build on it.",
+        )
+    ref = BaseRef(name=base.resolve().name, sha256=manifest_digest(base), created=manifest.created)
+    return Base(base, manifest, ref)
+
+
+def same_disk(base: Base, serial: str | None, size: int) -> str | None:
+    """Why the base is not an image of this disk (None: it may be)."""
+    src = base.manifest.source
+    if src.serial and serial and src.serial != serial:
+        return f"the base is an image of another disk (serial {src.serial}, this one {serial})"
+    if src.size != size:
+        return f"the base's disk had {src.size} bytes, this one has {size}"
+    return None
+
+
+def why_whole(
+    record: PartitionRecord | None,
+    *,
+    start: int,
+    size: int,
+    uuid: str | None,
+    alloc: Allocation,
+) -> str | None:
+    """Why a partition cannot be stored as a difference from ``record`` (None: it can)."""
+    if record is None:
+        return "the base has no such partition"
+    if alloc.raw:
+        return "it is stored raw (every byte), which is always stored whole"
+    if record.stored_as != StoredAs.PARTCLONE or not record.regions:
+        return "the base holds it without region hashes"
+    if record.region_size != REGION_SIZE or REGION_SIZE % alloc.block_size:
+        return "its blocks do not fit the region size"
+    if (record.start, record.size) != (start, size):
+        return (
+            f"it moved or changed size since the base (bytes {record.start}+{record.size}, "
+            f"now {start}+{size})"
+        )
+    if record.fstype != alloc.fstype or (record.uuid and uuid and record.uuid != uuid):
+        return (
+            f"it holds another filesystem than in the base ({record.fstype} {record.uuid or ''}, "
+            f"now {alloc.fstype} {uuid or ''})"
+        )
+    if (record.block_size, record.total_blocks) != (alloc.block_size, alloc.total_blocks):
+        return (
+            f"its filesystem was resized since the base ({record.total_blocks} blocks of "
+            f"{record.block_size}, now {alloc.total_blocks} of {alloc.block_size})"
+        )
+    return None
+
+
+def _records(path: Path) -> VolumeReader:
+    return VolumeReader([path])
+
+
+def changed_regions(new_list: Path, base_list: Path) -> tuple[list[int], int]:
+    """The regions of ``new_list`` whose digest the base does not have (new, changed, or
+    unreadable in either), in order; and how many regions ``new_list`` has."""
+    changed: list[int] = []
+    total = 0
+    with _records(new_list) as nv, _records(base_list) as bv:
+        old = read_regions(binary(bv))
+        have = next(old, None)
+        try:
+            for region, digest in read_regions(binary(nv)):
+                total += 1
+                while have is not None and have[0] < region:
+                    have = next(old, None)
+                if have is None or have[0] != region or digest == UNKNOWN or have[1] != digest:
+                    changed.append(region)
+        except ValueError as exc:
+            raise RescueError(f"A region list is damaged: {exc}.") from exc
+    return changed, total
+
+
+def delta_allocation(
+    alloc: Allocation, changed: list[int], total_regions: int
+) -> tuple[Allocation, Delta]:
+    """``alloc`` with only the used blocks of the ``changed`` regions marked: the blocks a
+    delta stream holds, and what it records of the whole."""
+    bpr = REGION_SIZE // alloc.block_size
+    bitmap = alloc.bitmap
+    masked = bytearray(len(bitmap))
+    if bpr % 8 == 0:
+        step = bpr // 8
+        # consecutive regions copied as one slice
+        for _key, group in itertools.groupby(enumerate(changed), lambda x: x[1] - x[0]):
+            regions = [r for _i, r in group]
+            lo, hi = regions[0] * step, (regions[-1] + 1) * step
+            masked[lo:hi] = bitmap[lo:hi]
+    else:
+        for r in changed:
+            for b in range(r * bpr, min((r + 1) * bpr, alloc.total_blocks)):
+                if bitmap[b >> 3] >> (b & 7) & 1:
+                    masked[b >> 3] |= 1 << (b & 7)
+    count = Bitmap.from_bytes(masked).count(alloc.total_blocks)
+    stored = dataclasses.replace(alloc, bitmap=bytes(masked), used_blocks=count)
+    return stored, Delta(alloc.used_blocks, alloc.used_bytes, total_regions, len(changed))

@@ -1,0 +1,224 @@
+"""Incremental images: `capture --base` stores what changed; every command reads the chain.
+
+A real GPT loop disk (NTFS and ext4) is captured full, then changed and captured
+against the previous image several times. Each image of the chain is verified,
+restored onto a new disk and mounted, with every file compared with the source
+as it was at that capture; the consolidated image is compared with a full
+capture of the same state (byte for byte, stream and all) and restored by stock
+partclone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from capabilities import need
+from conftest import DiskFactory
+from diskbench import LoopDisk, PartSpec, fill_tree, tree_digest
+
+from rescue.browse import mounts
+from rescue.cli import main
+from rescue.image.regions import regions_name
+from rescue.image.streams import open_stream_chunks
+
+pytestmark = need("root", "loop")
+
+
+@pytest.fixture(autouse=True)
+def private_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Mount records of this test only; no mount outlives it."""
+    monkeypatch.setenv("RESCUE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("RESCUE_CACHE_DIR", str(tmp_path / "cache"))
+    yield
+    if mounts.records():
+        mounts.unmount_all()
+
+
+def change(disk: LoopDisk, where: Path, step: int) -> dict[int, dict[str, str]]:
+    """Change a few files of both filesystems (rewrite, append, delete, add); their trees."""
+    rng = random.Random(step)
+    trees = {}
+    for index in (0, 1):
+        mnt = disk.mount(index, where / f"m{index}")
+        files = sorted(p for p in mnt.rglob("*") if p.is_file())
+        with open(files[rng.randrange(len(files))], "r+b") as f:
+            f.write(rng.randbytes(3000))
+        with open(files[rng.randrange(len(files))], "ab") as f:
+            f.write(b"log line %d\n" % step * 200)
+        files[rng.randrange(len(files))].unlink()
+        (mnt / f"new-{step}.bin").write_bytes(rng.randbytes(rng.randint(10_000, 200_000)))
+        trees[index] = tree_digest(mnt)
+        disk.umount(mnt)
+    return trees
+
+
+def trees_of(disk: LoopDisk, where: Path) -> dict[int, dict[str, str]]:
+    out = {}
+    for index in (0, 1):
+        mnt = disk.mount(index, where / f"r{index}", "ro")
+        out[index] = tree_digest(mnt)
+        disk.umount(mnt)
+    return out
+
+
+def stored_bytes(image: Path) -> int:
+    return sum(p.stat().st_size for p in image.iterdir() if p.is_file())
+
+
+def decoded(path: Path) -> bytes:
+    return b"".join(open_stream_chunks(path, "zst"))
+
+
+def test_a_chain_of_increments_restores_mounts_and_consolidates(
+    loop_disk_factory: DiskFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = loop_disk_factory(160, "gpt", [PartSpec(48, "ntfs", label="win"),
+                                          PartSpec(None, "ext4", label="data")])  # fmt: skip
+    for index, seed in ((0, 1), (1, 2)):
+        mnt = disk.mount(index, tmp_path / "fill")
+        fill_tree(mnt, seed, 12 if index else 6)
+        disk.umount(mnt)
+    images = tmp_path / "images"
+    images.mkdir()
+    assert main(["capture", disk.path, str(images / "full")]) == 0
+    states = [trees_of(disk, tmp_path)]
+    names = ["full"]
+    for step in (1, 2, 3):
+        states.append(change(disk, tmp_path, step))
+        name = f"inc{step}"
+        assert main(["capture", disk.path, str(images / name), "--base", names[-1]]) == 0
+        names.append(name)
+    full_size = stored_bytes(images / "full")
+    for name in names[1:]:
+        image = images / name
+        doc = json.loads((image / "rescue.json").read_text())
+        assert doc["format_version"] == 3 and doc["base"]["name"] == names[names.index(name) - 1]
+        assert all(p["delta"]["regions_stored"] < p["delta"]["regions"] for p in doc["partitions"])
+        # small, and invisible to Clonezilla: no disk/parts lists, no *-ptcl-img.* stream
+        assert stored_bytes(image) < full_size // 5, (stored_bytes(image), full_size)
+        assert not (image / "parts").exists() and not (image / "disk").exists()
+        assert not list(image.glob("*-ptcl-img*"))
+    # every image of the chain: verified (with its bases), restored, mounted
+    capsys.readouterr()
+    for k, name in enumerate(names):
+        image = images / name
+        assert main(["verify", str(image)]) == 0
+        if k:
+            assert f"builds on ({', '.join(reversed(names[:k]))})" in capsys.readouterr().out
+        target = loop_disk_factory(160, None, [])
+        assert main(["restore", str(image), target.path, "--yes"]) == 0
+        target.rescan()
+        assert trees_of(target, tmp_path / f"t{k}") == states[k]
+        target.detach()
+    newest = images / names[-1]
+    mnt = tmp_path / "browse"
+    assert main(["mount", str(newest), str(mnt), "--partition", "2"]) == 0
+    try:
+        assert tree_digest(mnt) == states[-1][1]
+    finally:
+        assert main(["unmount", str(mnt)]) == 0
+    out = tmp_path / "extracted"
+    assert main(["extract", str(newest), "new-3.bin", "--partition", "1", "--to", str(out)]) == 0
+    assert (out / "new-3.bin").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["info", str(newest)]) == 0
+    shown = capsys.readouterr().out
+    assert "incremental" in shown and all(n in shown for n in names)
+    # consolidated: what a full capture of the disk now writes, stream for stream
+    assert main(["consolidate", str(newest), str(tmp_path / "synthetic")]) == 0
+    assert main(["capture", disk.path, str(tmp_path / "direct")]) == 0
+    synthetic = json.loads((tmp_path / "synthetic" / "rescue.json").read_text())
+    direct = json.loads((tmp_path / "direct" / "rescue.json").read_text())
+    assert synthetic["format_version"] == 1 and "base" not in synthetic or not synthetic["base"]
+    for a, b in zip(synthetic["partitions"], direct["partitions"], strict=True):
+        assert (a["stream"], a["used_blocks"], a["stream_bytes"]) == (
+            b["stream"], b["used_blocks"], b["stream_bytes"])  # fmt: skip
+        assert decoded(tmp_path / "synthetic" / a["stream"]) == decoded(
+            tmp_path / "direct" / b["stream"]
+        )
+        assert (tmp_path / "synthetic" / regions_name(a["name"])).read_bytes() == (
+            tmp_path / "direct" / regions_name(b["name"])
+        ).read_bytes()
+    assert (tmp_path / "synthetic" / "parts").read_text().split() == [
+        p["name"] for p in direct["partitions"]
+    ]
+    assert main(["verify", str(tmp_path / "synthetic")]) == 0
+    # and it stands alone: stock partclone restores its ext4 stream
+    for name in names:
+        shutil.rmtree(images / name)
+    target = loop_disk_factory(160, None, [])
+    assert main(["restore", str(tmp_path / "synthetic"), target.path, "--yes"]) == 0
+    target.rescan()
+    ext4 = next(p for p in synthetic["partitions"] if p["fstype"] == "ext4")
+    if shutil.which("partclone.restore"):
+        zst = subprocess.Popen(["zstd", "-dc", str(tmp_path / "synthetic" / ext4["stream"])],
+                               stdout=subprocess.PIPE)  # fmt: skip
+        subprocess.run(["partclone.restore", "-s", "-", "-o", target.parts[1]],
+                       stdin=zst.stdout, check=True, capture_output=True)  # fmt: skip
+        assert zst.wait() == 0
+    assert trees_of(target, tmp_path / "stock") == states[-1]
+
+
+def test_a_missing_or_changed_base_is_named(
+    loop_disk_factory: DiskFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = loop_disk_factory(64, "gpt", [PartSpec(None, "ext4", label="data")])
+    mnt = disk.mount(0, tmp_path / "fill")
+    fill_tree(mnt, 3, 4)
+    disk.umount(mnt)
+    images = tmp_path / "images"
+    assert main(["capture", disk.path, str(images / "a")]) == 0
+    mnt = disk.mount(0, tmp_path / "fill")
+    (mnt / "more").write_bytes(b"x" * 100_000)
+    disk.umount(mnt)
+    # a base elsewhere, or not an image, is refused before anything is written
+    assert main(["capture", disk.path, str(tmp_path / "b"), "--base", str(images / "a")]) == 2
+    assert not (tmp_path / "b").exists()
+    assert main(["capture", disk.path, str(images / "b"), "--base", "nothing"]) != 0
+    assert not (images / "b").exists()
+    assert main(["capture", disk.path, str(images / "b"), "--base", "a"]) == 0
+    capsys.readouterr()
+    # a base whose manifest changed is not the one recorded
+    doc = json.loads((images / "a" / "rescue.json").read_text())
+    doc["created"] = "2020-01-01T00:00:00Z"
+    (images / "a" / "rescue.json").write_text(json.dumps(doc, indent=2))
+    assert main(["verify", str(images / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "is not the base b was captured against" in err, err
+    # a base that is gone: named, with where it should be
+    shutil.rmtree(images / "a")
+    target = loop_disk_factory(64, None, [])
+    assert main(["restore", str(images / "b"), target.path, "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert "incremental image of a" in err and "not beside it" in err, err
+
+
+def test_a_changed_layout_stores_partitions_whole(
+    loop_disk_factory: DiskFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = loop_disk_factory(96, "gpt", [PartSpec(24, "ext4", label="one"),
+                                         PartSpec(None, "ext4", label="two")])  # fmt: skip
+    images = tmp_path / "images"
+    assert main(["capture", disk.path, str(images / "a")]) == 0
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "again", disk.parts[1]], check=True)
+    capsys.readouterr()
+    assert main(["capture", disk.path, str(images / "b"), "--base", "a"]) == 0
+    err = capsys.readouterr().err
+    assert "stored whole, it holds another filesystem than in the base" in err, err
+    doc = json.loads((images / "b" / "rescue.json").read_text())
+    first, second = doc["partitions"]
+    assert first["delta"] is not None and first["delta"]["regions_stored"] == 0
+    assert second["delta"] is None and second["stream"].endswith("-ptcl-img.zst")
+    target = loop_disk_factory(96, None, [])
+    assert main(["restore", str(images / "b"), target.path, "--yes"]) == 0
+    target.rescan()
+    for index, label in ((0, "one"), (1, "again")):
+        got = subprocess.run(["blkid", "-s", "LABEL", "-o", "value", target.parts[index]],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        assert got == label
