@@ -242,6 +242,41 @@ class _Start:
     """Stream offset of the first byte kept (a frame boundary)."""
 
 
+def read_spans(
+    alloc: Allocation, start_block: int = 0
+) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+    """The reads that take every used byte of ``alloc`` from ``start_block`` on, in order:
+    ``(lo, hi, pieces)``, partition bytes ``[lo, hi)`` of at most :data:`READ_SPAN`, read
+    through free gaps of up to :data:`GAP_READ_THROUGH`; ``pieces`` are the used bytes in
+    it as (offset in the span, length)."""
+    bs = alloc.block_size
+    span_lo = span_hi = -1
+    pieces: list[tuple[int, int]] = []
+    for run_first, run_count in alloc.runs():
+        first, count = run_first, run_count
+        if first + count <= start_block:
+            continue  # done before a resumed capture's restart point
+        if first < start_block:
+            count -= start_block - first
+            first = start_block
+        lo = first * bs
+        hi = min((first + count) * bs, alloc.device_size)
+        while lo < hi:
+            if span_lo >= 0 and lo - span_hi <= GAP_READ_THROUGH and lo + 1 - span_lo <= READ_SPAN:
+                take = min(hi, span_lo + READ_SPAN) - lo
+                pieces.append((lo - span_lo, take))
+                span_hi = lo + take
+            else:
+                if span_lo >= 0:
+                    yield span_lo, span_hi, pieces
+                take = min(hi - lo, READ_SPAN)
+                span_lo, span_hi = lo, lo + take
+                pieces = [(0, take)]
+            lo += take
+    if span_lo >= 0:
+        yield span_lo, span_hi, pieces
+
+
 class _Reader(threading.Thread):
     """Reads the used bytes of a partition in order, straight into the frames of its stream."""
 
@@ -342,37 +377,7 @@ class _Reader(threading.Thread):
 
     def _spans(self) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
         """(lo, hi, used pieces as (offset in span, length)): the reads, in order."""
-        bs = self.alloc.block_size
-        start_block = self._start.block
-        span_lo = span_hi = -1
-        pieces: list[tuple[int, int]] = []
-        for run_first, run_count in self.alloc.runs():
-            first, count = run_first, run_count
-            if first + count <= start_block:
-                continue  # done before a resumed capture's restart point
-            if first < start_block:
-                count -= start_block - first
-                first = start_block
-            lo = first * bs
-            hi = min((first + count) * bs, self.alloc.device_size)
-            while lo < hi:
-                if (
-                    span_lo >= 0
-                    and lo - span_hi <= GAP_READ_THROUGH
-                    and lo + 1 - span_lo <= READ_SPAN
-                ):
-                    take = min(hi, span_lo + READ_SPAN) - lo
-                    pieces.append((lo - span_lo, take))
-                    span_hi = lo + take
-                else:
-                    if span_lo >= 0:
-                        yield span_lo, span_hi, pieces
-                    take = min(hi - lo, READ_SPAN)
-                    span_lo, span_hi = lo, lo + take
-                    pieces = [(0, take)]
-                lo += take
-        if span_lo >= 0:
-            yield span_lo, span_hi, pieces
+        return read_spans(self.alloc, self._start.block)
 
     def _place(self, n: int) -> list[tuple[list[memoryview], int | None]]:
         """Frame memory for the next ``n`` bytes of block data, strip by strip, each with
@@ -757,26 +762,48 @@ def hash_used(
         hasher.spoil(off, off + n)
     limit = min(upto_block * alloc.block_size, alloc.device_size)
     buf = memoryview(bytearray(READ_SPAN))
-    for first, count in alloc.runs():
-        lo = first * alloc.block_size
-        hi = min((first + count) * alloc.block_size, limit)
-        while lo < hi:
-            check_cancel(cancel)
-            n = min(hi - lo, READ_SPAN)
-            try:
-                got = os.preadv(src.fd, [buf[:n]], src.base + lo)
-            except OSError as exc:
-                if exc.errno in GONE_ERRORS:
-                    raise DeviceGoneError(f"{src.path} disappeared ({exc.strerror}).") from exc
-                got = 0
-            if got < n:
-                hasher.spoil(lo + got, lo + n)
-            hasher.feed(lo, [buf[:got]])
-            if progress is not None:
-                progress.advance(n)
-            lo += n
-        if hi >= limit:
-            break
+    spans = (sp for sp in read_spans(alloc) if sp[0] < limit)
+    span = next(spans, None)
+    while span is not None:
+        check_cancel(cancel)
+        ahead = next(spans, None)
+        if ahead is not None:  # the disk reads the next span meanwhile
+            os.posix_fadvise(
+                src.fd, src.base + ahead[0], ahead[1] - ahead[0], os.POSIX_FADV_WILLNEED
+            )
+        lo, hi, pieces = span
+        n = hi - lo
+        try:
+            got = os.preadv(src.fd, [buf[:n]], src.base + lo)
+        except OSError as exc:
+            if exc.errno in GONE_ERRORS:
+                raise DeviceGoneError(f"{src.path} disappeared ({exc.strerror}).") from exc
+            got = _read_around(src, lo, buf[:n])
+        if got < n:
+            hasher.spoil(lo + got, min(hi, limit))
+        for o, k in pieces:
+            a, b = lo + o, min(lo + o + k, limit)
+            if b > a:
+                hasher.feed(a, [buf[o : o + (b - a)]])
+        if progress is not None:
+            progress.advance(sum(k for _o, k in pieces))
+        span = ahead
+
+
+def _read_around(src: Extent, lo: int, buf: memoryview) -> int:
+    """A span whose read failed, read again in 4 KiB pieces: the bytes up to the first that
+    cannot be read (what follows is spoiled with them)."""
+    got = 0
+    while got < len(buf):
+        n = min(4096, len(buf) - got)
+        try:
+            k = os.preadv(src.fd, [buf[got : got + n]], src.base + lo + got)
+        except OSError:
+            return got
+        if k == 0:
+            return got
+        got += k
+    return got
 
 
 def write_region_list(

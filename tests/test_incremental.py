@@ -14,6 +14,7 @@ import json
 import random
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from capabilities import need
 from conftest import DiskFactory
 from diskbench import LoopDisk, PartSpec, fill_tree, tree_digest
+from test_resume import checkpoint_of, rescue
 
 from rescue.browse import mounts
 from rescue.cli import main
@@ -135,7 +137,7 @@ def test_a_chain_of_increments_restores_mounts_and_consolidates(
     assert main(["capture", disk.path, str(tmp_path / "direct")]) == 0
     synthetic = json.loads((tmp_path / "synthetic" / "rescue.json").read_text())
     direct = json.loads((tmp_path / "direct" / "rescue.json").read_text())
-    assert synthetic["format_version"] == 1 and "base" not in synthetic or not synthetic["base"]
+    assert synthetic["format_version"] == 1 and synthetic["base"] is None
     for a, b in zip(synthetic["partitions"], direct["partitions"], strict=True):
         assert (a["stream"], a["used_blocks"], a["stream_bytes"]) == (
             b["stream"], b["used_blocks"], b["stream_bytes"])  # fmt: skip
@@ -222,3 +224,47 @@ def test_a_changed_layout_stores_partitions_whole(
         got = subprocess.run(["blkid", "-s", "LABEL", "-o", "value", target.parts[index]],
                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
         assert got == label
+
+
+def test_a_killed_incremental_capture_resumes_to_the_same_image(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    disk = loop_disk_factory(320, "gpt", [PartSpec(None, "ext4", label="data")])
+    rng = random.Random(9)
+    mnt = disk.mount(0, tmp_path / "fill")
+    for i in range(6):
+        (mnt / f"data{i}.bin").write_bytes(rng.randbytes(30 << 20))
+    disk.umount(mnt)
+    images = tmp_path / "images"
+    assert main(["capture", disk.path, str(images / "full")]) == 0
+    mnt = disk.mount(0, tmp_path / "fill")
+    for i in (0, 1, 2, 4, 5):  # enough changed that storing it takes a while
+        (mnt / f"data{i}.bin").write_bytes(rng.randbytes(30 << 20))
+    disk.umount(mnt)
+    options = ["--base", "full", "--split", "23M", "--json"]
+    assert main(["capture", disk.path, str(images / "clean"), *options]) == 0
+    image = images / "resumed"
+    kills, seen = 0, (-1, -1)
+    proc = rescue("capture", disk.path, str(image), *options)
+    while True:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and checkpoint_of(image) <= seen:
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.15))
+        seen = checkpoint_of(image)
+        proc.kill()
+        if proc.wait() == 0 or (image / "rescue.json").exists():
+            break
+        kills += 1
+        assert (image / "rescue.incomplete").exists()
+        proc = rescue("capture", "--resume", str(image), "--json")
+    assert kills >= 2, kills
+
+    def stored(folder: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in folder.iterdir() if "rescue-" in p.name}
+
+    assert stored(image) == stored(images / "clean") and len(stored(image)) >= 3
+    doc, clean = (json.loads((f / "rescue.json").read_text()) for f in (image, images / "clean"))
+    assert doc["partitions"] == clean["partitions"] and doc["base"] == clean["base"]
+    assert main(["verify", str(image)]) == 0
