@@ -761,33 +761,76 @@ def hash_used(
     for off, n in skipped:
         hasher.spoil(off, off + n)
     limit = min(upto_block * alloc.block_size, alloc.device_size)
-    buf = memoryview(bytearray(READ_SPAN))
-    spans = (sp for sp in read_spans(alloc) if sp[0] < limit)
-    span = next(spans, None)
-    while span is not None:
-        check_cancel(cancel)
-        ahead = next(spans, None)
-        if ahead is not None:  # the disk reads the next span meanwhile
-            os.posix_fadvise(
-                src.fd, src.base + ahead[0], ahead[1] - ahead[0], os.POSIX_FADV_WILLNEED
-            )
-        lo, hi, pieces = span
-        n = hi - lo
+    spans = [sp for sp in read_spans(alloc) if sp[0] < limit]
+    # a thread reads the next spans while this one hashes (preadv lets go of the GIL),
+    # straight from the disk where it can (the page cache would only be in the way)
+    free: queue.Queue[mmap.mmap] = queue.Queue()
+    for _ in range(3):
+        free.put(mmap.mmap(-1, READ_SPAN + 2 * DIRECT_ALIGN))
+    done: queue.Queue[tuple[mmap.mmap, int, int] | BaseException] = queue.Queue()
+    stop = threading.Event()
+    direct = _direct_fd(src) if alloc.block_size % DIRECT_ALIGN == 0 else None
+
+    def read_all() -> None:
+        nonlocal direct
         try:
-            got = os.preadv(src.fd, [buf[:n]], src.base + lo)
-        except OSError as exc:
-            if exc.errno in GONE_ERRORS:
-                raise DeviceGoneError(f"{src.path} disappeared ({exc.strerror}).") from exc
-            got = _read_around(src, lo, buf[:n])
-        if got < n:
-            hasher.spoil(lo + got, min(hi, limit))
-        for o, k in pieces:
-            a, b = lo + o, min(lo + o + k, limit)
-            if b > a:
-                hasher.feed(a, [buf[o : o + (b - a)]])
-        if progress is not None:
-            progress.advance(sum(k for _o, k in pieces))
-        span = ahead
+            for lo, hi, _pieces in spans:
+                buf = free.get()
+                if stop.is_set():
+                    return
+                at, n, skew = src.base + lo, hi - lo, 0
+                if direct is not None:
+                    skew = at % DIRECT_ALIGN
+                    at, n = at - skew, -(-(skew + n) // DIRECT_ALIGN) * DIRECT_ALIGN
+                view = memoryview(buf)[:n]
+                try:
+                    got = os.preadv(src.fd if direct is None else direct, [view], at) - skew
+                except OSError as exc:
+                    if exc.errno in GONE_ERRORS:
+                        raise DeviceGoneError(f"{src.path} disappeared ({exc.strerror}).") from exc
+                    if exc.errno == errno.EINVAL and direct is not None:
+                        os.close(direct)  # no direct reads here after all: through the cache
+                        direct = None
+                    skew = 0
+                    got = _read_around(src, lo, memoryview(buf)[: hi - lo])
+                done.put((buf, skew, min(max(got, 0), hi - lo)))
+        except BaseException as exc:  # noqa: BLE001  (raised in the hashing thread)
+            done.put(exc)
+
+    reader = threading.Thread(target=read_all, name="rescue-digest-reader", daemon=True)
+    reader.start()
+    try:
+        for lo, hi, pieces in spans:
+            check_cancel(cancel)
+            item = done.get()
+            if isinstance(item, BaseException):
+                raise item
+            buf, skew, got = item
+            if got < hi - lo:
+                hasher.spoil(lo + got, min(hi, limit))
+            view = memoryview(buf)[skew : skew + got]
+            for o, k in pieces:
+                a, b = lo + o, min(lo + o + k, limit)
+                if b > a:
+                    hasher.feed(a, [view[o : o + (b - a)]])
+            del view
+            free.put(buf)
+            if progress is not None:
+                progress.advance(sum(k for _o, k in pieces))
+    finally:
+        stop.set()
+        free.put(mmap.mmap(-1, DIRECT_ALIGN))  # wakes a reader waiting for a buffer
+        reader.join()
+        if direct is not None:
+            os.close(direct)
+
+
+def _direct_fd(src: Extent) -> int | None:
+    """A second descriptor of ``src`` that reads with ``O_DIRECT`` (None: not possible)."""
+    try:
+        return os.open(f"/proc/self/fd/{src.fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _read_around(src: Extent, lo: int, buf: memoryview) -> int:
