@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, fill_tree, tree_digest
+from diskbench import LoopDisk, PartSpec, attach, fill_tree, tree_digest
 from test_resume import checkpoint_of, rescue
 
 from rescue.browse import mounts
@@ -199,6 +199,42 @@ def test_a_missing_or_changed_base_is_named(
     assert main(["restore", str(images / "b"), target.path, "--yes"]) == 1
     err = capsys.readouterr().err
     assert "incremental image of a" in err and "not beside it" in err, err
+
+
+def test_the_disk_under_another_name_is_compared_by_partition_number(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """Plugged into another port, the disk gets other kernel names; its partitions are still
+    the base's (and the chain finds each base partition by the name the delta records)."""
+    disk = loop_disk_factory(96, "gpt", [PartSpec(24, "ext4", label="one"),
+                                         PartSpec(None, "ext4", label="two")])  # fmt: skip
+    mnt = disk.mount(1, tmp_path / "fill")
+    fill_tree(mnt, 4, 6)
+    disk.umount(mnt)
+    images = tmp_path / "images"
+    assert main(["capture", disk.path, str(images / "a")]) == 0
+    mnt = disk.mount(1, tmp_path / "fill")
+    (mnt / "added.bin").write_bytes(random.Random(1).randbytes(500_000))
+    want = tree_digest(mnt)
+    disk.umount(mnt)
+    again = attach(disk.backing, read_only=True)
+    try:
+        assert again.path != disk.path
+        assert main(["capture", again.path, str(images / "b"), "--base", "a"]) == 0
+    finally:
+        again.detach()
+    doc = json.loads((images / "b" / "rescue.json").read_text())
+    deltas = [p["delta"] for p in doc["partitions"]]
+    old = [p["name"] for p in json.loads((images / "a" / "rescue.json").read_text())["partitions"]]
+    assert [d["base"] for d in deltas] == old
+    assert [p["name"] for p in doc["partitions"]] != old
+    assert deltas[0]["regions_stored"] == 0 < deltas[1]["regions_stored"]
+    target = loop_disk_factory(96, None, [])
+    assert main(["restore", str(images / "b"), target.path, "--yes"]) == 0
+    target.rescan()
+    mnt = target.mount(1, tmp_path / "check", "ro")
+    assert tree_digest(mnt) == want
+    target.umount(mnt)
 
 
 def test_a_changed_layout_stores_partitions_whole(

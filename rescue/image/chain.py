@@ -130,7 +130,7 @@ def image_chain(folder: Path, manifest: Manifest) -> list[ChainedImage]:
 
 def partition_links(chain: Sequence[ChainedImage], name: str) -> tuple[Link, ...]:
     """The links holding partition ``name`` of the newest image, down to the full one; empty
-    when the newest image stores it whole."""
+    when the newest image stores it whole. Each delta names its partition in the base."""
     links: list[Link] = []
     for image in chain:
         record = _record(image, name)
@@ -141,11 +141,11 @@ def partition_links(chain: Sequence[ChainedImage], name: str) -> tuple[Link, ...
                 f"{image.folder.name} holds no partclone stream with region list for {name}, "
                 "which the image above it builds on."
             )
-        links.append(
-            Link(image.folder, image.folder / record.stream, image.folder / record.regions[0].name)
-        )
+        regions = image.folder / record.regions[0].name
+        links.append(Link(image.folder, image.folder / record.stream, regions))
         if record.delta is None:
             return tuple(links)
+        name = record.delta.base
     raise BaseImageError(
         f"The chain of {chain[0].folder.name} ends without a full image of {name}."
     )

@@ -129,6 +129,8 @@ class PartitionRecord:
 class Delta:
     """A partition stored as a difference from the same partition of the base image."""
 
+    base: str
+    """The partition's name in the base image (the disk may have had another kernel name)."""
     used_blocks: int
     """Used blocks of the partition as captured (the stream holds the changed ones)."""
     used_bytes: int
@@ -297,7 +299,9 @@ def _delta(f: Fields, stored_as: str, total: int, stored: int) -> Delta | None:
         return None
     d = Fields(f.doc.get("delta"), f.at("delta"))
     used = d.count("used_blocks")
-    delta = Delta(used, d.count("used_bytes"), d.count("regions"), d.count("regions_stored"))
+    base = d.name("base", "the base's partition")
+    assert base is not None
+    delta = Delta(base, used, d.count("used_bytes"), d.count("regions"), d.count("regions_stored"))
     if stored_as != StoredAs.PARTCLONE or not f.objects("regions", max_items=1):
         raise damaged(f.at("delta"), "is only for a partclone stream with its region list")
     if not stored <= used <= total or delta.regions_stored > delta.regions:

@@ -588,7 +588,7 @@ def _delta(
     """Compare partition ``p`` with the base: the allocation of the blocks to store, what
     the delta records and the region list written; None when it is stored whole."""
     assert p.alloc is not None
-    record = base.record(p.name)
+    record = base.record(p.number)
     why = other_disk or why_whole(record, start=p.start, size=p.size, uuid=p.uuid, alloc=p.alloc)
     if why is not None or record is None:
         if not other_disk:
@@ -599,7 +599,7 @@ def _delta(
         Extent(fd, src.path, p.start, p.size), p.alloc, out, cancel=cancel, progress=progress
     )
     changed, total = changed_regions(out, base.folder / record.regions[0].name)
-    alloc, delta = delta_allocation(p.alloc, changed, total)
+    alloc, delta = delta_allocation(p.alloc, changed, total, record.name)
     progress.note(
         f"{p.name}: {len(changed)} of {total} regions changed since the base "
         f"({alloc.used_bytes} of {p.alloc.used_bytes} used bytes to store)."

@@ -35,8 +35,13 @@ class Base:
     manifest: Manifest
     ref: BaseRef
 
-    def record(self, name: str) -> PartitionRecord | None:
-        return next((r for r in self.manifest.partitions if r.name == name), None)
+    def record(self, number: int | None) -> PartitionRecord | None:
+        """The base's partition with this number (None: the one partition of a partition
+        image): kernel names change with the port a disk is plugged into, numbers do not."""
+        parts = self.manifest.partitions
+        if number is None:
+            return parts[0] if len(parts) == 1 and parts[0].number is None else None
+        return next((r for r in parts if r.number == number), None)
 
 
 def open_base(base: Path, image_dir: Path) -> Base:
@@ -144,7 +149,7 @@ def changed_regions(new_list: Path, base_list: Path) -> tuple[list[int], int]:
 
 
 def delta_allocation(
-    alloc: Allocation, changed: list[int], total_regions: int
+    alloc: Allocation, changed: list[int], total_regions: int, base_name: str
 ) -> tuple[Allocation, Delta]:
     """``alloc`` with only the used blocks of the ``changed`` regions marked: the blocks a
     delta stream holds, and what it records of the whole."""
@@ -165,4 +170,6 @@ def delta_allocation(
                     masked[b >> 3] |= 1 << (b & 7)
     count = Bitmap.from_bytes(masked).count(alloc.total_blocks)
     stored = dataclasses.replace(alloc, bitmap=bytes(masked), used_blocks=count)
-    return stored, Delta(alloc.used_blocks, alloc.used_bytes, total_regions, len(changed))
+    return stored, Delta(
+        base_name, alloc.used_blocks, alloc.used_bytes, total_regions, len(changed)
+    )
