@@ -8,6 +8,8 @@ loop devices have none.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import subprocess
 import threading
 import time
@@ -547,3 +549,49 @@ def test_encrypted_capture_and_its_restore_from_the_screens(
     mnt = tmp_path / "check"
     target.mount(0, mnt, "ro")
     assert tree_digest(mnt) == digest
+
+
+def test_capture_screen_offers_the_last_image_of_the_disk_as_base(
+    source: tuple[LoopDisk, dict[str, str]], tmp_path: Path
+) -> None:
+    disk, _ = source
+    dest = tmp_path / "dest"
+    assert main(["capture", disk.path, str(dest / "monday")]) == 0
+    mnt = disk.mount(0, tmp_path / "fill")
+    (mnt / "added.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB where nothing was
+    disk.umount(mnt)
+
+    async def capture(
+        pilot: Pilot[int], app: RescueApp, name: str, incremental: bool, base: str, new: str
+    ) -> str:
+        select_disk(app, "disks", disk.path)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.query("#dest"))
+        app.screen.query_one("#dest", Input).value = str(dest)
+        app.screen.query_one("#name", Input).value = name
+        await wait_for(pilot, lambda: bool(app.screen.query("#incremental")))
+        offer = " ".join(str(label.render()) for label in app.screen.query("#base Label"))
+        assert re.search(f"at least {new} of it is new", offer), offer
+        box = app.screen.query_one("#incremental", Checkbox)
+        assert box.value and f"since {base}" in str(box.label)
+        box.value = incremental
+        await pilot.press("ctrl+s")
+        job = await finish_job(pilot, app)
+        assert job.outcome == "ok", job.message
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, JobScreen))
+        return job.message
+
+    async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
+        message = await capture(pilot, app, "tuesday", True, "monday", r"2\.\d MiB")
+        assert "Incremental on monday" in message, message
+        await pilot.press("escape")  # back to the disks
+        await wait_for(pilot, lambda: bool(app.screen.query("#disks")))
+        # the newest image is offered; unticked, the capture is a full image, as before
+        await capture(pilot, app, "full", False, "tuesday", "0 B")
+
+    run_ui(scenario, make_app())
+    tuesday = json.loads((dest / "tuesday" / "rescue.json").read_text())
+    assert tuesday["base"]["name"] == "monday"
+    assert json.loads((dest / "full" / "rescue.json").read_text())["base"] is None
+    assert verify(dest / "tuesday").streams_checked == 2

@@ -12,14 +12,26 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rescue.blockio import binary
+from rescue.blockio import Window, binary
+from rescue.containers.stack import allocation_for
+from rescue.devices.model import Disk, Partition
 from rescue.errors import BadInputError, RescueError
+from rescue.filesystems import registry
 from rescue.filesystems.base import Allocation
 from rescue.image.chain import manifest_digest
-from rescue.image.manifest import BaseRef, Delta, Manifest, PartitionRecord, StoredAs
+from rescue.image.manifest import (
+    BaseRef,
+    Delta,
+    Manifest,
+    PartitionRecord,
+    StoredAs,
+    read_manifest,
+)
+from rescue.image.names import MANIFEST_NAME
 from rescue.image.partclone import Bitmap
 from rescue.image.regions import REGION_SIZE, UNKNOWN, read_regions
 from rescue.image.sealing import is_encrypted
@@ -173,3 +185,90 @@ def delta_allocation(
     return stored, Delta(
         base_name, alloc.used_blocks, alloc.used_bytes, total_regions, len(changed)
     )
+
+
+# --- the base a capture screen offers ---------------------------------------------------------
+
+
+def _same_source(m: Manifest, source: Disk | Partition) -> bool:
+    """The image was made of this disk (or partition): the same serial where both have one,
+    else the same filesystem UUIDs."""
+    if isinstance(source, Disk):
+        if m.source.kind != "disk":
+            return False
+        if m.source.serial and source.serial:
+            return m.source.serial == source.serial
+        mine = {p.uuid for p in source.partitions if p.uuid}
+        return bool(mine) and mine == {r.uuid for r in m.partitions if r.uuid}
+    return (
+        m.source.kind == "partition"
+        and bool(source.uuid)
+        and [r.uuid for r in m.partitions] == [source.uuid]
+    )
+
+
+def find_base(destination: Path, source: Disk | Partition) -> Base | None:
+    """The newest complete, plain image of ``source`` directly inside ``destination``, with
+    region hashes (so a capture can build on it); None when there is none."""
+    found: list[Base] = []
+    try:
+        folders = [p for p in destination.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return None
+    for folder in folders:
+        if not (folder / MANIFEST_NAME).is_file() or is_encrypted(folder):
+            continue
+        try:
+            m = read_manifest(folder)
+            if _same_source(m, source) and any(r.regions for r in m.partitions):
+                found.append(Base(folder, m, BaseRef(folder.name, "", m.created)))
+        except (RescueError, OSError):
+            continue  # damaged or unreadable: not one to build on
+    return max(found, key=lambda b: b.manifest.created, default=None)
+
+
+def surely_new(source: Disk | Partition, base: Base) -> int | None:
+    """Used bytes of ``source`` in regions where the base held no used data: an increment
+    stores at least these (what was rewritten in place shows only once the disk is read).
+    None when a filesystem's map cannot be read."""
+    parts = source.partitions if isinstance(source, Disk) else (source,)
+    total = 0
+    for p in parts:
+        number = p.number if isinstance(source, Disk) else None
+        record = base.record(number)
+        fs = registry.get(p.fstype)
+        if fs is not None and not fs.imaged:
+            continue
+        try:
+            fd = os.open(p.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            alloc = allocation_for(binary(Window(fd, 0, p.size)), p.size, p.fstype)
+        except (RescueError, OSError):
+            return None
+        finally:
+            os.close(fd)
+        start = p.start if isinstance(source, Disk) else 0  # a partition image starts at 0
+        if record is None or why_whole(record, start=start, size=p.size, uuid=p.uuid, alloc=alloc):
+            total += alloc.used_bytes
+            continue
+        total += _outside(alloc, base.folder / record.regions[0].name)
+    return total
+
+
+def _outside(alloc: Allocation, base_list: Path) -> int:
+    """Used bytes of ``alloc`` in regions the list has no record of."""
+    bpr = REGION_SIZE // alloc.block_size
+    held = bytearray(-(-alloc.total_blocks // bpr))
+    with _records(base_list) as v:
+        for region, _digest in read_regions(binary(v)):
+            if region < len(held):
+                held[region] = 1
+    out = 0
+    for first, n in alloc.runs():
+        for r in range(first // bpr, (first + n - 1) // bpr + 1):
+            if not held[r]:
+                lo, hi = max(first, r * bpr), min(first + n, (r + 1) * bpr)
+                out += (hi - lo) * alloc.block_size
+    return out

@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, Input, Label, OptionList, Static
+from textual.widgets import Checkbox, Footer, Header, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from rescue.containers.keys import Secret, SecretKind
@@ -25,6 +25,7 @@ from rescue.operations.capture import capture
 from rescue.operations.capture_map import resumable
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
+from rescue.operations.incremental import Base, find_base, surely_new
 from rescue.operations.plan_text import shown, shown_message
 from rescue.operations.unlock import EncryptedPartition
 from rescue.progress import ProgressReporter
@@ -62,6 +63,7 @@ class CaptureScreen(Screen[None]):
     CaptureScreen #room { padding: 0 1; }
     CaptureScreen #keys { padding: 0; }
     CaptureScreen #encrypt { height: auto; }
+    CaptureScreen #base { padding: 0; }
     """
 
     def __init__(self, disk: Disk, services: Services) -> None:
@@ -72,6 +74,9 @@ class CaptureScreen(Screen[None]):
         self._keys: dict[str, str] = {}
         """Input id -> kernel name of the encrypted partition it takes the key of."""
         self._generation = 0
+        self._base: Base | None = None
+        """The image of this disk found at the destination, offered as the base."""
+        self._base_key: tuple[str, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(icon="*")
@@ -101,6 +106,7 @@ class CaptureScreen(Screen[None]):
             yield OptionList(id="dests")
             yield Label("Image name:")
             yield Input(default_name(self.disk), id="name")
+            yield Vertical(id="base")
             yield Label("Encrypt (empty: no; only rescue opens encrypted images): passphrase twice")
             with Horizontal(id="encrypt"):
                 yield Input(password=True, placeholder="passphrase (hidden)", id="pass1")
@@ -141,6 +147,7 @@ class CaptureScreen(Screen[None]):
         if event.option_list.id == "sources":
             self._estimate()
             self._show_keys()
+            self._find_base()
 
     def _show_keys(self) -> None:
         """Read which partitions of the source are encrypted (their headers), then ask."""
@@ -185,6 +192,49 @@ class CaptureScreen(Screen[None]):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._show_room()
+        if event.input.id == "dest":
+            self._find_base()
+
+    def _find_base(self) -> None:
+        """Look at the destination for an earlier image of the source (same serial, or the
+        same filesystem UUIDs): offered as the base, with what an increment stores at least."""
+        dest = self.query_one("#dest", Input).value.strip()
+        source = self._source()
+        key = (dest, source.path)
+        if key == self._base_key:
+            return
+        self._base_key = key
+
+        def work() -> None:
+            base = find_base(Path(dest), source) if dest else None
+            at_least = surely_new(source, base) if base is not None else None
+            self.app.call_from_thread(self._offer_base, key, base, at_least)
+
+        self.run_worker(work, thread=True, group="base", exit_on_error=False, exclusive=True)
+
+    def _offer_base(self, key: tuple[str, str], base: Base | None, at_least: int | None) -> None:
+        if key != self._base_key:
+            return  # another destination or source meanwhile
+        box = self.query_one("#base", Vertical)
+        box.remove_children()
+        self._base = base
+        if base is None:
+            return
+        used = sum(
+            r.delta.used_bytes if r.delta else r.used_bytes for r in base.manifest.partitions
+        )
+        when = base.manifest.created.replace("T", " ").rstrip("Z")
+        sure = f"at least {human_size(at_least)}" if at_least is not None else "an unknown part"
+        box.mount_all([
+            Checkbox(Content(
+                f"Incremental: store only what changed since {shown(base.folder.name)} "
+                f"({when} UTC)"
+            ), value=True, id="incremental"),
+            Label(Content(
+                f"  The disk is read whole and compared; {sure} of it is new since then "
+                f"(it held {human_size(used)}), the rest is stored only where it changed."
+            )),
+        ])  # fmt: skip
 
     def _estimate(self) -> None:
         src = self._source()
@@ -272,11 +322,22 @@ class CaptureScreen(Screen[None]):
             self.notify(f"{shown(image)} holds an interrupted capture: resuming it.", markup=False)
 
         secrets = self._secrets()
+        base = None
+        ticked = self.query("#incremental") and self.query_one("#incremental", Checkbox).value
+        if self._base is not None and not resume and ticked:
+            base = self._base.folder
+            if image_key is not None:
+                self.notify(
+                    "An encrypted image cannot be incremental: untick Incremental for a full "
+                    "encrypted image, or leave the passphrase empty.",
+                    severity="warning",
+                )
+                return
 
         def job(progress: ProgressReporter, cancel: threading.Event) -> str:
             manifest = capture(
                 source, image, progress=progress, cancel=cancel, resume=resume, secrets=secrets,
-                image_key=image_key,
+                image_key=image_key, base=base,
             )  # fmt: skip
             used = sum(p.used_bytes for p in manifest.partitions)
             lost = sum(n for p in manifest.partitions for _, n in p.unreadable)
@@ -289,6 +350,12 @@ class CaptureScreen(Screen[None]):
                     f"{' and more' if len(files) > 5 else ''}. See damage-report.txt."
                 )
             sealed = " Encrypted: rescue opens it with the passphrase." if image_key else ""
+            if manifest.base is not None:
+                stored = sum(p.used_bytes for p in manifest.partitions)
+                sealed = (
+                    f" Incremental on {manifest.base.name}: {human_size(stored)} of it stored; "
+                    "keep the images of the chain together."
+                )
             return (
                 f"Image complete: {image} ({len(manifest.partitions)} partition(s), "
                 f"{human_size(used)} of used data).{sealed}"
