@@ -26,6 +26,7 @@ import hashlib
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -154,6 +155,12 @@ def main() -> None:
     ap.add_argument("fixture", type=Path)
     ap.add_argument("--work", type=Path, help="a new folder for the copy and the images")
     ap.add_argument("--chain", type=int, default=5, help="increments captured (default 5)")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="full and first incremental captures timed alternately (default 3)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     if args.work is not None:
@@ -174,12 +181,13 @@ def main() -> None:
         used = sum(int(v.split()[0]) for t in states[0].values() for v in t.values()
                    if v[0].isdigit())  # fmt: skip
         drop_caches()
-        full_seconds = rescue("capture", disk.dev, str(images / "full"), "--json")
+        rescue("capture", disk.dev, str(images / "full"), "--json")
         full_bytes = folder_bytes(images / "full")
-        print(f"full capture: {full_seconds:.2f} s, {full_bytes / MiB:.1f} MiB", flush=True)
         names = ["full"]
         rng = random.Random(2026)
         rows = []
+        fulls: list[float] = []
+        firsts: list[float] = []
         for step in range(1, args.chain + 1):
             written = 0
             for n in (1, 2):
@@ -190,17 +198,31 @@ def main() -> None:
                     run("umount", str(mnt))
             states.append(disk.trees(work / "mnt"))
             name = f"inc{step}"
-            drop_caches()
-            seconds = rescue("capture", disk.dev, str(images / name), "--base", names[-1], "--json")
+            for run_index in range(args.runs if step == 1 else 1):
+                if step == 1:  # a full capture of the same disk, alternately with the increment
+                    drop_caches()
+                    fulls.append(rescue("capture", disk.dev, str(work / "again"), "--json"))
+                    shutil.rmtree(work / "again")
+                    if run_index:
+                        shutil.rmtree(images / name)
+                drop_caches()
+                seconds = rescue(
+                    "capture", disk.dev, str(images / name), "--base", names[-1], "--json"
+                )
+                if step == 1:
+                    firsts.append(seconds)
             size = folder_bytes(images / name)
             names.append(name)
             rows.append((name, written, seconds, size))
             print(f"{name}: {written / MiB:.1f} MiB written ({100 * written / used:.2f}% of "
                   f"{used / MiB:.0f} MiB of files), capture {seconds:.2f} s, "
                   f"{size / MiB:.2f} MiB", flush=True)  # fmt: skip
-        _name, _w, inc_seconds, inc_bytes = rows[0]
+        _name, _w, _s, inc_bytes = rows[0]
+        full_seconds, inc_seconds = statistics.median(fulls), statistics.median(firsts)
         print()
-        print("first increment against the full capture, side by side in this run:")
+        print(f"first increment against a full capture of the same disk, {args.runs} runs each "
+              f"alternately, medians (full {sorted(round(x, 2) for x in fulls)}, increment "
+              f"{sorted(round(x, 2) for x in firsts)}):")  # fmt: skip
         print(f"  bytes {inc_bytes / full_bytes:.4f}x  (goal <= 0.03;  "
               f"{inc_bytes / MiB:.2f} of {full_bytes / MiB:.1f} MiB)")  # fmt: skip
         print(f"  time  {inc_seconds / full_seconds:.3f}x  (goal <= 0.5;  "
@@ -231,15 +253,17 @@ def main() -> None:
             print(f"{name}: restored in {seconds:.2f} s, every file read through rescue mount in "
                   f"{browsed:.1f} s: {'every file identical' if ok else 'DIFFERENT'}",
                   flush=True)  # fmt: skip
-        newest = images / names[-1]
-        seconds = rescue("consolidate", str(newest), str(work / "consolidated"))
-        rescue("restore", str(work / "consolidated"), target.dev, "--yes")
-        subprocess.run(["partx", "-u", target.dev], capture_output=True, check=False)
-        ok = target.trees(work / "mnt") == states[-1]
-        failures += not ok
-        print(f"consolidated {names[-1]} in {seconds:.2f} s "
-              f"({folder_bytes(work / 'consolidated') / MiB:.1f} MiB), restored: "
-              f"{'every file identical' if ok else 'DIFFERENT'}")  # fmt: skip
+        for k, name in enumerate(names[1:], start=1):
+            out = work / f"consolidated-{name}"
+            seconds = rescue("consolidate", str(images / name), str(out))
+            rescue("restore", str(out), target.dev, "--yes")
+            subprocess.run(["partx", "-u", target.dev], capture_output=True, check=False)
+            ok = target.trees(work / "mnt") == states[k]
+            failures += not ok
+            verdict = "every file identical" if ok else "DIFFERENT"
+            print(f"{name} consolidated in {seconds:.2f} s ({folder_bytes(out) / MiB:.1f} MiB), "
+                  f"restored: {verdict}", flush=True)  # fmt: skip
+            shutil.rmtree(out)
         if failures:
             raise SystemExit(f"{failures} check(s) failed")
     finally:

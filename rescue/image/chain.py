@@ -331,10 +331,11 @@ class ChainReader:
         cache_bytes: int = INFLIGHT,
         prefetch: int = 0,
     ) -> None:
-        """Open every link's stream (``size`` is the partition's); the frame cache is shared
-        out among them."""
+        """Open every link's stream (``size`` is the partition's). The frame cache is shared
+        out: an increment's stream keeps at most what it holds (usually little) and a
+        share of half of it; the full image at the bottom, which holds most of the data,
+        the rest."""
         self._readers: list[PartitionReader] = []
-        share = max(1, cache_bytes // len(links))
         try:
             for link in links:
                 self._readers.append(
@@ -342,7 +343,7 @@ class ChainReader:
                         link.stream,
                         size=size,
                         cache_frames=cache_frames,
-                        cache_bytes=share,
+                        cache_bytes=cache_bytes,
                         prefetch=prefetch,
                     )
                 )
@@ -352,6 +353,13 @@ class ChainReader:
         except BaseException:
             self.close()
             raise
+        deltas = self._readers[:-1]
+        given = 0
+        for r in deltas:
+            share = min(r.stream_size, cache_bytes // (2 * len(deltas)))
+            r.limit_cache(share)
+            given += share
+        self._readers[-1].limit_cache(cache_bytes - given)
         self.header = headers[0]
         self.size = self._readers[0].size
         self.raw = False

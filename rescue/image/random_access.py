@@ -130,6 +130,15 @@ class PartitionReader:
         self.size = h.device_size if size is None else size
         self._ranks = BlockRanks(self.bitmap)
 
+    @property
+    def stream_size(self) -> int:
+        """Bytes of the decoded stream."""
+        return self._z.size
+
+    def limit_cache(self, cache_bytes: int) -> None:
+        """Keep at most ``cache_bytes`` of decoded frames from now on."""
+        self._z.limit_cache(cache_bytes)
+
     def _rank(self, block: int) -> int:
         return self._ranks.rank(block)
 

@@ -781,6 +781,14 @@ class SeekableZstdReader:
     def size(self) -> int:
         return self.table.size
 
+    def limit_cache(self, cache_bytes: int) -> None:
+        """Keep at most ``cache_bytes`` of decoded frames from now on."""
+        with self._lock:
+            self._cache_bytes = cache_bytes
+            while len(self._cache) > 1 and self._cached > cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= len(old)
+
     def _load(self, i: int) -> bytes:
         t = self.table
         at, size = t.c_offsets[i], t.compressed[i]
