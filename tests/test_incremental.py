@@ -26,10 +26,11 @@ from test_resume import checkpoint_of, rescue
 
 from rescue.browse import mounts
 from rescue.cli import main
+from rescue.image.layout import read_image_layout
 from rescue.image.regions import regions_name
 from rescue.image.streams import open_stream_chunks
 
-pytestmark = need("root", "loop")
+pytestmark = need("root", "loop", "partclone")
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +116,10 @@ def test_a_chain_of_increments_restores_mounts_and_consolidates(
             assert f"builds on ({', '.join(reversed(names[:k]))})" in capsys.readouterr().out
         target = loop_disk_factory(160, None, [])
         assert main(["restore", str(image), target.path, "--yes"]) == 0
+        if k:  # the confirmation says it reads the chain
+            chain = ", ".join(reversed(names[:k]))
+            said = capsys.readouterr()
+            assert f"incremental: read with the images it builds on ({chain})" in said.err
         target.rescan()
         assert trees_of(target, tmp_path / f"t{k}") == states[k]
         target.detach()
@@ -151,19 +156,32 @@ def test_a_chain_of_increments_restores_mounts_and_consolidates(
         p["name"] for p in direct["partitions"]
     ]
     assert main(["verify", str(tmp_path / "synthetic")]) == 0
-    # and it stands alone: stock partclone restores its ext4 stream
+    # what Clonezilla reads of it (its own files: disk, parts, the table, the streams by name)
+    layout = read_image_layout(tmp_path / "synthetic")
+    assert layout.disk == direct["source"]["name"] and layout.table is not None
+    assert list(layout.parts) == [p["name"] for p in direct["partitions"]]
+    assert sorted(ref.base.name for ref in layout.streams.values()) == sorted(
+        p["stream"] for p in direct["partitions"]
+    )
+    # and it stands alone: stock partclone checks every stream and restores them
     for name in names:
         shutil.rmtree(images / name)
     target = loop_disk_factory(160, None, [])
     assert main(["restore", str(tmp_path / "synthetic"), target.path, "--yes"]) == 0
     target.rescan()
-    ext4 = next(p for p in synthetic["partitions"] if p["fstype"] == "ext4")
-    if shutil.which("partclone.restore"):
-        zst = subprocess.Popen(["zstd", "-dc", str(tmp_path / "synthetic" / ext4["stream"])],
-                               stdout=subprocess.PIPE)  # fmt: skip
-        subprocess.run(["partclone.restore", "-s", "-", "-o", target.parts[1]],
-                       stdin=zst.stdout, check=True, capture_output=True)  # fmt: skip
-        assert zst.wait() == 0
+    for index, p in enumerate(synthetic["partitions"]):
+        stream = tmp_path / "synthetic" / p["stream"]
+        check = subprocess.run(f"zstd -dc {stream} | partclone.chkimg -s - -L /dev/null",
+                               shell=True, capture_output=True, text=True, check=False)  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+        # zeros first: what is there after is what partclone wrote (dd stops at the end)
+        dd = ["dd", "if=/dev/zero", f"of={target.parts[index]}", "bs=1M", "status=none"]
+        subprocess.run(dd, check=False, capture_output=True)
+        restored = subprocess.run(
+            f"zstd -dc {stream} | partclone.restore -s - -o {target.parts[index]} -L /dev/null",
+            shell=True, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert restored.returncode == 0, restored.stdout + restored.stderr
     assert trees_of(target, tmp_path / "stock") == states[-1]
 
 
@@ -186,19 +204,32 @@ def test_a_missing_or_changed_base_is_named(
     assert not (images / "b").exists()
     assert main(["capture", disk.path, str(images / "b"), "--base", "a"]) == 0
     capsys.readouterr()
-    # a base whose manifest changed is not the one recorded
+    # a base whose manifest changed is not the one recorded: verify, restore and mount
+    # refuse, naming it, and the target is not touched
     doc = json.loads((images / "a" / "rescue.json").read_text())
     doc["created"] = "2020-01-01T00:00:00Z"
     (images / "a" / "rescue.json").write_text(json.dumps(doc, indent=2))
-    assert main(["verify", str(images / "b")]) == 1
-    err = capsys.readouterr().err
-    assert "is not the base b was captured against" in err, err
+    target = loop_disk_factory(64, None, [])
+    with open(target.path, "r+b") as f:
+        f.write(b"untouched" * 1000)
+    before = target.backing.read_bytes()
+    for argv in (["verify", str(images / "b")],
+                 ["restore", str(images / "b"), target.path, "--yes"],
+                 ["mount", str(images / "b"), str(tmp_path / "browse")]):  # fmt: skip
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert "is not the base b was captured against" in err and "/a" in err, err
+    assert target.backing.read_bytes() == before
     # a base that is gone: named, with where it should be
     shutil.rmtree(images / "a")
-    target = loop_disk_factory(64, None, [])
-    assert main(["restore", str(images / "b"), target.path, "--yes"]) == 1
-    err = capsys.readouterr().err
-    assert "incremental image of a" in err and "not beside it" in err, err
+    for argv in (["verify", str(images / "b")],
+                 ["restore", str(images / "b"), target.path, "--yes"],
+                 ["mount", str(images / "b"), str(tmp_path / "browse")]):  # fmt: skip
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert "incremental image of a" in err and "not beside it" in err, err
+    assert target.backing.read_bytes() == before
+    assert not mounts.records()
 
 
 def test_the_disk_under_another_name_is_compared_by_partition_number(
@@ -304,3 +335,22 @@ def test_a_killed_incremental_capture_resumes_to_the_same_image(
     doc, clean = (json.loads((f / "rescue.json").read_text()) for f in (image, images / "clean"))
     assert doc["partitions"] == clean["partitions"] and doc["base"] == clean["base"]
     assert main(["verify", str(image)]) == 0
+
+
+def test_an_increment_restores_onto_a_smaller_disk(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """The fit restore shrinks filesystems served from the image: served through the chain."""
+    disk = loop_disk_factory(400, "gpt", [PartSpec(200, "ext4"), PartSpec(None, "ntfs")])
+    for index, seed in ((0, 21), (1, 22)):
+        mnt = disk.mount(index, tmp_path / "fill")
+        fill_tree(mnt, seed, 16)
+        disk.umount(mnt)
+    images = tmp_path / "images"
+    assert main(["capture", disk.path, str(images / "full")]) == 0
+    states = change(disk, tmp_path, 7)
+    assert main(["capture", disk.path, str(images / "inc"), "--base", "full"]) == 0
+    target = loop_disk_factory(160, None, [])
+    assert main(["restore", str(images / "inc"), target.path, "--yes"]) == 0
+    target.rescan()
+    assert trees_of(target, tmp_path / "t") == states

@@ -136,6 +136,9 @@ def image_lines(image: ImageView) -> list[str]:
         lines.append(of)
         table = f", table {shown(src.partition_table)}" if src.partition_table else ""
         lines.append(f"source size {human_size(src.size)} ({src.size} bytes){table}")
+        if image.bases:
+            chain = ", ".join(shown(b.name) for b in image.bases)
+            lines.append(f"incremental: read with the images it builds on ({chain}), beside it")
         lost = sum(n for p in m.partitions for _, n in p.unreadable)
         if lost:
             lines.append(

@@ -57,6 +57,8 @@ def verify(
     """
     progress = progress or NullProgress()
     report = _verify_one(folder, progress=progress, cancel=cancel)
+    if is_locked(folder):  # checked by its sealed files' hashes; never incremental
+        return report
     image = open_image(folder)
     for part in image.parts:  # the chain fits together: every region held by one image
         if part.links:
