@@ -13,6 +13,8 @@ import pytest
 from capabilities import capabilities
 from diskbench import LoopDisk, PartSpec, make_disk, udev_alive
 
+from rescue.browse import mounts
+
 # System tools live in sbin; make them visible however pytest was started.
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -79,6 +81,18 @@ def udev() -> Iterator[None]:
 
 
 DiskFactory = Callable[[int, str | None, Sequence[PartSpec]], LoopDisk]
+
+
+@pytest.fixture
+def private_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Mount records and index caches of this test only; no mount outlives it (a failed test
+    must not leave mounts for the next one). Modules that mount use it for every test."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("RESCUE_RUN_DIR", str(run_dir))
+    monkeypatch.setenv("RESCUE_CACHE_DIR", str(tmp_path / "cache"))
+    yield run_dir
+    if mounts.records():
+        mounts.unmount_all()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,6 @@ from diskbench import (
     without_links,
 )
 
-from rescue.browse import mounts
 from rescue.browse.session import BrowseSession
 from rescue.cli import main
 from rescue.errors import BadInputError
@@ -42,18 +40,7 @@ from rescue.image.seekable import SeekTable
 from rescue.image.view import open_image
 from rescue.imagedev.served import partition_view
 
-pytestmark = need("root", "loop", "fuse")
-
-
-@pytest.fixture(autouse=True)
-def private_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Mount records and index caches of this test only; all of them gone at the end."""
-    run_dir = tmp_path / "run"
-    monkeypatch.setenv("RESCUE_RUN_DIR", str(run_dir))
-    monkeypatch.setenv("RESCUE_CACHE_DIR", str(tmp_path / "cache"))
-    yield run_dir
-    if mounts.records():  # a failed test must not leave mounts for the next one
-        mounts.unmount_all()
+pytestmark = [need("root", "loop", "fuse"), pytest.mark.usefixtures("private_run_dir")]
 
 
 def leftovers(run_dir: Path, server_pids: list[int]) -> list[str]:

@@ -15,7 +15,6 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,7 @@ from rescue.image.layout import read_image_layout
 from rescue.image.regions import regions_name
 from rescue.image.streams import open_stream_chunks
 
-pytestmark = need("root", "loop", "partclone")
-
-
-@pytest.fixture(autouse=True)
-def private_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Mount records of this test only; no mount outlives it."""
-    monkeypatch.setenv("RESCUE_RUN_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("RESCUE_CACHE_DIR", str(tmp_path / "cache"))
-    yield
-    if mounts.records():
-        mounts.unmount_all()
+pytestmark = [need("root", "loop", "partclone"), pytest.mark.usefixtures("private_run_dir")]
 
 
 def change(disk: LoopDisk, where: Path, step: int) -> dict[int, dict[str, str]]:
@@ -213,23 +202,22 @@ def test_a_missing_or_changed_base_is_named(
     with open(target.path, "r+b") as f:
         f.write(b"untouched" * 1000)
     before = target.backing.read_bytes()
-    for argv in (["verify", str(images / "b")],
-                 ["restore", str(images / "b"), target.path, "--yes"],
-                 ["mount", str(images / "b"), str(tmp_path / "browse")]):  # fmt: skip
-        assert main(argv) == 1, argv
-        err = capsys.readouterr().err
-        assert "is not the base b was captured against" in err and "/a" in err, err
-    assert target.backing.read_bytes() == before
+    commands = (["verify", str(images / "b")],
+                ["restore", str(images / "b"), target.path, "--yes"],
+                ["mount", str(images / "b"), str(tmp_path / "browse")])  # fmt: skip
+
+    def each_fails_saying(*words: str) -> None:
+        for argv in commands:
+            assert main(argv) == 1, argv
+            err = capsys.readouterr().err
+            assert all(w in err for w in words), err
+        assert target.backing.read_bytes() == before
+        assert not mounts.records()
+
+    each_fails_saying("is not the base b was captured against", "/a")
     # a base that is gone: named, with where it should be
     shutil.rmtree(images / "a")
-    for argv in (["verify", str(images / "b")],
-                 ["restore", str(images / "b"), target.path, "--yes"],
-                 ["mount", str(images / "b"), str(tmp_path / "browse")]):  # fmt: skip
-        assert main(argv) == 1, argv
-        err = capsys.readouterr().err
-        assert "incremental image of a" in err and "not beside it" in err, err
-    assert target.backing.read_bytes() == before
-    assert not mounts.records()
+    each_fails_saying("incremental image of a", "not beside it")
 
 
 def test_the_disk_under_another_name_is_compared_by_partition_number(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,26 +45,15 @@ from lvm_fixtures import (
     write_into,
 )
 
-from rescue.browse import mounts
 from rescue.cli import main
 from rescue.errors import EXIT_REFUSED
 
-pytestmark = need("root", "loop", "partclone", "fuse")
+pytestmark = [need("root", "loop", "partclone", "fuse"), pytest.mark.usefixtures("private_run_dir")]
 
 VG = "rlvme_two"
 LVS = {"home": ("ext4", 96), "srv": ("xfs", 320)}
 """LV -> (filesystem, MiB); XFS needs at least 300 MB."""
 FILL_MIB = 24
-
-
-@pytest.fixture(autouse=True)
-def private_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Mount records and index caches of this test only; no mount outlives it."""
-    monkeypatch.setenv("RESCUE_RUN_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("RESCUE_CACHE_DIR", str(tmp_path / "cache"))
-    yield
-    if mounts.records():
-        mounts.unmount_all()
 
 
 def partition_record(image: Path, part: str) -> dict[str, Any]:
