@@ -570,8 +570,13 @@ def test_capture_screen_offers_the_last_image_of_the_disk_as_base(
         app.screen.query_one("#dest", Input).value = str(dest)
         app.screen.query_one("#name", Input).value = name
         await wait_for(pilot, lambda: bool(app.screen.query("#incremental")))
-        offer = " ".join(str(label.render()) for label in app.screen.query("#base Label"))
-        assert re.search(f"at least {new} of it is new", offer), offer
+
+        def offer() -> str:
+            return " ".join(str(label.render()) for label in app.screen.query("#base Label"))
+
+        await wait_for(pilot, lambda: "of used data" in offer())  # once the maps are read
+        said = f"A full image copies .+ of used data; this one what changed: at least {new} is new"
+        assert re.search(said, offer()), offer()
         box = app.screen.query_one("#incremental", Checkbox)
         assert box.value and f"since {base}" in str(box.label)
         box.value = incremental

@@ -598,10 +598,11 @@ def _delta(
     files = write_region_list(
         Extent(fd, src.path, p.start, p.size), p.alloc, out, cancel=cancel, progress=progress
     )
-    changed, total = changed_regions(out, base.folder / record.regions[0].name)
-    alloc, delta = delta_allocation(p.alloc, changed, total, record.name)
+    regions = -(-p.alloc.total_blocks * p.alloc.block_size // REGION_SIZE)
+    changes = changed_regions(out, base.folder / record.regions[0].name, regions)
+    alloc, delta = delta_allocation(p.alloc, changes, record.name)
     progress.note(
-        f"{p.name}: {len(changed)} of {total} regions changed since the base "
+        f"{p.name}: {changes.changed} of {changes.total} regions changed since the base "
         f"({alloc.used_bytes} of {p.alloc.used_bytes} used bytes to store)."
     )
     return alloc, delta, files

@@ -11,8 +11,8 @@ comparison is between region lists.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,11 +140,26 @@ def _records(path: Path) -> VolumeReader:
     return VolumeReader([path])
 
 
-def changed_regions(new_list: Path, base_list: Path) -> tuple[list[int], int]:
-    """The regions of ``new_list`` whose digest the base does not have (new, changed, or
-    unreadable in either), in order; and how many regions ``new_list`` has."""
-    changed: list[int] = []
-    total = 0
+@dataclass(frozen=True)
+class Changes:
+    """What a partition's region list says changed since the base's."""
+
+    flags: bytearray
+    """One byte per region of the partition: 1 where the region is to be stored."""
+    changed: int
+    total: int
+    """Regions holding used data (records of the new list)."""
+
+
+_SET = re.compile(rb"\x01+")
+
+
+def changed_regions(new_list: Path, base_list: Path, regions: int) -> Changes:
+    """Which of the partition's ``regions`` hold used data whose digest the base does not
+    have (new, changed, or unreadable in either), both lists read as streams; one byte a
+    region is all that is kept (16 MB for a 1 TB partition)."""
+    flags = bytearray(regions)
+    changed = total = 0
     with _records(new_list) as nv, _records(base_list) as bv:
         old = read_regions(binary(bv))
         have = next(old, None)
@@ -154,37 +169,35 @@ def changed_regions(new_list: Path, base_list: Path) -> tuple[list[int], int]:
                 while have is not None and have[0] < region:
                     have = next(old, None)
                 if have is None or have[0] != region or digest == UNKNOWN or have[1] != digest:
-                    changed.append(region)
+                    if region >= regions:
+                        raise ValueError(f"region {region} lies past the partition's end")
+                    flags[region] = 1
+                    changed += 1
         except ValueError as exc:
             raise RescueError(f"A region list is damaged: {exc}.") from exc
-    return changed, total
+    return Changes(flags, changed, total)
 
 
 def delta_allocation(
-    alloc: Allocation, changed: list[int], total_regions: int, base_name: str
+    alloc: Allocation, changes: Changes, base_name: str
 ) -> tuple[Allocation, Delta]:
-    """``alloc`` with only the used blocks of the ``changed`` regions marked: the blocks a
+    """``alloc`` with only the used blocks of the changed regions marked: the blocks a
     delta stream holds, and what it records of the whole."""
     bpr = REGION_SIZE // alloc.block_size
     bitmap = alloc.bitmap
     masked = bytearray(len(bitmap))
-    if bpr % 8 == 0:
-        step = bpr // 8
-        # consecutive regions copied as one slice
-        for _key, group in itertools.groupby(enumerate(changed), lambda x: x[1] - x[0]):
-            regions = [r for _i, r in group]
-            lo, hi = regions[0] * step, (regions[-1] + 1) * step
-            masked[lo:hi] = bitmap[lo:hi]
-    else:
-        for r in changed:
-            for b in range(r * bpr, min((r + 1) * bpr, alloc.total_blocks)):
-                if bitmap[b >> 3] >> (b & 7) & 1:
-                    masked[b >> 3] |= 1 << (b & 7)
+    for m in _SET.finditer(changes.flags):  # runs of changed regions, found in C
+        first, stop = m.start() * bpr, min(m.end() * bpr, alloc.total_blocks)
+        if bpr % 8 == 0:  # whole bitmap bytes
+            masked[first // 8 : -(-stop // 8)] = bitmap[first // 8 : -(-stop // 8)]
+            continue
+        for b in range(first, stop):
+            if bitmap[b >> 3] >> (b & 7) & 1:
+                masked[b >> 3] |= 1 << (b & 7)
     count = Bitmap.from_bytes(masked).count(alloc.total_blocks)
     stored = dataclasses.replace(alloc, bitmap=bytes(masked), used_blocks=count)
-    return stored, Delta(
-        base_name, alloc.used_blocks, alloc.used_bytes, total_regions, len(changed)
-    )
+    delta = Delta(base_name, alloc.used_blocks, alloc.used_bytes, changes.total, changes.changed)
+    return stored, delta
 
 
 # --- the base a capture screen offers ---------------------------------------------------------

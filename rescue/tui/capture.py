@@ -77,6 +77,7 @@ class CaptureScreen(Screen[None]):
         self._base: Base | None = None
         """The image of this disk found at the destination, offered as the base."""
         self._base_key: tuple[str, str] | None = None
+        self._at_least: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(icon="*")
@@ -220,21 +221,27 @@ class CaptureScreen(Screen[None]):
         self._base = base
         if base is None:
             return
-        used = sum(
-            r.delta.used_bytes if r.delta else r.used_bytes for r in base.manifest.partitions
-        )
         when = base.manifest.created.replace("T", " ").rstrip("Z")
-        sure = f"at least {human_size(at_least)}" if at_least is not None else "an unknown part"
+        self._at_least = at_least
         box.mount_all([
             Checkbox(Content(
                 f"Incremental: store only what changed since {shown(base.folder.name)} "
                 f"({when} UTC)"
             ), value=True, id="incremental"),
-            Label(Content(
-                f"  The disk is read whole and compared; {sure} of it is new since then "
-                f"(it held {human_size(used)}), the rest is stored only where it changed."
-            )),
+            Label(self._base_cost(), id="base-cost"),
         ])  # fmt: skip
+
+    def _base_cost(self) -> Content:
+        """What the offered increment costs against a full image (the source's used data is
+        read in its own worker: the line is redrawn when that is known)."""
+        need = self._need.get(self.source_path)
+        full = f"{human_size(need)} of used data" if need else "all its used data"
+        at_least = self._at_least
+        sure = f"at least {human_size(at_least)}" if at_least is not None else "an unknown part"
+        return Content(
+            f"  A full image copies {full}; this one what changed: {sure} is new since then, "
+            "plus what was rewritten in place (found as the disk is read)."
+        )
 
     def _estimate(self) -> None:
         src = self._source()
@@ -259,6 +266,8 @@ class CaptureScreen(Screen[None]):
             except OSError as exc:
                 text += f"  Destination: {exc.strerror}."
         self.query_one("#room", Static).update(text)
+        for label in self.query("#base-cost").results(Label):
+            label.update(self._base_cost())
 
     def action_mount_dest(self) -> None:
         dests = self.query_one("#dests", OptionList)
