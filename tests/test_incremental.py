@@ -342,3 +342,36 @@ def test_an_increment_restores_onto_a_smaller_disk(
     assert main(["restore", str(images / "inc"), target.path, "--yes"]) == 0
     target.rescan()
     assert trees_of(target, tmp_path / "t") == states
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs", "exfat"])
+def test_increments_of_other_filesystems(
+    loop_disk_factory: DiskFactory, tmp_path: Path, fs: str
+) -> None:
+    """Blocks larger or smaller than 4 KiB (btrfs nodes of 16 KiB, exFAT sectors of 512
+    bytes) and another allocator: the regions still say what changed."""
+    disk = loop_disk_factory(400, "gpt", [PartSpec(None, fs, label="data")])
+    mnt = disk.mount(0, tmp_path / "fill")
+    fill_tree(mnt, 8, 12)
+    disk.umount(mnt)
+    images = tmp_path / "images"
+    assert main(["capture", disk.path, str(images / "a")]) == 0
+    mnt = disk.mount(0, tmp_path / "fill")
+    rng = random.Random(5)
+    files = sorted(p for p in mnt.rglob("*") if p.is_file())
+    with open(files[len(files) // 2], "r+b") as f:
+        f.write(rng.randbytes(5000))
+    files[0].unlink()
+    (mnt / "added.bin").write_bytes(rng.randbytes(400_000))
+    want = tree_digest(mnt)
+    disk.umount(mnt)
+    assert main(["capture", disk.path, str(images / "b"), "--base", "a"]) == 0
+    (part,) = json.loads((images / "b" / "rescue.json").read_text())["partitions"]
+    assert 0 < part["delta"]["regions_stored"] < part["delta"]["regions"] // 2, part["delta"]
+    assert main(["verify", str(images / "b")]) == 0
+    target = loop_disk_factory(400, None, [])
+    assert main(["restore", str(images / "b"), target.path, "--yes"]) == 0
+    target.rescan()
+    mnt = target.mount(0, tmp_path / "check", "ro")
+    assert tree_digest(mnt) == want
+    target.umount(mnt)
