@@ -32,6 +32,13 @@ from rescue.image.streams import open_stream_chunks
 pytestmark = [need("root", "loop", "partclone"), pytest.mark.usefixtures("private_run_dir")]
 
 
+def filled(disk: LoopDisk, index: int, where: Path, seed: int, mib: int) -> None:
+    """Partition ``index`` of ``disk`` filled with a tree of about ``mib`` MiB of files."""
+    mnt = disk.mount(index, where)
+    fill_tree(mnt, seed, mib)
+    disk.umount(mnt)
+
+
 def change(disk: LoopDisk, where: Path, step: int) -> dict[int, dict[str, str]]:
     """Change a few files of both filesystems (rewrite, append, delete, add); their trees."""
     rng = random.Random(step)
@@ -73,9 +80,7 @@ def test_a_chain_of_increments_restores_mounts_and_consolidates(
     disk = loop_disk_factory(160, "gpt", [PartSpec(48, "ntfs", label="win"),
                                           PartSpec(None, "ext4", label="data")])  # fmt: skip
     for index, seed in ((0, 1), (1, 2)):
-        mnt = disk.mount(index, tmp_path / "fill")
-        fill_tree(mnt, seed, 12 if index else 6)
-        disk.umount(mnt)
+        filled(disk, index, tmp_path / "fill", seed, 12 if index else 6)
     images = tmp_path / "images"
     images.mkdir()
     assert main(["capture", disk.path, str(images / "full")]) == 0
@@ -178,9 +183,7 @@ def test_a_missing_or_changed_base_is_named(
     loop_disk_factory: DiskFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     disk = loop_disk_factory(64, "gpt", [PartSpec(None, "ext4", label="data")])
-    mnt = disk.mount(0, tmp_path / "fill")
-    fill_tree(mnt, 3, 4)
-    disk.umount(mnt)
+    filled(disk, 0, tmp_path / "fill", 3, 4)
     images = tmp_path / "images"
     assert main(["capture", disk.path, str(images / "a")]) == 0
     mnt = disk.mount(0, tmp_path / "fill")
@@ -227,9 +230,7 @@ def test_the_disk_under_another_name_is_compared_by_partition_number(
     the base's (and the chain finds each base partition by the name the delta records)."""
     disk = loop_disk_factory(96, "gpt", [PartSpec(24, "ext4", label="one"),
                                          PartSpec(None, "ext4", label="two")])  # fmt: skip
-    mnt = disk.mount(1, tmp_path / "fill")
-    fill_tree(mnt, 4, 6)
-    disk.umount(mnt)
+    filled(disk, 1, tmp_path / "fill", 4, 6)
     images = tmp_path / "images"
     assert main(["capture", disk.path, str(images / "a")]) == 0
     mnt = disk.mount(1, tmp_path / "fill")
@@ -331,9 +332,7 @@ def test_an_increment_restores_onto_a_smaller_disk(
     """The fit restore shrinks filesystems served from the image: served through the chain."""
     disk = loop_disk_factory(400, "gpt", [PartSpec(200, "ext4"), PartSpec(None, "ntfs")])
     for index, seed in ((0, 21), (1, 22)):
-        mnt = disk.mount(index, tmp_path / "fill")
-        fill_tree(mnt, seed, 16)
-        disk.umount(mnt)
+        filled(disk, index, tmp_path / "fill", seed, 16)
     images = tmp_path / "images"
     assert main(["capture", disk.path, str(images / "full")]) == 0
     states = change(disk, tmp_path, 7)
@@ -351,9 +350,7 @@ def test_increments_of_other_filesystems(
     """Blocks larger or smaller than 4 KiB (btrfs nodes of 16 KiB, exFAT sectors of 512
     bytes) and another allocator: the regions still say what changed."""
     disk = loop_disk_factory(400, "gpt", [PartSpec(None, fs, label="data")])
-    mnt = disk.mount(0, tmp_path / "fill")
-    fill_tree(mnt, 8, 12)
-    disk.umount(mnt)
+    filled(disk, 0, tmp_path / "fill", 8, 12)
     images = tmp_path / "images"
     assert main(["capture", disk.path, str(images / "a")]) == 0
     mnt = disk.mount(0, tmp_path / "fill")

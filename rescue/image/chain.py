@@ -27,12 +27,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rescue.blockio import binary
-from rescue.errors import BaseImageError, ImageDamagedError
+from rescue.errors import BaseImageError, ImageDamagedError, RescueError
 from rescue.image.folder import MAX_MANIFEST, read_member
 from rescue.image.manifest import Manifest, PartitionRecord, StoredAs, read_manifest
 from rescue.image.names import MANIFEST_NAME
 from rescue.image.partclone import Bitmap, BlockEncoder, PartcloneHeader, StreamReader, crc32
-from rescue.image.random_access import PartitionReader, Piece, _zeros
+from rescue.image.random_access import PartitionReader, Piece, zeros
 from rescue.image.regions import read_regions
 from rescue.image.seekable import INFLIGHT
 from rescue.image.streams import ChunkFile, open_stream_chunks
@@ -50,7 +50,6 @@ _OUT = 4 << 20
 class Link:
     """One image's stream of a partition, in a chain (newest first)."""
 
-    folder: Path
     stream: Path
     """Base path of the stream (split volumes found by name)."""
     regions: Path
@@ -110,13 +109,13 @@ def image_chain(folder: Path, manifest: Manifest) -> list[ChainedImage]:
         try:
             digest = manifest_digest(path)
             base = read_manifest(path)
-        except BaseImageError:
-            raise
-        except Exception as exc:
-            message = getattr(exc, "message", str(exc))
+        except RescueError as exc:
             raise BaseImageError(
-                f"{path}, the base of {child.name}, cannot be read: {message}",
-                hint=getattr(exc, "hint", None),
+                f"{path}, the base of {child.name}, cannot be read: {exc.message}", hint=exc.hint
+            ) from exc
+        except OSError as exc:
+            raise BaseImageError(
+                f"{path}, the base of {child.name}, cannot be read: {exc.strerror or exc}."
             ) from exc
         if digest != ref.sha256:
             raise BaseImageError(
@@ -142,7 +141,7 @@ def partition_links(chain: Sequence[ChainedImage], name: str) -> tuple[Link, ...
                 "which the image above it builds on."
             )
         regions = image.folder / record.regions[0].name
-        links.append(Link(image.folder, image.folder / record.stream, regions))
+        links.append(Link(image.folder / record.stream, regions))
         if record.delta is None:
             return tuple(links)
         name = record.delta.base
@@ -179,7 +178,7 @@ def _same_geometry(headers: Sequence[PartcloneHeader], links: Sequence[Link]) ->
             top.fs, top.block_size, top.total_blocks, top.device_size
         ):  # fmt: skip
             raise ImageDamagedError(
-                f"{link.stream.name} in {link.folder.name} describes another filesystem "
+                f"{link.stream.name} in {link.stream.parent.name} describes another filesystem "
                 f"({h.total_blocks} blocks of {h.block_size}) than {links[0].stream.name} "
                 f"({top.total_blocks} of {top.block_size}): the chain does not fit together."
             )
@@ -379,7 +378,7 @@ class ChainReader:
                 stop += rs
             stop = min(stop, end)
             if who == _FREE:
-                out.extend(_zeros(stop - pos))
+                out.extend(zeros(stop - pos))
             else:
                 out.extend(self._readers[who].pieces(pos, stop - pos))
             pos = stop

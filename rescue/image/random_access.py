@@ -37,7 +37,8 @@ _WINDOW = 4096
 Piece = bytes | memoryview
 
 
-def _zeros(n: int) -> Iterator[memoryview]:
+def zeros(n: int) -> Iterator[memoryview]:
+    """``n`` zero bytes as views of one shared buffer (what unused blocks read as)."""
     while n > 0:
         take = min(n, len(_ZERO))
         yield _ZERO[:take]
@@ -189,7 +190,7 @@ class PartitionReader:
                 rank = self._ranks.rank(block) if rank < 0 else rank
                 lo = block * bs
                 if lo > pos:
-                    out.extend(_zeros(lo - pos))
+                    out.extend(zeros(lo - pos))
                     pos = lo
                 left = count
                 while left:
@@ -208,7 +209,7 @@ class PartitionReader:
                     rank += n
                     left -= n
         if pos < end:
-            out.extend(_zeros(end - pos))
+            out.extend(zeros(end - pos))
         return out
 
     def pread(self, offset: int, length: int) -> bytes:

@@ -350,7 +350,7 @@ class VirtualPartition:
         try:
             self._reader: PartitionReader | ChainReader
             if spec.chain:
-                links = [Link(s.parent, s, r) for s, r in spec.chain]
+                links = [Link(s, r) for s, r in spec.chain]
                 self._reader = ChainReader(
                     links, spec.region_size, size=spec.size, cache_frames=1024,
                     cache_bytes=frame_cache_bytes(), prefetch=PREFETCH_FRAMES,
