@@ -70,6 +70,10 @@ READ_SPAN = 8 * MiB
 GAP_READ_THROUGH = 256 * 1024
 """Free gaps up to this size are read and dropped rather than skipped with a new read."""
 QUEUE_DEPTH = 4
+DIRECT_ALIGN = 4096
+"""Offsets and lengths direct I/O keeps to (any disk's logical sector divides it)."""
+FETCH_DEPTH = 3
+"""Spans read ahead of their consumer (each :data:`READ_SPAN` bytes of memory)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,121 @@ def read_spans(
         yield span_lo, span_hi, pieces
 
 
+@dataclass
+class _Fetched:
+    """One span as :class:`_SpanFetcher` read it."""
+
+    lo: int
+    hi: int
+    pieces: list[tuple[int, int]]
+    buf: mmap.mmap
+    skew: int
+    got: int
+    """Bytes of the span read: fewer after a read error or at the end of the disk."""
+
+    @property
+    def whole(self) -> bool:
+        return self.got == self.hi - self.lo
+
+    def view(self) -> memoryview:
+        """The span's bytes read (partition byte ``lo`` first)."""
+        return memoryview(self.buf)[self.skew : self.skew + self.got]
+
+
+class _SpanFetcher(threading.Thread):
+    """Reads spans ahead of the thread that uses them, straight from the disk.
+
+    A block device is read with ``O_DIRECT`` into page-aligned buffers: no page
+    cache to fill, evict and copy out of (on this kind of job it costs more CPU
+    than the copy it saves), and the fetcher's own read-ahead keeps the disk busy
+    while the consumer works on the span before. A regular file, or a device that
+    refuses direct reads, is read through the page cache into the same buffers.
+    A read error is not retried here: the span comes back short (``got``) and the
+    consumer reads it again its own careful way.
+    """
+
+    def __init__(
+        self, src: Extent, spans: Iterator[tuple[int, int, list[tuple[int, int]]]]
+    ) -> None:
+        super().__init__(name="rescue-fetcher", daemon=True)
+        self._src = src
+        self._spans = spans
+        direct = stat.S_ISBLK(os.fstat(src.fd).st_mode)
+        self._direct = _direct_fd(src) if direct else None
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        for _ in range(FETCH_DEPTH):
+            self._free.put(mmap.mmap(-1, READ_SPAN + 2 * DIRECT_ALIGN))
+        self._out: queue.Queue[_Fetched | BaseException | None] = queue.Queue()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for lo, hi, pieces in self._spans:
+                buf = self._buffer()
+                if buf is None:
+                    return
+                self._out.put(self._read(buf, lo, hi, pieces))
+            self._out.put(None)
+        except BaseException as exc:  # noqa: BLE001  (raised in the consumer)
+            self._out.put(exc)
+        finally:
+            if self._direct is not None:
+                os.close(self._direct)
+                self._direct = None
+
+    def _buffer(self) -> mmap.mmap | None:
+        while not self._halt.is_set():
+            try:
+                return self._free.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def _read(self, buf: mmap.mmap, lo: int, hi: int, pieces: list[tuple[int, int]]) -> _Fetched:
+        at, n, skew = self._src.base + lo, hi - lo, 0
+        fd = self._src.fd
+        if self._direct is not None:
+            fd = self._direct
+            skew = at % DIRECT_ALIGN
+            at, n = at - skew, -(-(skew + n) // DIRECT_ALIGN) * DIRECT_ALIGN
+        view = memoryview(buf)[:n]
+        got = 0
+        try:
+            while got < n:
+                k = os.preadv(fd, [view[got:]], at + got)
+                if k == 0:
+                    break  # the end of the disk
+                got += k
+        except OSError as exc:
+            if exc.errno in GONE_ERRORS:
+                raise DeviceGoneError(
+                    f"{self._src.path} disappeared at byte {at + got} ({exc.strerror}): "
+                    "was it unplugged?"
+                ) from exc
+            if exc.errno == errno.EINVAL and self._direct is not None and not got:
+                os.close(self._direct)  # no direct reads here after all: through the cache
+                self._direct = None
+                del view
+                return self._read(buf, lo, hi, pieces)
+        del view
+        return _Fetched(lo, hi, pieces, buf, skew, min(max(got - skew, 0), hi - lo))
+
+    def next(self) -> _Fetched | None:
+        """The next span read (None: no more)."""
+        item = self._out.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def release(self, fetched: _Fetched) -> None:
+        """Give a span's buffer back for the spans ahead."""
+        self._free.put(fetched.buf)
+
+    def stop(self) -> None:
+        """Read no further; the thread ends once its read in progress returns."""
+        self._halt.set()
+
+
 class _Reader(threading.Thread):
     """Reads the used bytes of a partition in order, straight into the frames of its stream."""
 
@@ -301,6 +420,7 @@ class _Reader(threading.Thread):
         self._skip = FIRST_SKIP
         self._skip_until = -1
         self._span_bad: list[tuple[int, int]] = []
+        self._src = src
         self.fd = src.fd
         self.path = src.path
         self.base = src.base
@@ -324,9 +444,12 @@ class _Reader(threading.Thread):
         self._room = self._strip
         self._scratch = memoryview(bytearray(GAP_READ_THROUGH))
         """Where the free gaps read through go (never looked at)."""
+        self._fetcher: _SpanFetcher | None = None
 
     def stop(self) -> None:
         self._stop_event.set()
+        if self._fetcher is not None:
+            self._fetcher.stop()
         # unblock a put() waiting on a full queue
         while True:
             try:
@@ -355,9 +478,31 @@ class _Reader(threading.Thread):
             pass
         except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
             self._put(exc)
+        finally:
+            if self._fetcher is not None:  # done with the descriptor before the caller closes it
+                self._fetcher.stop()
+                self._fetcher.join()
 
     def _items(self) -> Iterator[_Item]:
         spans = self._spans()
+        if not self.sparse:
+            fetcher = self._fetcher = _SpanFetcher(self._src, spans)
+            fetcher.start()
+            while (f := fetcher.next()) is not None:
+                if f.whole:
+                    item = self._read_span(f.lo, f.hi, f.pieces, f)
+                    fetcher.release(f)
+                    yield item
+                    continue
+                # a read error (or the disk's end): this span and the rest the careful way,
+                # through the page cache, with no read-ahead into a failing area
+                fetcher.stop()
+                fetcher.release(f)
+                yield self._read_span(f.lo, f.hi, f.pieces)
+                spans = read_spans(self.alloc, -(-f.hi // self.alloc.block_size))
+                break
+            else:
+                spans = iter(())
         span = next(spans, None)
         while span is not None:
             ahead = next(spans, None)
@@ -398,7 +543,10 @@ class _Reader(threading.Thread):
             out.append((views, slot))
         return out
 
-    def _read_span(self, lo: int, hi: int, pieces: list[tuple[int, int]]) -> _Item:
+    def _read_span(
+        self, lo: int, hi: int, pieces: list[tuple[int, int]], fetched: _Fetched | None = None
+    ) -> _Item:
+        """Read one span into its frames (or copy it there from ``fetched``, already read)."""
         iov: list[memoryview] = []
         strips: list[tuple[list[memoryview], int | None]] = []
         ranks: list[int] = []  # rank of each piece's first block
@@ -416,7 +564,16 @@ class _Reader(threading.Thread):
             self._rank += n // self.alloc.block_size
             at = o + n
         self._span_bad = []
-        self._fill(iov, lo, hi)
+        if fetched is None:
+            self._fill(iov, lo, hi)
+        else:
+            data = fetched.view()
+            for (o, _n), piece in zip(pieces, used_views, strict=True):
+                at = o
+                for v in piece:
+                    v[:] = data[at : at + len(v)]
+                    at += len(v)
+            del data
         for views, slot in strips:
             for v in views:
                 crc = self._encoder.checksum(v) if self._encoder is not None else None
@@ -761,68 +918,33 @@ def hash_used(
     for off, n in skipped:
         hasher.spoil(off, off + n)
     limit = min(upto_block * alloc.block_size, alloc.device_size)
-    spans = [sp for sp in read_spans(alloc) if sp[0] < limit]
-    # a thread reads the next spans while this one hashes (preadv lets go of the GIL),
-    # straight from the disk where it can (the page cache would only be in the way)
-    free: queue.Queue[mmap.mmap] = queue.Queue()
-    for _ in range(3):
-        free.put(mmap.mmap(-1, READ_SPAN + 2 * DIRECT_ALIGN))
-    done: queue.Queue[tuple[mmap.mmap, int, int] | BaseException] = queue.Queue()
-    stop = threading.Event()
-    direct = _direct_fd(src) if alloc.block_size % DIRECT_ALIGN == 0 else None
-
-    def read_all() -> None:
-        nonlocal direct
-        try:
-            for lo, hi, _pieces in spans:
-                buf = free.get()
-                if stop.is_set():
-                    return
-                at, n, skew = src.base + lo, hi - lo, 0
-                if direct is not None:
-                    skew = at % DIRECT_ALIGN
-                    at, n = at - skew, -(-(skew + n) // DIRECT_ALIGN) * DIRECT_ALIGN
-                view = memoryview(buf)[:n]
-                try:
-                    got = os.preadv(src.fd if direct is None else direct, [view], at) - skew
-                except OSError as exc:
-                    if exc.errno in GONE_ERRORS:
-                        raise DeviceGoneError(f"{src.path} disappeared ({exc.strerror}).") from exc
-                    if exc.errno == errno.EINVAL and direct is not None:
-                        os.close(direct)  # no direct reads here after all: through the cache
-                        direct = None
-                    skew = 0
-                    got = _read_around(src, lo, memoryview(buf)[: hi - lo])
-                done.put((buf, skew, min(max(got, 0), hi - lo)))
-        except BaseException as exc:  # noqa: BLE001  (raised in the hashing thread)
-            done.put(exc)
-
-    reader = threading.Thread(target=read_all, name="rescue-digest-reader", daemon=True)
-    reader.start()
+    spans = (sp for sp in read_spans(alloc) if sp[0] < limit)
+    # a thread reads the next spans while this one hashes (preadv lets go of the GIL)
+    fetcher = _SpanFetcher(src, spans)
+    fetcher.start()
     try:
-        for lo, hi, pieces in spans:
+        while (f := fetcher.next()) is not None:
             check_cancel(cancel)
-            item = done.get()
-            if isinstance(item, BaseException):
-                raise item
-            buf, skew, got = item
+            lo, hi = f.lo, f.hi
+            view = f.view()
+            if not f.whole:  # read again through the cache, up to the first bad sector
+                del view
+                again = memoryview(bytearray(hi - lo))
+                view = again[: _read_around(src, lo, again)]
+            got = len(view)
             if got < hi - lo:
                 hasher.spoil(lo + got, min(hi, limit))
-            view = memoryview(buf)[skew : skew + got]
-            for o, k in pieces:
-                a, b = lo + o, min(lo + o + k, limit)
+            for o, k in f.pieces:
+                a, b = lo + o, min(lo + o + k, limit, lo + got)
                 if b > a:
                     hasher.feed(a, [view[o : o + (b - a)]])
             del view
-            free.put(buf)
+            fetcher.release(f)
             if progress is not None:
-                progress.advance(sum(k for _o, k in pieces))
+                progress.advance(sum(k for _o, k in f.pieces))
     finally:
-        stop.set()
-        free.put(mmap.mmap(-1, DIRECT_ALIGN))  # wakes a reader waiting for a buffer
-        reader.join()
-        if direct is not None:
-            os.close(direct)
+        fetcher.stop()
+        fetcher.join()
 
 
 def _direct_fd(src: Extent) -> int | None:
@@ -1028,8 +1150,6 @@ class _Flusher:
         self._thread.join()
 
 
-DIRECT_ALIGN = 4096
-"""Offsets and lengths a direct write keeps to (any disk's logical sector divides it)."""
 DIRECT_CHUNK = 8 * MiB
 DIRECT_BUFFERS = 3
 
