@@ -6,6 +6,7 @@ and a regular file holding a raw disk are read the same way.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import os
@@ -205,3 +206,17 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((off, n))
     return out
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free ``length`` bytes of a file from ``offset`` on, which then read as zeros (the
+    file keeps its size); False where the filesystem cannot (the caller writes zeros)."""
+    mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    return int(_LIBC.fallocate(fd, mode, offset, length)) == 0

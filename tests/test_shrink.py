@@ -24,7 +24,9 @@ from diskbench import (
 
 from rescue.cli import main
 from rescue.errors import RefusedError, RescueError
+from rescue.image.view import open_image
 from rescue.imagedev.overlay import Overlay
+from rescue.imagedev.served import partition_view
 from rescue.operations.restore import plan_restore, restore
 
 MiB = 1 << 20
@@ -90,7 +92,56 @@ def test_overlay_keeps_writes_apart_and_fills_partial_blocks(tmp_path: Path) -> 
     ov.close()
 
 
+def test_overlay_zeroes_ranges_without_touching_the_image(tmp_path: Path) -> None:
+    base = _Bytes(bytes(range(1, 256)) * 321)  # 81,855 bytes: 20 blocks, the last short
+    ov = Overlay.create(base, tmp_path / "scratch")
+    expected = bytearray(base.data)
+    for off, n in [(8192, 8192), (100, 50), (4000, 20_000), (ov.size - 3000, 3000)]:
+        ov.zero(off, n)  # whole blocks past the scratch file's end, inside a block, across
+        # blocks, up to the end
+        expected[off : off + n] = bytes(n)
+        assert ov.pread(0, ov.size) == bytes(expected), (off, n)
+    ov.pwrite(10_000, b"Q" * 10)  # writes after a zeroed range land on zeros
+    expected[10_000:10_010] = b"Q" * 10
+    assert ov.pread(0, ov.size) == bytes(expected)
+    with pytest.raises(OSError):
+        ov.zero(ov.size - 10, 20)
+    assert base.data == bytes(range(1, 256)) * 321
+    ov.close()
+
+
 pytestmark_root = need("root", "loop", "udev")
+
+
+@pytestmark_root
+def test_writable_view_takes_discards_and_write_zeroes(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    # resize2fs zeroes inode tables with write-zeroes requests: the loop device over the
+    # server's file must take them (they failed with EOPNOTSUPP, and the kernel printed
+    # the failure on the console)
+    src = loop_disk_factory(100, "gpt", [PartSpec(None, "ext4")])
+    filled(src, 0, tmp_path / "m", seed=5, mib=20)
+    image = tmp_path / "image"
+    assert main(["capture", src.parts[0], str(image)]) == 0
+    before = {f.name: file_hash(f) for f in image.iterdir() if f.is_file()}
+    (ipart,) = open_image(image).parts
+    with partition_view(image, ipart, writable=True) as view:
+        fd = os.open(view.loop, os.O_RDONLY)
+        try:
+            whole = os.pread(fd, 8 * MiB, 0)
+            assert whole.count(0) < len(whole)  # the superblock, inode tables, files
+            run("blkdiscard", "-f", "-z", "-o", str(MiB), "-l", str(2 * MiB), view.loop)
+            run("blkdiscard", "-f", "-o", str(4 * MiB), "-l", str(MiB), view.loop)
+            run("blockdev", "--flushbufs", view.loop)
+            after = os.pread(fd, 8 * MiB, 0)
+        finally:
+            os.close(fd)
+    assert after[MiB : 3 * MiB] == bytes(2 * MiB)
+    assert after[4 * MiB : 5 * MiB] == bytes(MiB)
+    assert after[:MiB] == whole[:MiB] and after[3 * MiB : 4 * MiB] == whole[3 * MiB : 4 * MiB]
+    assert after[5 * MiB :] == whole[5 * MiB :]
+    assert {f.name: file_hash(f) for f in image.iterdir() if f.is_file()} == before  # unwritten
 
 
 @pytestmark_root

@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from rescue.blockio import punch_hole
+
 BLOCK = 4096
 
 
@@ -112,6 +114,32 @@ class Overlay:
             for block in range(first, last + 1):
                 self._mark(block)
         return len(data)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make ``length`` bytes from ``offset`` read as zeros: what a discard or a
+        write-zeroes request of the block layer asks. Whole blocks become a hole in the
+        scratch file (no space taken); the pieces of blocks at either end are written."""
+        end = offset + length
+        if offset < 0 or end > self.size:
+            raise OSError(errno.ENOSPC, "zeroing past the end of the partition")
+        lo, hi = -(-offset // BLOCK) * BLOCK, end // BLOCK * BLOCK
+        if lo >= hi:
+            if end > offset:
+                self.pwrite(offset, bytes(end - offset))
+            return
+        if offset < lo:
+            self.pwrite(offset, bytes(lo - offset))
+        if hi < end:
+            self.pwrite(hi, bytes(end - hi))
+        with self._lock:
+            if os.fstat(self._fd).st_size < hi:
+                os.ftruncate(self._fd, hi)  # a hole past the end of the file would read short
+            if not punch_hole(self._fd, lo, hi - lo):
+                chunk = bytes(min(hi - lo, 1 << 20))
+                for at in range(lo, hi, len(chunk)):
+                    self._write_exact(chunk[: min(len(chunk), hi - at)], at)
+            for block in range(lo // BLOCK, hi // BLOCK):
+                self._mark(block)
 
     def _write_exact(self, data: bytes, offset: int) -> None:
         """All of ``data`` into the scratch file, or ENOSPC (what the block layer above expects)."""

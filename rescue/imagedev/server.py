@@ -21,6 +21,7 @@ This is the only module that imports :mod:`mfusepy`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import logging
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from rescue.blockio import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from rescue.containers.base import Volume, binary_view
 from rescue.containers.keys import decode_from_pipe
 from rescue.containers.stack import choose_volume, volumes_inside
@@ -128,6 +130,19 @@ def _inner_volume(reader: Served, spec: ServerSpec, framed: bytes) -> Served:
     return _InnerVolume(reader, volume)
 
 
+@contextlib.contextmanager
+def _overlay_errors(what: str, offset: int) -> Iterator[None]:
+    """A failed change to the overlay as the errno the loop device above expects, logged."""
+    try:
+        yield
+    except RescueError as exc:  # the image under a partly written block is damaged
+        log.error("%s at partition byte %d: %s", what, offset, exc.message)
+        raise mfusepy.FuseOSError(errno.EIO) from exc
+    except OSError as exc:
+        log.error("%s at partition byte %d: %s", what, offset, exc)
+        raise mfusepy.FuseOSError(exc.errno or errno.EIO) from exc
+
+
 class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
     """A directory with one file: the partition (writable only with an overlay)."""
 
@@ -215,14 +230,24 @@ class PartitionFile(mfusepy.Operations):  # type: ignore[misc]
     def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
         if self._overlay is None:
             raise mfusepy.FuseOSError(errno.EROFS)
-        try:
+        with _overlay_errors("write", offset):
             return self._overlay.pwrite(offset, data)
-        except RescueError as exc:  # the image under a partly written block is damaged
-            log.error("write at partition byte %d: %s", offset, exc.message)
-            raise mfusepy.FuseOSError(errno.EIO) from exc
-        except OSError as exc:
-            log.error("write at partition byte %d: %s", offset, exc)
-            raise mfusepy.FuseOSError(exc.errno or errno.EIO) from exc
+
+    def fallocate(self, path: str, mode: int, offset: int, size: int, fh: Any) -> int:
+        """Discard and write-zeroes requests of the loop device over this file (a resizer's
+        zeroing of inode tables, say): the range reads as zeros from then on."""
+        if self._overlay is None or path != "/" + PARTITION_FILE:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        zeroing = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+        if mode & ~(zeroing | FALLOC_FL_KEEP_SIZE):
+            raise mfusepy.FuseOSError(errno.EOPNOTSUPP)
+        if offset < 0 or size <= 0 or offset + size > self._reader.size:
+            raise mfusepy.FuseOSError(errno.ENOSPC)  # the partition keeps its size
+        if not mode & zeroing:
+            return 0  # space inside the partition is always there
+        with _overlay_errors("zeroing", offset):
+            self._overlay.zero(offset, size)
+        return 0
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
         if length != self._reader.size:
