@@ -87,3 +87,33 @@ def test_rescue_without_arguments_starts_the_ui_and_q_quits() -> None:
             proc.kill()
             proc.wait()
         os.close(main_fd)
+
+
+def test_redraw_paints_every_cell_again() -> None:
+    """Text written over the console is painted over: ctrl+l (and a timer) redraw the whole
+    screen, where Textual otherwise sends only the cells that changed."""
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        app = RescueApp(list, hotplug=False, smart=lambda _p: None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            real = app._display
+
+            def display(screen: object, renderable: object) -> None:
+                console = app.console
+                with console.capture() as cap:
+                    if renderable is not None:
+                        console.print(renderable, end="")
+                sizes.append(cap.get().count("\x1b[") if renderable is not None else 0)
+                real(screen, renderable)  # type: ignore[arg-type]
+
+            app._display = display  # type: ignore[method-assign]
+            await pilot.pause(0.3)
+            idle = sum(sizes)
+            await pilot.press("ctrl+l")
+            await pilot.pause(0.3)
+            await pilot.press("q")
+        assert sum(sizes) > idle + 24  # a cursor move to each of the 24 lines at least
+
+    asyncio.run(scenario())

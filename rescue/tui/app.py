@@ -13,9 +13,11 @@ comes in one :class:`~rescue.tui.services.Services`, filled here.
 from __future__ import annotations
 
 import threading
+from typing import ClassVar
 
 from textual import on
 from textual.app import App
+from textual.binding import Binding, BindingType
 
 from rescue.devices import list_disks
 from rescue.devices.network import interfaces
@@ -47,6 +49,11 @@ class RescueApp(App[int]):
     """Home first; every workflow is a screen pushed over it."""
 
     TITLE = "rescue: disk imaging and recovery"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+l", "redraw", "Redraw the screen", show=False)
+    ]
+    REDRAW_EVERY = 15.0
+    """Seconds between full redraws: whatever wrote over the console is gone by then."""
     SUB_TITLE = ""  # Textual joins title and subtitle with a dash the Linux console lacks
 
     def __init__(
@@ -73,8 +80,14 @@ class RescueApp(App[int]):
 
     def on_mount(self) -> None:
         self.push_screen(self.home)
+        self.set_interval(self.REDRAW_EVERY, self.action_redraw)
         if self._hotplug:
             self.run_worker(self._watch, thread=True, group="hotplug")
+
+    def action_redraw(self) -> None:
+        """Draw every cell of the screen again, not only what changed: the kernel or a
+        service may have written over the console (ctrl+l, and every few seconds)."""
+        self.screen.refresh(self.screen.region)
 
     @on(CaptureRequested)
     def _capture(self, message: CaptureRequested) -> None:
