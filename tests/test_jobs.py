@@ -481,3 +481,8 @@ def test_the_real_command_finds_a_job_by_label(job_drive: LoopDisk, tmp_path: Pa
     assert res.returncode == EXIT_REFUSED
     assert "there is no folder /nowhere on the job's drive" in res.stderr
     assert job_drive.parts[0] not in mounted_sources()
+    res = rescue_command("job", "RESCUE:/rescue-job.toml")  # runs: the failure is logged
+    assert res.returncode == EXIT_REFUSED and "no folder /nowhere" in res.stderr
+    (log,) = logs_on(job_drive, tmp_path, ".")  # at the root: no folder made for it
+    assert "result: failed: RESCUE:/rescue-job.toml, key 'image': there is no folder" in log
+    assert job_drive.parts[0] not in mounted_sources()

@@ -397,11 +397,14 @@ class JobPlan:
 
 def log_folder(job: Job) -> Path:
     """Where the job's log goes: the folder the new image goes into (capture), the folder
-    holding the image (restore, verify), or the job drive's root above the image."""
+    holding the image (restore, verify), or the job drive's root when the image is there or
+    that folder does not exist (a mistyped path makes no folders)."""
     if job.action == "capture":
         return job.image_dir
     top = Path(os.path.realpath(job.root))
-    return job.image_dir.parent if job.image_dir != top else top
+    if job.image_dir == top or not job.image_dir.parent.is_dir():
+        return top
+    return job.image_dir.parent
 
 
 def _refuse_the_job_disk(disk: Disk, job_disk: Disk | None, job: Job) -> None:
