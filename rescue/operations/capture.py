@@ -119,6 +119,14 @@ def _check_folder(image_dir: Path, src: Source) -> None:
     refuse_if_mounted_rw(src)
 
 
+def check_capture(source_path: str, image_dir: Path) -> Source:
+    """The checks a new capture makes before it reads anything, for a front end that shows
+    its plan first (an unattended job): the source as the image records it, or the refusal."""
+    src = resolve_source(source_path)
+    _check_folder(image_dir, src)
+    return src
+
+
 def _prepare_folder(image_dir: Path, src: Source) -> None:
     _check_folder(image_dir, src)
     image_dir.mkdir(parents=True, exist_ok=True)
