@@ -42,6 +42,8 @@ from rescue.operations.job_rules import (
     pick_disk,
 )
 from rescue.operations.jobs import parse_job, plan_job, run_job
+from rescue.operations.restore import describe_target
+from rescue.operations.source import resolve_source
 from rescue.operations.verify import verify
 
 # --- the job file's checks (no disks needed) -----------------------------------------
@@ -462,8 +464,10 @@ def test_the_real_command_dry_run_then_yes(
     assert res.returncode == 0, res.stderr
     assert "Job done: restored /images/pc onto" in res.stdout
     assert "After: reboot: restart the machine" in res.stdout  # printed, not done
-    logs = sorted((stick / "images").glob("rescue-job-*.log"))
-    assert "result: ok: restored /images/pc" in logs[-1].read_text()
+    # two runs in one second: the second log is ...-HHMMSS-2.log, which sorts first
+    logs = list((stick / "images").glob("rescue-job-*.log"))
+    assert len(logs) == 2
+    assert any("result: ok: restored /images/pc" in p.read_text() for p in logs)
     job_drive.umount(stick)
     target.rescan()
     want = file_hashes(source.mount(0, tmp_path / "a", "ro"))
@@ -486,3 +490,18 @@ def test_the_real_command_finds_a_job_by_label(job_drive: LoopDisk, tmp_path: Pa
     (log,) = logs_on(job_drive, tmp_path, ".")  # at the root: no folder made for it
     assert "result: failed: RESCUE:/rescue-job.toml, key 'image': there is no folder" in log
     assert job_drive.parts[0] not in mounted_sources()
+
+
+@need("root", "loop", "udev")
+def test_a_confirmation_names_the_serial_udev_knows(
+    loop_disk_factory: DiskFactory, serials: Serials
+) -> None:
+    # a SATA disk's serial is in udev's database only (ata_id), not in sysfs: what every
+    # confirmation names must come from there too, for the disk and for its partitions
+    disk = loop_disk_factory(64, "gpt", [PartSpec(None, "ext4")])
+    serial = f"{tag()}-CONFIRM"
+    serials(disk, serial)
+    for path in (disk.path, disk.parts[0]):
+        source = resolve_source(path)
+        assert source.serial == serial, path
+        assert f"serial {serial}" in describe_target(source)
