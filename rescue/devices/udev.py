@@ -244,6 +244,17 @@ def list_disks(*, use_udev_properties: bool = True) -> list[Disk]:
     return disks
 
 
+def udev_serial(sys_name: str) -> str | None:
+    """The serial udev recorded for the block device ``sys_name`` (``sda``): a SATA disk's
+    serial is in udev's database (ata_id), not in sysfs. None when udev knows none."""
+    try:
+        device = pyudev.Devices.from_name(pyudev.Context(), "block", sys_name)
+    except (pyudev.DeviceNotFoundError, OSError, ValueError):
+        return None
+    serial = device.properties.get("ID_SERIAL_SHORT")
+    return str(serial) if serial else None
+
+
 def udev_running() -> bool:
     """A udev daemon answers on its control socket (the socket file may be stale)."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rescue.blockio import device_size, sysfs_text
 from rescue.devices.system_state import SystemState
+from rescue.devices.udev import udev_serial
 from rescue.errors import BadInputError, DeviceNotFoundError, RefusedError
 
 
@@ -69,7 +70,11 @@ def resolve_source(path: str) -> Source:
     lss = pss = 512
     if disk_sys is not None:
         model = sysfs_text(disk_sys / "device" / "model")
-        serial = sysfs_text(disk_sys / "device" / "serial") or sysfs_text(disk_sys / "serial")
+        serial = (
+            udev_serial(disk_sys.name)
+            or sysfs_text(disk_sys / "device" / "serial")
+            or sysfs_text(disk_sys / "serial")
+        )  # udev first, as the disk list has it (a SATA disk's serial is not in sysfs)
         lss = int(sysfs_text(disk_sys / "queue" / "logical_block_size") or 512)
         pss = int(sysfs_text(disk_sys / "queue" / "physical_block_size") or 512)
     return Source(
