@@ -10,10 +10,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from capabilities import capabilities
-from diskbench import LoopDisk, PartSpec, make_disk, udev_alive
 
-from rescue.browse import mounts
+pytest.register_assert_rewrite("job_fixtures")  # a plugin of the job tests (pytest_plugins)
+
+from capabilities import capabilities  # noqa: E402
+from diskbench import LoopDisk, PartSpec, make_disk, udev_alive  # noqa: E402
+
+from rescue.browse import mounts  # noqa: E402
 
 # System tools live in sbin; make them visible however pytest was started.
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"

@@ -29,13 +29,11 @@ from typing import Any
 from rescue.cli.progress import JsonProgress, RichProgress, reporter
 from rescue.cli.restore import confirm_on_terminal
 from rescue.devices import list_disks
-from rescue.errors import BadInputError
+from rescue.errors import EXIT_OK, BadInputError
 from rescue.operations.job_finding import (
     CMDLINE_OPTION,
     FoundJob,
-    cmdline_job,
-    find_jobs,
-    look_up,
+    every_job,
     open_job,
     parse_ref,
     read_cmdline,
@@ -154,11 +152,7 @@ def _print_result(result: JobResult, job: Job, *, as_json: bool) -> None:
 
 
 def _list_found(args: argparse.Namespace) -> int:
-    disks = list_disks()
-    found: list[FoundJob] = find_jobs(disks)
-    ref = cmdline_job(read_cmdline())
-    if ref is not None:
-        found.append(look_up(ref, disks, "kernel command line"))
+    found: list[FoundJob] = every_job(list_disks(), read_cmdline())
     if args.json:
         for f in found:
             print(json.dumps({"event": "found", "job": str(f.ref), "device": f.device,
@@ -208,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             pausable.pause()
         _print_result(result, job, as_json=args.json)
-    if args.do_after:  # the job's drive is unmounted by now
+    if args.do_after and result.exit_code == EXIT_OK:  # the job's drive is unmounted by now
         carry_out(result.after)
+    elif args.do_after and result.after != "shell":
+        print(f"Not carrying out {result.after!r}: the job did not end cleanly (read the log).",
+              file=sys.stderr)  # fmt: skip
     return result.exit_code

@@ -229,6 +229,20 @@ def find_jobs(disks: Sequence[Disk]) -> list[FoundJob]:
     return found
 
 
+def every_job(disks: Sequence[Disk], cmdline: str) -> list[FoundJob]:
+    """The job the kernel command line names (first: it was asked for at boot), then the
+    ``rescue-job.toml`` of every filesystem labelled ``RESCUE``; each read from a
+    read-only look."""
+    found = []
+    ref = cmdline_job(cmdline)
+    if ref is not None:
+        found.append(look_up(ref, disks, CMDLINE_ORIGIN))
+    return found + find_jobs(disks)
+
+
+CMDLINE_ORIGIN = "kernel command line"
+
+
 def look_up(ref: JobRef, disks: Sequence[Disk], origin: str) -> FoundJob:
     """The job ``ref`` names (from the kernel command line), read from a read-only look."""
     try:

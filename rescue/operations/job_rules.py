@@ -105,9 +105,18 @@ class RuleMatchError(BadInputError):
     """A rule matched no disk or several; ``seen`` holds every disk looked at, for a front
     end to show and ask. Nothing was written."""
 
-    def __init__(self, message: str, *, seen: Sequence[Disk], hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        seen: Sequence[Disk],
+        matched: Sequence[Disk] = (),
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.seen = tuple(seen)
+        self.matched = tuple(matched)
+        """The disks the rule matched (none, or several)."""
 
 
 def loop_disks_allowed() -> bool:
@@ -168,11 +177,13 @@ def pick_disk(
         raise RuleMatchError(
             f"{where}: the rule {rule.text!r} matches no disk. The disks seen:\n{seen}",
             seen=disks,
+            matched=picked,
             hint="Check that the disk is plugged in (rescue list), or correct the rule.",
         )
     raise RuleMatchError(
         f"{where}: the rule {rule.text!r} matches {len(picked)} disks, and a job never "
         f"guesses. The disks seen:\n{seen}",
         seen=disks,
+        matched=picked,
         hint='Name the disk by its serial (target = "serial:..."; rescue list shows it).',
     )

@@ -393,6 +393,15 @@ class JobPlan:
     verify_first: bool = False
     source: Source | None = None
     """Capture: the source as the image records it."""
+    chosen: bool = False
+    """The technician picked ``disk`` (the rule matched none or several)."""
+
+    def picked_by(self) -> str:
+        """How the disk was picked, for the log and the confirmation."""
+        assert self.job.rule is not None
+        if self.chosen:
+            return f"chosen by the technician (the rule {self.job.rule.text!r} did not pick one)"
+        return f"picked by the rule {self.job.rule.text!r}"
 
 
 def log_folder(job: Job) -> Path:
@@ -442,12 +451,16 @@ def plan_job(
     allow_loop: bool | None = None,
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
+    chosen: Disk | None = None,
 ) -> JobPlan:
     """Pick the disk, open the image and build the command's own plan; write nothing.
 
     ``disks`` is what the rule chooses from (:func:`rescue.devices.list_disks`);
     ``when`` fills in a capture's ``{date}`` and ``{time}``; ``allow_loop`` is the
-    rule's test hook (:func:`rescue.operations.job_rules.pick_disk`).
+    rule's test hook (:func:`rescue.operations.job_rules.pick_disk`). ``chosen`` is
+    the disk a technician picked where the rule matched none or several: the rule is
+    not applied, every other check is (never the job's own drive; the command's own
+    safety checks).
     """
     when = when or dt.datetime.now().astimezone()
     log_dir = log_folder(job)
@@ -459,7 +472,7 @@ def plan_job(
     assert job.rule is not None
     job_disk = disk_holding(job.device, disks)
     key = "source" if job.action == "capture" else "target"
-    disk = pick_disk(
+    disk = chosen or pick_disk(
         job.rule, disks, job_disk=job_disk.path if job_disk else None,
         where=_where(job.shown_as, key), allow_loop=allow_loop,
     )  # fmt: skip
@@ -467,7 +480,10 @@ def plan_job(
     if job.action == "capture":
         assert job.name is not None
         folder = job.image_dir / image_name(job.name, disk, when)
-        return JobPlan(job, folder, log_dir, disk=disk, source=check_capture(disk.path, folder))
+        return JobPlan(
+            job, folder, log_dir, disk=disk, source=check_capture(disk.path, folder),
+            chosen=chosen is not None,
+        )  # fmt: skip
     folder = _image_folder(job)
     restore = plan_restore(
         folder, disk.path, job.layout, new_ids=job.new_ids, progress=progress, cancel=cancel
@@ -475,7 +491,10 @@ def plan_job(
     verify_first = job.verify_first
     if verify_first is None:
         verify_first = default_verify_first(restore.image)
-    return JobPlan(job, folder, log_dir, disk=disk, restore=restore, verify_first=verify_first)
+    return JobPlan(
+        job, folder, log_dir, disk=disk, restore=restore, verify_first=verify_first,
+        chosen=chosen is not None,
+    )  # fmt: skip
 
 
 AFTER_TEXT = {
@@ -495,7 +514,7 @@ def describe_job(plan: JobPlan) -> list[tuple[str, str]]:
         facts.append(("image", job.in_root(plan.image_dir)))
     if plan.disk is not None and job.rule is not None:
         role = "source" if job.action == "capture" else "target"
-        facts.append((role, f"{describe(plan.disk)} (picked by the rule {job.rule.text!r})"))
+        facts.append((role, f"{describe(plan.disk)} ({plan.picked_by()})"))
     if job.action == "restore":
         facts.append(("layout", job.layout))
         facts.append(("check the image first", "yes" if plan.verify_first else "no"))
@@ -517,6 +536,7 @@ def job_facts(plan: JobPlan) -> dict[str, Any]:
         if disk is None
         else {"path": disk.path, "model": disk.model, "serial": disk.serial, "size": disk.size},
         "rule": job.rule.text if job.rule else None,
+        "chosen_by_technician": plan.chosen,
         "verify_first": plan.verify_first if job.action == "restore" else None,
         "log_folder": job.in_root(plan.log_dir),
         "after": job.after,
@@ -609,9 +629,10 @@ def run_job(
     progress: ProgressReporter | None = None,
     cancel: threading.Event | None = None,
     allow_loop: bool | None = None,
+    chosen: Disk | None = None,
 ) -> JobResult:
     """Plan the job, have ``confirm`` approve the plan (it raises to refuse), run it and log
-    it all. An error is logged, then raised as it came."""
+    it all. An error is logged, then raised as it came. ``chosen``: as :func:`plan_job`."""
     progress = progress or NullProgress()
     started = dt.datetime.now().astimezone()
     log = open_log(job, started)
@@ -621,10 +642,11 @@ def run_job(
         log.line(f"action: {job.action}, image {job.image}, after: {job.after}")
         log.line(f"started: {_stamp(started)}")
         plan = plan_job(
-            job, disks, when=started, allow_loop=allow_loop, progress=logged, cancel=cancel
-        )
+            job, disks, when=started, allow_loop=allow_loop, progress=logged, cancel=cancel,
+            chosen=chosen,
+        )  # fmt: skip
         if plan.disk is not None and job.rule is not None:
-            log.line(f"disk: {describe(plan.disk)}, picked by the rule {job.rule.text!r}")
+            log.line(f"disk: {describe(plan.disk)}, {plan.picked_by()}")
         log.line(f"image folder: {job.in_root(plan.image_dir)}")
         if confirm is not None:
             confirm(plan)

@@ -1,7 +1,9 @@
 """The Textual application: the technician's console.
 
-Screens: home (disks), capture, restore, verify, browse, and the progress
-screen every long job runs on. No disk logic lives here: the screens call the
+Screens: home (disks), capture, restore, verify, browse, unattended jobs, and
+the progress screen every long job runs on. At start on the console, a job found
+on the drives or the kernel command line is shown and counted down
+(:mod:`rescue.tui.unattended`). No disk logic lives here: the screens call the
 same core as the command line, long work runs in thread workers.
 
 This is the one module that knows every screen. A screen asks for another by
@@ -22,27 +24,34 @@ from textual.binding import Binding, BindingType
 from rescue.devices import list_disks
 from rescue.devices.network import interfaces
 from rescue.devices.smart import smart_summary
+from rescue.errors import RescueError
 from rescue.operations.estimate import used_bytes
 from rescue.operations.finding import find_images_on_drives
+from rescue.operations.job_finding import FoundJob, every_job, read_cmdline
+from rescue.operations.jobs import carry_out
 from rescue.tui.browse import BrowseScreen
 from rescue.tui.capture import CaptureScreen
 from rescue.tui.home import HomeScreen
 from rescue.tui.messages import (
     BrowseRequested,
     CaptureRequested,
+    JobsRequested,
     RestoreRequested,
     VerifyRequested,
 )
 from rescue.tui.restore import RestoreScreen, VerifyScreen
 from rescue.tui.services import (
+    AfterJob,
     DiskLister,
     ImageFinder,
+    JobFinder,
     NetworkReader,
     Services,
     SmartReader,
     UsedReader,
 )
 from rescue.tui.share import unmount_all
+from rescue.tui.unattended import JobListScreen, UnattendedScreen, pick_startup_job
 
 
 class RescueApp(App[int]):
@@ -65,16 +74,25 @@ class RescueApp(App[int]):
         find_images: ImageFinder | None = None,
         network: NetworkReader | None = None,
         hotplug: bool = True,
+        find_jobs: JobFinder | None = None,
+        after_job: AfterJob | None = None,
+        startup_jobs: bool = False,
     ) -> None:
         super().__init__()
+        lister = disks_source or list_disks
         self.services = Services(
-            list_disks=disks_source or list_disks,
+            list_disks=lister,
             smart=smart or smart_summary,
             used=used or used_bytes,
             find_images=find_images or find_images_on_drives,
             network=network or interfaces,
+            find_jobs=find_jobs or (lambda: every_job(lister(), read_cmdline())),
+            carry_out=after_job or carry_out,
         )
         self._hotplug = hotplug
+        self._startup_jobs = startup_jobs
+        """Look for jobs at start and show the one found, counting down (the rescue system's
+        console); off for a UI started only to look around, and in tests that want none."""
         self._stop = threading.Event()
         self.home = HomeScreen(self.services)
 
@@ -83,6 +101,23 @@ class RescueApp(App[int]):
         self.set_interval(self.REDRAW_EVERY, self.action_redraw)
         if self._hotplug:
             self.run_worker(self._watch, thread=True, group="hotplug")
+        if self._startup_jobs:
+            self.run_worker(self._look_for_jobs, thread=True, group="jobs", exit_on_error=False)
+
+    def _look_for_jobs(self) -> None:
+        try:
+            found = self.services.find_jobs()
+        except RescueError as exc:  # a bad rescue.job= option: said, and the UI goes on
+            self.call_from_thread(self.notify, f"No job run: {exc}", severity="error",
+                                  timeout=30, markup=False)  # fmt: skip
+            return
+        self.call_from_thread(self._start_job, pick_startup_job(found))
+
+    def _start_job(self, picked: FoundJob | list[FoundJob] | None) -> None:
+        if isinstance(picked, list):
+            self.push_screen(JobListScreen(self.services, picked))
+        elif picked is not None:
+            self.push_screen(UnattendedScreen(picked.ref, self.services))
 
     def action_redraw(self) -> None:
         """Draw every cell of the screen again, not only what changed: the kernel or a
@@ -105,6 +140,10 @@ class RescueApp(App[int]):
     def _browse(self) -> None:
         self.push_screen(BrowseScreen(self.services))
 
+    @on(JobsRequested)
+    def _jobs(self) -> None:
+        self.push_screen(JobListScreen(self.services))
+
     def _watch(self) -> None:
         """Follow disks plugged in and out; the home screen is re-read on each change."""
         from rescue.devices.monitor import watch_disks  # noqa: PLC0415
@@ -123,7 +162,7 @@ class RescueApp(App[int]):
 
 
 def run_app() -> int:
-    app = RescueApp()
+    app = RescueApp(startup_jobs=True)
     try:
         result = app.run()
     finally:

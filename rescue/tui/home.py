@@ -25,6 +25,7 @@ from rescue.operations.plan_text import shown
 from rescue.tui.messages import (
     BrowseRequested,
     CaptureRequested,
+    JobsRequested,
     RestoreRequested,
     VerifyRequested,
 )
@@ -109,7 +110,8 @@ class HomeScreen(Screen[None]):
         Binding("v", "verify", "Verify"),
         Binding("b", "browse", "Browse"),
         Binding("n", "network", "Net"),
-        Binding("f5,u", "refresh", "Refresh"),
+        Binding("j", "jobs", "Jobs"),
+        Binding("f5,u", "refresh", "Refresh", show=False),  # disks are followed live
         Binding("q", "app.quit", "Quit"),
     ]
     DEFAULT_CSS = """
@@ -283,6 +285,9 @@ class HomeScreen(Screen[None]):
 
     def action_browse(self) -> None:
         self.post_message(BrowseRequested())
+
+    def action_jobs(self) -> None:
+        self.post_message(JobsRequested())
 
 
 def _clip(text: str, width: int) -> str:

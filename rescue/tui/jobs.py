@@ -79,10 +79,13 @@ class JobScreen(Screen[str]):
     JobScreen #result.warning { background: $warning 50%; text-style: bold; }
     """
 
-    def __init__(self, title: str, job: Job) -> None:
+    def __init__(self, title: str, job: Job, *, close_when: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.job_title = title
         self._job = job
+        self._close_when = close_when
+        """Outcomes that close the screen by themselves (an unattended job goes on to its
+        ``after``); the others wait for a key."""
         self.cancel_event = threading.Event()
         self.outcome: str | None = None
         """None while running, then "ok", "warning", "failed" or "cancelled"."""
@@ -151,6 +154,8 @@ class JobScreen(Screen[str]):
         result.add_class(outcome)
         result.update(plain(f"{message}\nEnter or Esc: back."))
         self.add_note(message)
+        if outcome in self._close_when:
+            self.dismiss(outcome)
 
     def action_cancel_or_close(self) -> None:
         if self.outcome is not None:

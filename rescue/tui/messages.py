@@ -30,3 +30,7 @@ class VerifyRequested(Message):
 
 class BrowseRequested(Message):
     """Open an image read-only and copy files out of it: the browse screen."""
+
+
+class JobsRequested(Message):
+    """The unattended jobs found on the drives: the job list."""

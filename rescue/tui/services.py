@@ -14,6 +14,8 @@ from pathlib import Path
 from rescue.devices import Disk
 from rescue.devices.network import Interface, interfaces
 from rescue.devices.smart import SmartSummary
+from rescue.operations.job_finding import FoundJob
+from rescue.operations.jobs import carry_out
 from rescue.operations.unlock import EncryptedPartition, encrypted_partitions
 
 DiskLister = Callable[[], list[Disk]]
@@ -22,12 +24,14 @@ UsedReader = Callable[[str, int, str | None], int | None]
 ImageFinder = Callable[[], list[Path]]
 EncryptedFinder = Callable[[str], list[EncryptedPartition]]
 NetworkReader = Callable[[], list[Interface]]
+JobFinder = Callable[[], list[FoundJob]]
+AfterJob = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Services:
     """The disks, their health, the used bytes of a filesystem, the images on the drives,
-    and which partitions need a key."""
+    which partitions need a key, the network and the unattended jobs."""
 
     list_disks: DiskLister
     smart: SmartReader
@@ -37,3 +41,7 @@ class Services:
     """The encrypted partitions of a disk or partition (read from their headers)."""
     network: NetworkReader = interfaces
     """The network interfaces and their addresses."""
+    find_jobs: JobFinder = list
+    """The unattended jobs on the drives and the kernel command line (the app fills it)."""
+    carry_out: AfterJob = carry_out
+    """A job's ``after``: power off or restart the machine (tests record it instead)."""
