@@ -144,3 +144,20 @@ def test_find_device_follows_links(loop_disk_factory: DiskFactory) -> None:
     found = find_device(str(by_label))
     assert found.path == disk.parts[0]
     assert find_device(disk.path).path == disk.path
+
+
+def test_a_disks_serial_comes_from_udev_then_sysfs(tmp_path: Path) -> None:
+    """SATA: udev's ID_SERIAL_SHORT; NVMe/SCSI: sysfs device/serial; virtio: sysfs serial
+    (udev sets only ID_SERIAL for it). The layouts are sysfs's own; QEMU's virtio disk is
+    checked for real by scripts/boot-test's job boot."""
+    from rescue.devices.udev import disk_serial  # noqa: PLC0415
+
+    (tmp_path / "nvme" / "device").mkdir(parents=True)
+    (tmp_path / "nvme" / "device" / "serial").write_text("S64DNX0R   \n")
+    (tmp_path / "vda").mkdir()
+    (tmp_path / "vda" / "serial").write_text("RESCUE-JOB-TARGET\n")
+    (tmp_path / "none").mkdir()
+    assert disk_serial({"ID_SERIAL_SHORT": "WD-WX1"}, tmp_path / "nvme") == "WD-WX1"
+    assert disk_serial({}, tmp_path / "nvme") == "S64DNX0R"
+    assert disk_serial({"ID_SERIAL": "RESCUE-JOB-TARGET"}, tmp_path / "vda") == "RESCUE-JOB-TARGET"
+    assert disk_serial({}, tmp_path / "none") is None

@@ -206,7 +206,7 @@ def _disk(device: Any, state: SystemState, use_udev: bool) -> Disk | None:
     for p in parts:  # a disk carries the flags of its partitions
         flags.extend(f for f in p.flags if f not in flags)
     model = sysfs_text(sysp / "device" / "model") or props.get("ID_MODEL")
-    serial = props.get("ID_SERIAL_SHORT") or sysfs_text(sysp / "device" / "serial")
+    serial = disk_serial(props, sysp)
     fstype = None
     if not parts:
         fstype = props.get("ID_FS_TYPE") if has_db else _probe_node(node)
@@ -244,15 +244,24 @@ def list_disks(*, use_udev_properties: bool = True) -> list[Disk]:
     return disks
 
 
+def disk_serial(props: Any, sysp: Path) -> str | None:
+    """A disk's serial: udev's ID_SERIAL_SHORT (a SATA disk's, from ata_id, is only in
+    udev's database), else sysfs's: ``device/serial`` (NVMe, SCSI) or ``serial`` (a
+    virtio disk, whose udev rule sets only ID_SERIAL)."""
+    serial = props.get("ID_SERIAL_SHORT")
+    if serial:
+        return str(serial)
+    return sysfs_text(sysp / "device" / "serial") or sysfs_text(sysp / "serial")
+
+
 def udev_serial(sys_name: str) -> str | None:
-    """The serial udev recorded for the block device ``sys_name`` (``sda``): a SATA disk's
-    serial is in udev's database (ata_id), not in sysfs. None when udev knows none."""
+    """The serial of the block device ``sys_name`` (``sda``) as the disk list gives it
+    (:func:`disk_serial`). None when neither udev nor sysfs knows one."""
     try:
         device = pyudev.Devices.from_name(pyudev.Context(), "block", sys_name)
     except (pyudev.DeviceNotFoundError, OSError, ValueError):
         return None
-    serial = device.properties.get("ID_SERIAL_SHORT")
-    return str(serial) if serial else None
+    return disk_serial(device.properties, Path(device.sys_path))
 
 
 def udev_running() -> bool:

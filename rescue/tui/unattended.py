@@ -32,7 +32,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, OptionList, Static
 
 from rescue.devices import Disk
-from rescue.devices.model import FLAG_BOOT_MEDIUM
+from rescue.devices.model import FLAG_BOOT_MEDIUM, FLAG_READ_ONLY
 from rescue.errors import EXIT_OK, RefusedError, RescueError
 from rescue.operations.job_finding import CMDLINE_ORIGIN, FoundJob, JobRef, open_job
 from rescue.operations.job_rules import RuleMatchError
@@ -228,9 +228,11 @@ class UnattendedScreen(Screen[None]):
         """The rule matched none or several: show what was seen and let the technician pick."""
         job = self.job
         job_disk = disk_holding(job.device, exc.seen) if job is not None else None
+        restoring = job is not None and job.action == "restore"
         self.candidates = list(exc.matched) or [
             d for d in exc.seen
             if FLAG_BOOT_MEDIUM not in d.flags and (job_disk is None or d.path != job_disk.path)
+            and not (restoring and FLAG_READ_ONLY in d.flags)  # a CD cannot take a restore
         ]  # fmt: skip
         table = self.query_one("#candidates", DataTable)
         table.clear()
