@@ -11,9 +11,11 @@ partclone.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -307,6 +309,7 @@ def test_a_killed_incremental_capture_resumes_to_the_same_image(
         while proc.poll() is None and checkpoint_of(image) <= seen:
             assert time.monotonic() < deadline, "no progress"
             time.sleep(0.01)
+        assert proc.poll() in (None, 0), "a capture or resume failed by itself"
         time.sleep(rng.uniform(0, 0.15))
         seen = checkpoint_of(image)
         proc.kill()
@@ -323,6 +326,41 @@ def test_a_killed_incremental_capture_resumes_to_the_same_image(
     assert stored(image) == stored(images / "clean") and len(stored(image)) >= 3
     doc, clean = (json.loads((f / "rescue.json").read_text()) for f in (image, images / "clean"))
     assert doc["partitions"] == clean["partitions"] and doc["base"] == clean["base"]
+    assert main(["verify", str(image)]) == 0
+
+
+def test_an_incremental_capture_killed_before_its_first_checkpoint_resumes(
+    loop_disk_factory: DiskFactory, tmp_path: Path
+) -> None:
+    """Killed once its delta stream has a file but no checkpoint: the resume starts that
+    stream again (the leftover volume is dropped, not in the way) and ends as a capture
+    never killed would."""
+    disk = loop_disk_factory(200, "gpt", [PartSpec(None, "ext4", label="data")])
+    filled(disk, 0, tmp_path / "fill", 31, 24)
+    images = tmp_path / "images"
+    assert main(["capture", disk.path, str(images / "full")]) == 0
+    mnt = disk.mount(0, tmp_path / "fill")
+    (mnt / "new.bin").write_bytes(random.Random(32).randbytes(40 << 20))  # a delta of 40 MiB
+    disk.umount(mnt)
+    options = ["--base", "full", "--json"]
+    assert main(["capture", disk.path, str(images / "clean"), *options]) == 0
+    image = images / "killed"
+    env = {**os.environ, "RESCUE_CHECKPOINT_SECONDS": "3600"}  # no checkpoint before the kill
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rescue", "capture", disk.path, str(image), *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(image.glob("*-rescue-delta.zst*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no delta stream begun"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert checkpoint_of(image)[1] == 0 and not (image / "rescue.json").exists()
+    assert main(["capture", "--resume", str(image), "--json"]) == 0
+    stored = {p.name: p.read_bytes() for p in image.iterdir() if "rescue-" in p.name}
+    clean = {p.name: p.read_bytes() for p in (images / "clean").iterdir() if "rescue-" in p.name}
+    assert stored == clean
     assert main(["verify", str(image)]) == 0
 
 

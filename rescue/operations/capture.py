@@ -499,8 +499,10 @@ def _store_all(
         state.current, state.current_bitmap = p.name, digest
         state.checkpoint = resume_point
         state.save(image_dir)
+        name = (
+            delta_stream_name(p.name, alloc.fstype) if delta else stream_name(p.name, alloc.fstype)
+        )
         if resume_point is None:  # nothing of this stream was kept: drop what a kill left
-            name = stream_name(p.name, alloc.fstype)
             for leftover in image_dir.glob(f"{name}*"):
                 leftover.unlink()
 
@@ -509,9 +511,6 @@ def _store_all(
             state.save(image_dir)
 
         raw = alloc.raw
-        name = (
-            delta_stream_name(p.name, alloc.fstype) if delta else stream_name(p.name, alloc.fstype)
-        )
         result = write_stream(
             Extent(fd, src.path, p.start, p.size),
             alloc,
