@@ -257,6 +257,15 @@ def fill_tree(root: Path, seed: int, approx_mib: int = 8) -> None:
         os.setxattr(root / "big.dat", "user.rescue", b"kept")
 
 
+def disk_digest(path: str) -> str:
+    """SHA-256 of every byte of a disk (or a file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Relative path -> type, mode, owner, mtime, size, links, content hash or target, xattr."""
     out: dict[str, str] = {}

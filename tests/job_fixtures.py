@@ -72,14 +72,6 @@ def file_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def disk_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def mounted_sources() -> set[str]:
     return {m.source for m in mount_table()}
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, rescue_command
+from diskbench import LoopDisk, PartSpec, disk_digest, rescue_command
 from job_fixtures import (
     Serials,
-    disk_digest,
     file_hashes,
     image_on,
     logs_on,

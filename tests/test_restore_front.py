@@ -7,7 +7,6 @@ in an image folder cannot print a line of its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -15,7 +14,14 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk, PartSpec, clonezilla_copy, fill_tree, rescue_command
+from diskbench import (
+    LoopDisk,
+    PartSpec,
+    clonezilla_copy,
+    disk_digest,
+    fill_tree,
+    rescue_command,
+)
 
 from rescue.cli import main
 from rescue.errors import EXIT_REFUSED
@@ -30,15 +36,6 @@ VERDICTS = ("Image intact", "Restore complete", "Image complete")
 def rescue(*args: str) -> subprocess.CompletedProcess[str]:
     """On a wide terminal, so that a table cell is not folded in the middle of a name."""
     return rescue_command(*args, env={"COLUMNS": "200"})
-
-
-def digest(path: str) -> str:
-    """SHA-256 of every byte of a disk."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def flip(path: Path, offset: int) -> None:
@@ -74,7 +71,7 @@ def target(loop_disk_factory: DiskFactory) -> LoopDisk:
 def test_the_confirmation_names_target_image_and_every_partition(
     image: Path, source: LoopDisk, target: LoopDisk
 ) -> None:
-    before = digest(target.path)
+    before = disk_digest(target.path)
     res = rescue("restore", str(image), target.path)  # no terminal: described, then refused
     assert res.returncode == EXIT_REFUSED, res.stderr
     err = res.stderr
@@ -87,7 +84,7 @@ def test_the_confirmation_names_target_image_and_every_partition(
     assert f"#2 {name}p2 ext4 label 'home': grows; " in err
     assert "No full check of the image first" in err  # rescue's own image: off by default
     assert "no terminal to confirm on" in err
-    assert digest(target.path) == before
+    assert disk_digest(target.path) == before
 
     plan = plan_restore(image, target.path, grow=1)
     text = "\n".join(plan_lines(describe_plan(plan, verify_first=True)))
@@ -102,14 +99,14 @@ def test_verify_first_refuses_a_damaged_stream_and_writes_nothing(
     vols = sorted(image.glob("*p1.ext4-ptcl-img.zst.*"))
     vol = vols[len(vols) // 2]
     flip(vol, vol.stat().st_size // 2)  # in the middle of the stream's data
-    before = digest(target.path)
+    before = disk_digest(target.path)
     res = rescue("restore", str(image), target.path, "--yes", "--verify-first")
     assert res.returncode != 0, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     assert "failed its check before the restore" in res.stderr
     assert f"Nothing was written to {target.path}" in res.stderr
     assert "Restore complete" not in res.stdout
-    assert digest(target.path) == before
+    assert disk_digest(target.path) == before
 
 
 def test_verify_first_is_the_default_for_a_clonezilla_image(
@@ -132,11 +129,11 @@ def test_verify_first_is_the_default_for_a_clonezilla_image(
     assert "Image checked" in res.stderr
 
     flip(stream, stream.stat().st_size // 2)
-    before = digest(target.path)
+    before = disk_digest(target.path)
     res = rescue("restore", str(cz), target.path, "--yes")
     assert res.returncode != 0
     assert "failed its check before the restore" in res.stderr
-    assert digest(target.path) == before
+    assert disk_digest(target.path) == before
     # skipped on request: the stream's own checksums stop the restore, after it began
     res = rescue("restore", str(cz), target.path, "--yes", "--no-verify-first")
     assert res.returncode != 0

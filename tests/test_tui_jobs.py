@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 from capabilities import need
 from conftest import DiskFactory
-from diskbench import LoopDisk
+from diskbench import LoopDisk, disk_digest
 from job_fixtures import (
     Serials,
-    disk_digest,
     file_hashes,
     image_on,
     logs_on,
