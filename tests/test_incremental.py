@@ -284,6 +284,11 @@ def test_a_changed_layout_stores_partitions_whole(
         assert got == label
 
 
+def stored(folder: Path) -> dict[str, bytes]:
+    """The bytes of an image's rescue files (delta streams, region lists), by name."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if "rescue-" in p.name}
+
+
 def test_a_killed_incremental_capture_resumes_to_the_same_image(
     loop_disk_factory: DiskFactory, tmp_path: Path
 ) -> None:
@@ -319,10 +324,6 @@ def test_a_killed_incremental_capture_resumes_to_the_same_image(
         assert (image / "rescue.incomplete").exists()
         proc = rescue("capture", "--resume", str(image), "--json")
     assert kills >= 2, kills
-
-    def stored(folder: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in folder.iterdir() if "rescue-" in p.name}
-
     assert stored(image) == stored(images / "clean") and len(stored(image)) >= 3
     doc, clean = (json.loads((f / "rescue.json").read_text()) for f in (image, images / "clean"))
     assert doc["partitions"] == clean["partitions"] and doc["base"] == clean["base"]
@@ -358,9 +359,7 @@ def test_an_incremental_capture_killed_before_its_first_checkpoint_resumes(
     proc.wait()
     assert checkpoint_of(image)[1] == 0 and not (image / "rescue.json").exists()
     assert main(["capture", "--resume", str(image), "--json"]) == 0
-    stored = {p.name: p.read_bytes() for p in image.iterdir() if "rescue-" in p.name}
-    clean = {p.name: p.read_bytes() for p in (images / "clean").iterdir() if "rescue-" in p.name}
-    assert stored == clean
+    assert stored(image) == stored(images / "clean")
     assert main(["verify", str(image)]) == 0
 
 
