@@ -25,8 +25,9 @@ from diskbench import (
 
 from rescue.cli import main
 from rescue.errors import EXIT_REFUSED
-from rescue.operations.plan_text import describe_plan, plan_lines, shown, shown_message
+from rescue.operations.plan_text import describe_plan, plan_lines
 from rescue.operations.restore import plan_restore
+from rescue.text import shown, shown_message
 
 pytestmark = need("root", "loop", "partclone")
 

@@ -12,43 +12,35 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rescue import __version__
-from rescue.cli import (
-    capture,
-    consolidate,
-    decrypt,
-    extract,
-    info,
-    job,
-    mount,
-    network,
-    restore,
-    shares,
-    verify,
-)
-from rescue.cli import list as list_cmd
 from rescue.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, RescueError
-from rescue.operations.plan_text import shown_message
+from rescue.text import shown_message
 
-SUBCOMMANDS = (
-    list_cmd,
-    capture,
-    restore,
-    verify,
-    job,
-    info,
-    mount,
-    extract,
-    decrypt,
-    consolidate,
-    shares,
-    network,
-)
+UI_OPTIONS = {"--debug"}
+"""The options that go with no command: with only these, the full-screen interface
+starts without the parser, whose subcommand modules bring in the whole core (seconds
+of the console's start under a slow CPU; the UI imports a screen's core when opened)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # one module per subcommand, imported here: not when the UI starts
+    from rescue.cli import (  # noqa: PLC0415
+        capture,
+        consolidate,
+        decrypt,
+        extract,
+        info,
+        job,
+        mount,
+        network,
+        restore,
+        shares,
+        verify,
+    )
+    from rescue.cli import list as list_cmd  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(
         prog="rescue",
         description="Capture, restore and browse disk images. "
@@ -59,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rescue {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every system call to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMANDS:
+    for module in (list_cmd, capture, restore, verify, job, info, mount, extract, decrypt,
+                   consolidate, shares, network):  # fmt: skip
         module.add_parser(sub)
     return parser
 
@@ -71,19 +64,24 @@ def _start_ui() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return int(exc.code or 0) if exc.code in (0, None) else EXIT_REFUSED
+    # (not list(): the package's `list` is the list subcommand once a parser was built)
+    words = sys.argv[1:] if argv is None else [*argv]
+    run: Callable[[], int]
+    if set(words) <= UI_OPTIONS:
+        debug, run = "--debug" in words, _start_ui
+    else:
+        try:
+            args = build_parser().parse_args(words)
+        except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+            return int(exc.code or 0) if exc.code in (0, None) else EXIT_REFUSED
+        debug = args.debug
+        run = _start_ui if args.command is None else lambda: int(args.func(args))
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
+        level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command is None:
-            return _start_ui()
-        result: int = args.func(args)
+        result = run()
     except RescueError as exc:
         # a message may quote names from an image or a disk: only its own line breaks stay
         print(f"rescue: {shown_message(str(exc))}", file=sys.stderr)

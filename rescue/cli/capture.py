@@ -24,9 +24,9 @@ from rescue.copier import CompressionOptions, ReadOptions
 from rescue.errors import EXIT_UNREADABLE, BadInputError, DeviceError
 from rescue.operations.capture import capture, refuse_a_complete_image
 from rescue.operations.capture_map import CaptureMap, describe, resumable
-from rescue.operations.plan_text import shown
 from rescue.operations.unlock import encrypted_partitions
 from rescue.shares.mounts import writing_error
+from rescue.text import shown
 
 
 def add_parser(sub: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from rescue.cli.progress import reporter
 from rescue.operations.consolidate import consolidate
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 
 
 def add_parser(sub: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.progress import reporter
 from rescue.operations.decrypt import decrypt
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 
 
 def add_parser(sub: Any) -> None:

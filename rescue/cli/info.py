@@ -19,7 +19,7 @@ from rescue.containers.base import LayerInfo
 from rescue.image.manifest import Manifest, read_manifest
 from rescue.image.sealing import is_encrypted
 from rescue.image.view import ImagePart, open_image
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 from rescue.units import human_size
 
 

@@ -50,7 +50,7 @@ from rescue.operations.jobs import (
     plan_job,
     run_job,
 )
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 
 _REF = re.compile(r"[^/:]+:.*")
 

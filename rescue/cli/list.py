@@ -8,7 +8,7 @@ from typing import Any
 
 from rescue.cli.columns import Cell, Column, Row, format_table, print_table, terminal_width
 from rescue.devices import Disk, list_disks, to_json, udev_running
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 from rescue.units import human_size
 
 

@@ -19,9 +19,9 @@ from rescue.cli.keys import add_volume_arguments, secret_for_image
 from rescue.cli.locations import add_share_arguments, credentials_from, is_share
 from rescue.cli.progress import reporter
 from rescue.errors import BadInputError, RescueError
-from rescue.operations.plan_text import shown
 from rescue.shares import mounts as share_mounts
 from rescue.shares.location import parse_location
+from rescue.text import shown
 
 
 def add_parser(sub: Any) -> None:

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from rescue.devices import network
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 
 
 def add_parser(sub: Any) -> None:

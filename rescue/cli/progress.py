@@ -19,7 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from rescue.operations.plan_text import shown_message
+from rescue.text import shown_message
 
 
 class RichProgress:

@@ -29,9 +29,9 @@ from rescue.operations.plan_text import (
     default_verify_first,
     describe_plan,
     restore_checked,
-    shown,
 )
 from rescue.operations.restore import LAYOUTS, RestorePlan, plan_restore
+from rescue.text import shown
 from rescue.units import human_size
 
 

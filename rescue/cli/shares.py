@@ -12,10 +12,10 @@ from typing import Any
 
 from rescue.cli.locations import add_share_arguments, credentials_from
 from rescue.errors import BadInputError
-from rescue.operations.plan_text import shown
 from rescue.shares.location import FORMS, parse_location
 from rescue.shares.mounts import mount_share
 from rescue.shares.smb import list_shares
+from rescue.text import shown
 
 
 def add_parser(sub: Any) -> None:

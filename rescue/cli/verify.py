@@ -10,8 +10,8 @@ from rescue.cli.image_key import add_image_key_argument, unlock_if_encrypted
 from rescue.cli.locations import add_share_arguments, image_location
 from rescue.cli.progress import reporter
 from rescue.image.view import ImageView, open_image
-from rescue.operations.plan_text import shown
 from rescue.operations.verify import is_locked, verify
+from rescue.text import shown
 from rescue.units import human_size
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rescue.errors import ImageDamagedError
+from rescue.text import printable
 
 MiB = 1 << 20
 MAX_MANIFEST = 16 * MiB
@@ -28,11 +29,6 @@ MAX_LAYOUT_FILE = 4 * MiB
 MAX_NAME = 255
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters shown as escapes, so a name cannot forge a line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def plain_name(name: object, what: str) -> str:

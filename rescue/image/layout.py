@@ -35,9 +35,10 @@ from rescue.errors import (
 from rescue.filesystems import registry
 from rescue.filesystems.base import RAW_FSTYPE
 from rescue.image import names
-from rescue.image.folder import has_member, plain_name, printable, read_member, read_text_member
+from rescue.image.folder import has_member, plain_name, read_member, read_text_member
 from rescue.image.manifest import StoredAs
 from rescue.image.sealing import folder_sealer, write_sealed_member
+from rescue.text import printable
 from rescue.units import human_size
 
 HIDDEN_DATA_MAX = 1 << 20

@@ -25,7 +25,7 @@ from rescue.errors import (
     UnsupportedImageError,
 )
 from rescue.filesystems import registry
-from rescue.image.folder import MAX_MANIFEST, has_member, printable, read_member, sealed_folder
+from rescue.image.folder import MAX_MANIFEST, has_member, read_member, sealed_folder
 from rescue.image.hashing import sha256_file
 from rescue.image.names import INCOMPLETE_MARKER, MANIFEST_NAME
 from rescue.image.partclone import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
@@ -37,6 +37,7 @@ from rescue.image.sealing import (
     sealed_name,
     write_sealed_member,
 )
+from rescue.text import printable
 
 FORMAT_NAME = "rescue-image"
 FORMAT_VERSION = 1

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from rescue.errors import ImageDamagedError
-from rescue.image.folder import plain_name, printable
+from rescue.image.folder import plain_name
+from rescue.text import printable
 
 T = TypeVar("T")
 

@@ -37,13 +37,13 @@ from rescue.blockio import write_durable
 from rescue.errors import ImageDamagedError, UnsupportedImageError, WrongKeyError
 from rescue.image.folder import (
     has_member,
-    printable,
     read_member,
     read_stored,
     register_sealed,
     sealed_folder,
 )
 from rescue.image.volumes import VolumeReader, VolumeWriter, volume_paths
+from rescue.text import printable
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

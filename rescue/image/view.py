@@ -16,7 +16,6 @@ from rescue.image.folder import (
     MAX_LAYOUT_FILE,
     has_member,
     member_size,
-    printable,
     read_member,
 )
 from rescue.image.manifest import Manifest, StoredAs, StoredFile, read_manifest
@@ -29,6 +28,7 @@ from rescue.image.names import (
 )
 from rescue.image.partclone import HEADER_SIZE, PartcloneHeader
 from rescue.image.streams import open_stream_chunks
+from rescue.text import printable
 
 
 @dataclass(frozen=True)

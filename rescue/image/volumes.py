@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rescue.errors import BadInputError, ImageDamagedError
-from rescue.image.folder import open_member, plain_name, printable, sealed_folder
+from rescue.image.folder import open_member, plain_name, sealed_folder
+from rescue.text import printable
 
 _LETTERS = string.ascii_lowercase
 MAX_VOLUMES = 26 * 26

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rescue.errors import ImageDamagedError, RescueError
 from rescue.filesystems import registry
-from rescue.image.folder import printable, read_text_member
+from rescue.image.folder import read_text_member
 from rescue.image.manifest import StoredAs
 from rescue.image.names import CLONEZILLA_LOG, PARTS_FILE, SAVED_BY_CMD_FILE
 from rescue.image.view import ImagePart, ImageView
@@ -30,21 +30,11 @@ from rescue.operations.restore import RestorePlan, restore
 from rescue.operations.source import Source
 from rescue.operations.verify import verify
 from rescue.progress import NullProgress, ProgressReporter
+from rescue.text import shown
 from rescue.units import human_size
 
 MAX_SHOWN = 200
 """Longest piece of text taken from an image's own files (Clonezilla's command line)."""
-
-
-def shown(text: object) -> str:
-    """``text`` as it may be printed: control characters (newlines too) as escapes."""
-    return printable(str(text))
-
-
-def shown_message(text: str) -> str:
-    """A message of ours that may quote untrusted text: every control character escaped
-    except the newlines that separate its lines (and a message's hint)."""
-    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 @dataclass(frozen=True)

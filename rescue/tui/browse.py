@@ -19,8 +19,8 @@ from rescue.browse.paths import Entry
 from rescue.browse.session import BrowseSession
 from rescue.containers.keys import Secret, SecretKind
 from rescue.errors import RescueError
-from rescue.operations.plan_text import shown, shown_message
 from rescue.progress import ProgressReporter
+from rescue.text import shown, shown_message
 from rescue.tui.jobs import JobScreen
 from rescue.tui.services import Services
 from rescue.tui.text import plain

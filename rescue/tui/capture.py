@@ -26,9 +26,9 @@ from rescue.operations.capture_map import resumable
 from rescue.operations.destination import destination_candidates, mount_destination
 from rescue.operations.estimate import capture_need, free_bytes
 from rescue.operations.incremental import Base, find_base, surely_new
-from rescue.operations.plan_text import shown, shown_message
 from rescue.operations.unlock import EncryptedPartition
 from rescue.progress import ProgressReporter
+from rescue.text import shown, shown_message
 from rescue.tui.jobs import JobScreen, JobWarning
 from rescue.tui.services import Services
 from rescue.tui.share import ShareDialog

@@ -21,7 +21,7 @@ from rescue.devices.network import Interface, set_static, use_dhcp
 from rescue.devices.network import summary as network_summary
 from rescue.devices.smart import SmartSummary
 from rescue.errors import RescueError
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 from rescue.tui.messages import (
     BrowseRequested,
     CaptureRequested,

@@ -22,8 +22,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Input, Log, ProgressBar, Static
 
 from rescue.errors import CancelledError, RescueError
-from rescue.operations.plan_text import Section, plan_lines, shown_message
+from rescue.operations.plan_text import Section, plan_lines
 from rescue.progress import ProgressReporter
+from rescue.text import shown_message
 from rescue.tui.text import plain
 from rescue.units import human_size
 

@@ -20,12 +20,11 @@ from rescue.operations.plan_text import (
     default_verify_first,
     describe_plan,
     restore_checked,
-    shown,
-    shown_message,
 )
 from rescue.operations.restore import RestorePlan, plan_restore
 from rescue.operations.verify import verify
 from rescue.progress import ProgressReporter
+from rescue.text import shown, shown_message
 from rescue.tui.jobs import JobScreen, TypedConfirmScreen
 from rescue.tui.services import Services
 from rescue.tui.text import plain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.content import Content
 
-from rescue.operations.plan_text import shown_message
+from rescue.text import shown_message
 
 
 def plain(text: str) -> Content:

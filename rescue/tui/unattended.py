@@ -46,8 +46,9 @@ from rescue.operations.jobs import (
     plan_job,
     run_job,
 )
-from rescue.operations.plan_text import Section, describe_plan, plan_lines, shown
+from rescue.operations.plan_text import Section, describe_plan, plan_lines
 from rescue.progress import ProgressReporter
+from rescue.text import shown
 from rescue.tui.jobs import JobScreen, JobWarning, TypedConfirmScreen
 from rescue.tui.services import Services
 from rescue.tui.text import plain

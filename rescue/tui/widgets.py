@@ -15,7 +15,7 @@ from rescue.errors import RescueError
 from rescue.image.folder import sealed_folder
 from rescue.image.sealing import is_encrypted, unlock_image
 from rescue.image.view import ImageView, find_images, looks_like_image, open_image
-from rescue.operations.plan_text import shown
+from rescue.text import shown
 from rescue.tui.services import ImageFinder
 from rescue.tui.share import ShareDialog
 from rescue.tui.text import plain
