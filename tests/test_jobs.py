@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,13 @@ from job_fixtures import (
     write_on,
 )
 
+from rescue.devices import Disk
 from rescue.errors import EXIT_REFUSED, BadInputError, ImageDamagedError, RefusedError
 from rescue.operations.job_finding import (
     JobRef,
     cmdline_job,
     find_jobs,
+    jobs_at_start,
     open_job,
     parse_ref,
 )
@@ -250,6 +253,39 @@ def test_a_restore_job_from_a_rescue_stick(
     assert "(117440512 bytes)" in log and "started: " in log and "ended: " in log
     assert "result: ok: restored /images/pc onto" in log
     assert "PATH=" not in log and "HOME=" not in log  # never the environment
+
+
+@need("root", "loop")
+def test_the_console_waits_for_the_drive_the_kernel_command_line_names(
+    job_drive: LoopDisk, tmp_path: Path
+) -> None:
+    """At boot a USB drive shows up after the console starts. The drive here is real and
+    attached; the lister leaves it out of its first three answers, as it would be before
+    its disk had appeared."""
+    write_on(job_drive, tmp_path, {"jobs/lab.toml": 'action = "verify"\nimage = "img"\n'})
+    answers = 0
+
+    def late() -> list[Disk]:
+        nonlocal answers
+        answers += 1
+        return mine(job_drive) if answers > 3 else []
+
+    cmdline = "quiet rescue.job=RESCUE:/jobs/lab.toml"
+    found = jobs_at_start(late, cmdline, wait=30)
+    assert answers == 4
+    assert [(str(f.ref), f.device, f.problem) for f in found] == [
+        ("RESCUE:/jobs/lab.toml", job_drive.parts[0], None)
+    ]
+    # never there: said after the wait, with the labels seen
+    answers = -1000
+    started = time.monotonic()
+    (missing,) = jobs_at_start(late, cmdline, wait=2)
+    assert 2 <= time.monotonic() - started < 10
+    assert missing.problem is not None and "No filesystem is labelled 'RESCUE'" in missing.problem
+    # no job on the command line: no wait
+    started = time.monotonic()
+    assert jobs_at_start(late, "quiet", wait=30) == []
+    assert time.monotonic() - started < 5
 
 
 @need("root", "loop", "partclone")

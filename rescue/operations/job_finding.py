@@ -13,7 +13,8 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -241,6 +242,26 @@ def every_job(disks: Sequence[Disk], cmdline: str) -> list[FoundJob]:
 
 
 CMDLINE_ORIGIN = "kernel command line"
+
+LABEL_WAIT = 30.0
+"""Seconds the console's start waits for the filesystem a ``rescue.job=`` option names: at
+boot a USB drive can show up seconds after the console does."""
+
+
+def jobs_at_start(
+    list_disks: Callable[[], Sequence[Disk]], cmdline: str, *, wait: float = LABEL_WAIT
+) -> list[FoundJob]:
+    """:func:`every_job` as the console starts at boot, while drives are still appearing:
+    udev's events so far are handled first, and the filesystem the kernel command line's
+    job names is waited for, up to ``wait`` seconds, before it is said to be missing."""
+    kernel.settle()
+    ref = cmdline_job(cmdline)
+    disks = list_disks()
+    deadline = time.monotonic() + wait
+    while ref is not None and not labelled(ref.label, disks) and time.monotonic() < deadline:
+        time.sleep(1)
+        disks = list_disks()
+    return every_job(disks, cmdline)
 
 
 def look_up(ref: JobRef, disks: Sequence[Disk], origin: str) -> FoundJob:

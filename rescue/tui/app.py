@@ -15,7 +15,7 @@ comes in one :class:`~rescue.tui.services.Services`, filled here.
 from __future__ import annotations
 
 import threading
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
 from textual.app import App
@@ -25,12 +25,6 @@ from rescue.devices import list_disks
 from rescue.devices.network import interfaces
 from rescue.devices.smart import smart_summary
 from rescue.errors import RescueError
-from rescue.operations.estimate import used_bytes
-from rescue.operations.finding import find_images_on_drives
-from rescue.operations.job_finding import FoundJob, every_job, read_cmdline
-from rescue.operations.jobs import carry_out
-from rescue.tui.browse import BrowseScreen
-from rescue.tui.capture import CaptureScreen
 from rescue.tui.home import HomeScreen
 from rescue.tui.messages import (
     BrowseRequested,
@@ -39,7 +33,6 @@ from rescue.tui.messages import (
     RestoreRequested,
     VerifyRequested,
 )
-from rescue.tui.restore import RestoreScreen, VerifyScreen
 from rescue.tui.services import (
     AfterJob,
     DiskLister,
@@ -49,9 +42,17 @@ from rescue.tui.services import (
     Services,
     SmartReader,
     UsedReader,
+    carry_out,
+    every_job,
+    find_images_on_drives,
+    jobs_at_start,
+    used_bytes,
 )
-from rescue.tui.share import unmount_all
-from rescue.tui.unattended import JobListScreen, UnattendedScreen, pick_startup_job
+
+if TYPE_CHECKING:
+    from rescue.operations.job_finding import FoundJob
+
+# The screens other than home are imported when first asked for (see services.py).
 
 
 class RescueApp(App[int]):
@@ -86,9 +87,11 @@ class RescueApp(App[int]):
             used=used or used_bytes,
             find_images=find_images or find_images_on_drives,
             network=network or interfaces,
-            find_jobs=find_jobs or (lambda: every_job(lister(), read_cmdline())),
+            find_jobs=find_jobs or (lambda: every_job(lister)),
             carry_out=after_job or carry_out,
         )
+        self._jobs_at_start = find_jobs or (lambda: jobs_at_start(lister))
+        """The jobs at start (boot): the drive the kernel command line's job names is waited for."""
         self._hotplug = hotplug
         self._startup_jobs = startup_jobs
         """Look for jobs at start and show the one found, counting down (the rescue system's
@@ -101,12 +104,17 @@ class RescueApp(App[int]):
         self.set_interval(self.REDRAW_EVERY, self.action_redraw)
         if self._hotplug:
             self.run_worker(self._watch, thread=True, group="hotplug")
-        if self._startup_jobs:
-            self.run_worker(self._look_for_jobs, thread=True, group="jobs", exit_on_error=False)
+        if self._startup_jobs:  # once the home screen is on the screen
+            self.call_after_refresh(self._start_looking_for_jobs)
+
+    def _start_looking_for_jobs(self) -> None:
+        self.run_worker(self._look_for_jobs, thread=True, group="jobs", exit_on_error=False)
 
     def _look_for_jobs(self) -> None:
+        from rescue.tui.unattended import pick_startup_job  # noqa: PLC0415
+
         try:
-            found = self.services.find_jobs()
+            found = self._jobs_at_start()
         except RescueError as exc:  # a bad rescue.job= option: said, and the UI goes on
             self.call_from_thread(self.notify, f"No job run: {exc}", severity="error",
                                   timeout=30, markup=False)  # fmt: skip
@@ -114,6 +122,8 @@ class RescueApp(App[int]):
         self.call_from_thread(self._start_job, pick_startup_job(found))
 
     def _start_job(self, picked: FoundJob | list[FoundJob] | None) -> None:
+        from rescue.tui.unattended import JobListScreen, UnattendedScreen  # noqa: PLC0415
+
         if isinstance(picked, list):
             self.push_screen(JobListScreen(self.services, picked))
         elif picked is not None:
@@ -126,22 +136,32 @@ class RescueApp(App[int]):
 
     @on(CaptureRequested)
     def _capture(self, message: CaptureRequested) -> None:
+        from rescue.tui.capture import CaptureScreen  # noqa: PLC0415
+
         self.push_screen(CaptureScreen(message.disk, self.services))
 
     @on(RestoreRequested)
     def _restore(self) -> None:
+        from rescue.tui.restore import RestoreScreen  # noqa: PLC0415
+
         self.push_screen(RestoreScreen(self.services))
 
     @on(VerifyRequested)
     def _verify(self) -> None:
+        from rescue.tui.restore import VerifyScreen  # noqa: PLC0415
+
         self.push_screen(VerifyScreen(self.services))
 
     @on(BrowseRequested)
     def _browse(self) -> None:
+        from rescue.tui.browse import BrowseScreen  # noqa: PLC0415
+
         self.push_screen(BrowseScreen(self.services))
 
     @on(JobsRequested)
     def _jobs(self) -> None:
+        from rescue.tui.unattended import JobListScreen  # noqa: PLC0415
+
         self.push_screen(JobListScreen(self.services))
 
     def _watch(self) -> None:
@@ -167,6 +187,8 @@ def run_app() -> int:
         result = app.run()
     finally:
         app._stop.set()
+        from rescue.tui.share import unmount_all  # noqa: PLC0415
+
         for problem in unmount_all():  # the network shares the screens mounted
             print(f"rescue: could not unmount {problem}")
     return result or 0
