@@ -1,7 +1,3 @@
-# The console (tty1) starts the rescue UI; leaving it gives a shell.
+# Root's login shell: the console (tty1) runs the rescue UI from
+# rescue-console.service, and its shell after the UI comes from there too.
 [ -f ~/.bashrc ] && . ~/.bashrc
-if [ "$(tty)" = /dev/tty1 ] && [ -z "${RESCUE_UI_STARTED:-}" ]; then
-	export RESCUE_UI_STARTED=1
-	rescue
-	echo "rescue exited; this is a root shell. Type 'rescue' to start it again."
-fi
