@@ -104,11 +104,15 @@ class RescueApp(App[int]):
         self.set_interval(self.REDRAW_EVERY, self.action_redraw)
         if self._hotplug:
             self.run_worker(self._watch, thread=True, group="hotplug")
-        if self._startup_jobs:  # once the home screen is on the screen
-            self.call_after_refresh(self._start_looking_for_jobs)
+        self.call_after_refresh(self._after_first_paint)
 
-    def _start_looking_for_jobs(self) -> None:
-        self.run_worker(self._look_for_jobs, thread=True, group="jobs", exit_on_error=False)
+    def _after_first_paint(self) -> None:
+        """Once the home screen is on the screen: the jobs are looked for, and the other
+        screens' modules are read in the background, so the first key opens its screen
+        without waiting for them."""
+        if self._startup_jobs:
+            self.run_worker(self._look_for_jobs, thread=True, group="jobs", exit_on_error=False)
+        self.run_worker(_import_screens, thread=True, group="imports", exit_on_error=False)
 
     def _look_for_jobs(self) -> None:
         from rescue.tui.unattended import pick_startup_job  # noqa: PLC0415
@@ -179,6 +183,13 @@ class RescueApp(App[int]):
 
     def on_unmount(self) -> None:
         self._stop.set()
+
+
+def _import_screens() -> None:
+    import rescue.tui.browse  # noqa: PLC0415
+    import rescue.tui.capture  # noqa: PLC0415
+    import rescue.tui.restore  # noqa: PLC0415
+    import rescue.tui.unattended  # noqa: F401, PLC0415
 
 
 def run_app() -> int:
