@@ -130,6 +130,23 @@ def unmount(path: Path | str, *, lazy_fallback: bool = False) -> None:
     raise ExternalToolError(f"Could not unmount {path}: {message}")
 
 
+GONE_SERVER_ARGS = ("--internal-only", "--no-canonicalize")
+"""For a network mount whose server is gone: no umount.nfs/umount.cifs helper (which would
+talk to the server) and no path resolution (a stat of the mountpoint would wait on it)."""
+
+
+def fail_waiting_requests(path: Path | str) -> None:
+    """Make the network filesystem mounted at ``path`` fail the requests that wait on its
+    server (``umount --force`` runs its ``umount_begin``); the unmount itself is refused
+    while a file there is open, which is how :class:`rescue.shares.watch.ShareWatch` uses it."""
+    run(["umount", "--force", *GONE_SERVER_ARGS, str(path)], check=False, timeout=30)
+
+
+def detach_gone(path: Path | str) -> None:
+    """Detach the network mount at ``path`` whose server is gone, without waiting on it."""
+    run(["umount", "--lazy", *GONE_SERVER_ARGS, str(path)], check=False, timeout=30)
+
+
 @contextlib.contextmanager
 def private_mount(dev: str, fstype: str, options: str) -> Iterator[Path]:
     """``dev`` mounted with ``options`` in a private temporary folder until the block ends."""

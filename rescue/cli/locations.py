@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import getpass
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rescue.cli.keys import first_line_of
-from rescue.errors import BadInputError
+from rescue.errors import BadInputError, RescueError
+from rescue.shares.errors import ConnectionDroppedError
 from rescue.shares.hostkeys import HostKey, describe
 from rescue.shares.location import ShareLocation, looks_like_url, parse_location
-from rescue.shares.mounts import Credentials, private_share
+from rescue.shares.mounts import Credentials, private_share, writing_error
+from rescue.text import shown_message
 
 
 def add_share_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,5 +105,29 @@ def image_location(where: str, args: argparse.Namespace, *, read_only: bool) -> 
         return
     loc = parse_location(where)
     holder, name = loc.split_image()
-    with private_share(holder, credentials_from(args, loc), read_only=read_only) as folder:
-        yield folder / name
+    creds = credentials_from(args, loc)
+    with private_share(holder, creds, read_only=read_only, on_stuck=_give_up(where, args)) as f:
+        yield f / name
+
+
+def _give_up(where: str, args: argparse.Namespace) -> Callable[[], None]:
+    """How a command ends when its share's server went away and the kernel does not give
+    back the read or write that waits on it (cifs waits for the server's credits until the
+    process ends): the message that read or write would have given, then the end."""
+
+    def give_up() -> None:
+        gone = OSError(errno.EHOSTDOWN, os.strerror(errno.EHOSTDOWN))
+        error: RescueError
+        if args.command == "capture":
+            error = writing_error(gone, source=args.source, image=where)
+        else:
+            error = ConnectionDroppedError(
+                f"The server of {where} stopped answering: rescue {args.command} did not finish.",
+                hint="Once it answers again (check the network and the server), run the "
+                "same command again.",
+            )
+        print(f"\nrescue: {shown_message(str(error))}", file=sys.stderr, flush=True)
+        # the only way out of the kernel's wait; the next command takes the mount down
+        os._exit(error.exit_code)
+
+    return give_up

@@ -32,6 +32,7 @@ from rescue.shares.errors import (
 )
 from rescue.shares.hostkeys import HostKey
 from rescue.shares.location import ShareLocation
+from rescue.shares.watch import ShareWatch
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,13 @@ RUN_DIR_ENV = "RESCUE_SHARES_DIR"
 """Overrides RUN_DIR (tests keep their known_hosts and records apart)."""
 MOUNT_SECONDS = 90
 
+ERESTARTSYS = 512
+"""The kernel's own code for a request ended from outside: NFS hands it to the program whose
+write the share's watch failed (``umount --force``); Python knows no name for it."""
 DROPPED = frozenset({
     errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.ECONNRESET, errno.ECONNABORTED,
     errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE,
+    ERESTARTSYS,
 })  # fmt: skip
 """What a share's files raise when the connection under them has gone."""
 FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -264,20 +269,37 @@ def held_for(image_mount: Path | str) -> list[ShareMount]:
 
 
 @contextlib.contextmanager
-def private_share(loc: ShareLocation, creds: Credentials, *, read_only: bool) -> Iterator[Path]:
+def private_share(
+    loc: ShareLocation,
+    creds: Credentials,
+    *,
+    read_only: bool,
+    on_stuck: Callable[[], None] | None = None,
+) -> Iterator[Path]:
     """``loc`` mounted in a new folder under :func:`run_dir` until the block ends.
 
     The folder's name holds this process's id, so that mounts left by a command
-    that was killed are found and taken down (:func:`sweep`) by the next one.
+    that was killed are found and taken down (:func:`sweep`) by the next one. A
+    kernel share is watched meanwhile (:class:`ShareWatch`): a server that stops
+    answering makes the command's reads and writes fail within about half a
+    minute (``on_stuck`` is called where that does not free the command), and
+    its mount is then detached without waiting on it.
     """
     sweep()
     folder = Path(tempfile.mkdtemp(prefix=f"mnt-{os.getpid()}-", dir=run_dir()))
     try:
         attach(loc, folder, creds, read_only=read_only)
+        kind = kind_of(loc)
+        watch = ShareWatch(folder, on_stuck=on_stuck).start() if kind == "kernel" else None
         try:
             yield folder
         finally:
-            detach(folder, kind_of(loc))
+            if watch is not None:
+                watch.stop()
+            if watch is not None and watch.server_gone:
+                kernel.detach_gone(folder)
+            else:
+                detach(folder, kind)
     finally:
         if kernel.mounted_at(folder) is None:
             _remove_empty(folder)
@@ -309,7 +331,10 @@ def sweep() -> list[str]:
         owner = path.name.split("-")[1]
         if owner.isdigit() and not _alive(int(owner)):
             log.warning("taking down %s, left by a command that ended without unmounting", path)
-            detach(path, "fuse" if entry.fstype.startswith("fuse") else "kernel")
+            if entry.fstype.startswith("fuse"):
+                detach(path, "fuse")
+            else:  # perhaps left because its server went away: not waited on
+                kernel.detach_gone(path)
             _remove_empty(path)
             swept.append(str(path))
     return swept
@@ -323,7 +348,10 @@ def writing_error(exc: OSError, *, source: str, image: str) -> ShareError:
     own checkpoint on the share says where it goes on.
     """
     resume = f"rescue capture {source} --resume {image}"
-    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno == ERESTARTSYS:
+        why = "its server stopped answering"
+    else:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
     if exc.errno in FULL:
         return ShareFullError(
             f"The share holding {image} is full ({why}): the image is incomplete.",
