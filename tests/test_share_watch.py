@@ -108,6 +108,14 @@ def test_a_server_that_stops_answering_has_the_waiting_read_failed(
     assert kernel.mounted_at(mnt) is None
 
 
+def _stuck_watch(mnt: Path, grace: float, stuck: list[float]) -> ShareWatch:
+    """A quick watch (gone after 1 s) that notes when it calls ``on_stuck``."""
+    return ShareWatch(
+        mnt, stall_seconds=1.0, probe_seconds=0.2, grace_seconds=grace,
+        on_stuck=lambda: stuck.append(time.monotonic()),
+    )  # fmt: skip
+
+
 def test_a_command_still_held_up_after_the_failing_is_handed_to_on_stuck(
     served: tuple[Path, subprocess.Popen[bytes]],
 ) -> None:
@@ -115,10 +123,7 @@ def test_a_command_still_held_up_after_the_failing_is_handed_to_on_stuck(
     either); a command that has not let go of it by then is handed to ``on_stuck``, once."""
     mnt, proc = served
     stuck: list[float] = []
-    with ShareWatch(
-        mnt, stall_seconds=1.0, probe_seconds=0.2, grace_seconds=1.0,
-        on_stuck=lambda: stuck.append(time.monotonic()),
-    ) as w:  # fmt: skip
+    with _stuck_watch(mnt, 1.0, stuck) as w:
         proc.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
         time.sleep(5)
@@ -131,10 +136,7 @@ def test_a_command_that_lets_go_in_time_is_not_stuck(
 ) -> None:
     mnt, proc = served
     stuck: list[float] = []
-    with ShareWatch(
-        mnt, stall_seconds=1.0, probe_seconds=0.2, grace_seconds=3.0,
-        on_stuck=lambda: stuck.append(time.monotonic()),
-    ) as w:  # fmt: skip
+    with _stuck_watch(mnt, 3.0, stuck) as w:
         proc.send_signal(signal.SIGSTOP)
         reader, said = _read_in_thread(mnt / "disk")
         reader.join(timeout=20)

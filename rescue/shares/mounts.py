@@ -290,8 +290,10 @@ def private_share(
     try:
         attach(loc, folder, creds, read_only=read_only)
         kind = kind_of(loc)
-        watch = ShareWatch(folder, on_stuck=on_stuck).start() if kind == "kernel" else None
+        watch = None
         try:
+            if kind == "kernel":
+                watch = ShareWatch(folder, on_stuck=on_stuck).start()
             yield folder
         finally:
             if watch is not None:
