@@ -27,9 +27,11 @@ from test_resume import checkpoint_of, rescue
 
 from rescue.browse import mounts
 from rescue.cli import main
+from rescue.devices import find_device
 from rescue.image.layout import read_image_layout
 from rescue.image.regions import regions_name
 from rescue.image.streams import open_stream_chunks
+from rescue.operations.incremental import find_base
 
 pytestmark = [need("root", "loop", "partclone"), pytest.mark.usefixtures("private_run_dir")]
 
@@ -409,3 +411,22 @@ def test_increments_of_other_filesystems(
     mnt = target.mount(0, tmp_path / "check", "ro")
     assert tree_digest(mnt) == want
     target.umount(mnt)
+
+
+def test_the_newest_of_two_images_begun_in_the_same_second_is_offered_as_base(
+    loop_disk_factory: DiskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``created`` counts whole seconds: of two captures begun within one, the base offered
+    (the capture screen's "incremental since ...") is the one written last."""
+    disk = loop_disk_factory(48, "gpt", [PartSpec(None, "ext4")])
+    filled(disk, 0, tmp_path / "fill", 7, 4)
+    images = tmp_path / "images"
+    same_second = time.gmtime()
+    monkeypatch.setattr(time, "gmtime", lambda *_: same_second)
+    for name in ("first", "second", "third"):
+        assert main(["capture", disk.path, str(images / name)]) == 0
+    created = {json.loads((images / n / "rescue.json").read_text())["created"]
+               for n in ("first", "second", "third")}  # fmt: skip
+    assert len(created) == 1
+    base = find_base(images, find_device(disk.path))
+    assert base is not None and base.folder.name == "third"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import threading
@@ -576,8 +577,8 @@ def test_capture_screen_offers_the_last_image_of_the_disk_as_base(
 
         await wait_for(pilot, lambda: "of used data" in offer())  # once the maps are read
         said = f"A full image copies .+ of used data; this one what changed: at least {new} is new"
-        assert re.search(said, offer()), offer()
         box = app.screen.query_one("#incremental", Checkbox)
+        assert re.search(said, offer()), (offer(), str(box.label), sorted(os.listdir(dest)))
         assert box.value and f"since {base}" in str(box.label)
         box.value = incremental
         await pilot.press("ctrl+s")

@@ -223,7 +223,7 @@ def _same_source(m: Manifest, source: Disk | Partition) -> bool:
 def find_base(destination: Path, source: Disk | Partition) -> Base | None:
     """The newest complete, plain image of ``source`` directly inside ``destination``, with
     region hashes (so a capture can build on it); None when there is none."""
-    found: list[Base] = []
+    found: list[tuple[str, int, Base]] = []
     try:
         folders = [p for p in destination.iterdir() if p.is_dir() and not p.is_symlink()]
     except OSError:
@@ -234,10 +234,15 @@ def find_base(destination: Path, source: Disk | Partition) -> Base | None:
         try:
             m = read_manifest(folder)
             if _same_source(m, source) and any(r.regions for r in m.partitions):
-                found.append(Base(folder, m, BaseRef(folder.name, "", m.created)))
+                # two captures begun in the same second (``created`` has no finer steps)
+                # are told apart by when each manifest was written
+                written = (folder / MANIFEST_NAME).stat().st_mtime_ns
+                found.append(
+                    (m.created, written, Base(folder, m, BaseRef(folder.name, "", m.created)))
+                )
         except (RescueError, OSError):
             continue  # damaged or unreadable: not one to build on
-    return max(found, key=lambda b: b.manifest.created, default=None)
+    return max(found, key=lambda f: f[:2])[2] if found else None
 
 
 def surely_new(source: Disk | Partition, base: Base) -> int | None:
