@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rescue import __version__
+from rescue.cli.report import report
 from rescue.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, RescueError
-from rescue.text import shown_message
 
 UI_OPTIONS = {"--debug"}
 """The options that go with no command: with only these, the full-screen interface
@@ -83,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run()
     except RescueError as exc:
-        # a message may quote names from an image or a disk: only its own line breaks stay
-        print(f"rescue: {shown_message(str(exc))}", file=sys.stderr)
+        report(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("rescue: cancelled.", file=sys.stderr)

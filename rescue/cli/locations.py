@@ -25,12 +25,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rescue.cli.keys import first_line_of
+from rescue.cli.report import report
 from rescue.errors import BadInputError, RescueError
 from rescue.shares.errors import ConnectionDroppedError
 from rescue.shares.hostkeys import HostKey, describe
 from rescue.shares.location import ShareLocation, looks_like_url, parse_location
 from rescue.shares.mounts import Credentials, private_share, writing_error
-from rescue.text import shown_message
 
 
 def add_share_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,7 +126,8 @@ def _give_up(where: str, args: argparse.Namespace) -> Callable[[], None]:
                 hint="Once it answers again (check the network and the server), run the "
                 "same command again.",
             )
-        print(f"\nrescue: {shown_message(str(error))}", file=sys.stderr, flush=True)
+        print(file=sys.stderr)  # off a progress line
+        report(error)
         # the only way out of the kernel's wait; the next command takes the mount down
         os._exit(error.exit_code)
 
