@@ -589,7 +589,9 @@ def test_capture_screen_offers_the_last_image_of_the_disk_as_base(
         return job.message
 
     async def scenario(pilot: Pilot[int], app: RescueApp) -> None:
-        message = await capture(pilot, app, "tuesday", True, "monday", r"2\.\d MiB")
+        # "at least": the 2 MiB file's blocks counted where monday held no used data (ext4
+        # may put some of them in a region monday's data already touched: 1.9 MiB was seen)
+        message = await capture(pilot, app, "tuesday", True, "monday", r"[12]\.\d MiB")
         assert "Incremental on monday" in message, message
         await pilot.press("escape")  # back to the disks
         await wait_for(pilot, lambda: bool(app.screen.query("#disks")))
